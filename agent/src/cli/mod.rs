@@ -1,0 +1,71 @@
+//! The command line: `check-config`, and the commands of the runtime.
+//!
+//! Exit codes follow sysexits, as operators' scripts expect: 0 ok, 64 usage, 78 bad
+//! config, 1 any other failure.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rackwarden_config::LogFormat;
+
+/// Exit code for a bad command line (sysexits EX_USAGE).
+pub const EX_USAGE: u8 = 64;
+/// Exit code for an invalid config (sysexits EX_CONFIG).
+pub const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rackwarden",
+    version,
+    about = "Keeps GPU racks inside their power and cooling budgets by shedding mining load first"
+)]
+pub struct Cli {
+    /// Log format (overrides the config's agent.log_format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(v: LogFormatArg) -> Self {
+        match v {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a site file and print a one-screen summary.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EX_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    crate::logging::init(cli.log_format.map_or(LogFormat::Text, Into::into));
+    match cli.command {
+        Command::CheckConfig { config } => check::run(&config),
+    }
+}

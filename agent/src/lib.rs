@@ -1,0 +1,5 @@
+//! The rackwarden agent: the control core, the runtime, alerts, HTTP, the simulator and
+//! the command line. The binary (`src/main.rs`) only parses arguments and calls in here.
+
+pub mod cli;
+pub mod logging;

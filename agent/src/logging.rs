@@ -1,0 +1,26 @@
+//! Logging set-up: `tracing` with text or JSON output.
+//!
+//! JSON is one object per line with stable field names (`timestamp`, `level`, `target`,
+//! `fields.*`), so log shippers can route on `fields.alert`. Alerts use the target
+//! `rackwarden::alert`.
+
+use rackwarden_config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info` filter.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests, reload) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(false)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}

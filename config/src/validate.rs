@@ -1,0 +1,1427 @@
+//! `validate()`: from what the operator wrote to the [`Site`] the runtime accepts.
+//!
+//! Every rule runs; every error found is returned at once with the field path it is
+//! about (`racks[5].budget_kw`), so an operator fixes a file in one pass.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::model::{
+    CoolingUnit, CoolingZone, GpuNode, MeterRef, Miner, ModbusDevice, ModbusLink, NodeIdx,
+    NodeKind, Outlet, PowerNode, Site,
+};
+use crate::policy::Policy;
+use crate::profile::{self, Profile, Role};
+use crate::raw::{
+    GpuSource, RackKind, RawConfig, RawMeterRef, RawMiner, RawRating, Redundancy, Transport,
+};
+
+/// One problem: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Errors(Vec<Issue>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn positive(errs: &mut Errors, path: &str, v: f64) -> bool {
+    if v.is_finite() && v > 0.0 {
+        true
+    } else {
+        errs.push(path, format!("must be a positive number, got {v}"));
+        false
+    }
+}
+
+/// Resolves a rating to kW. `None` when absent or invalid (the error is recorded).
+fn rating_kw(errs: &mut Errors, path: &str, r: &RawRating, required: bool) -> Option<f64> {
+    match (r.rating_kw, r.rating_a) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{path}.rating_a"),
+                "give either rating_kw or rating_a with voltage_v, not both",
+            );
+            None
+        }
+        (Some(kw), None) => positive(errs, &format!("{path}.rating_kw"), kw).then_some(kw),
+        (None, Some(a)) => {
+            let ok_a = positive(errs, &format!("{path}.rating_a"), a);
+            let Some(v) = r.voltage_v else {
+                errs.push(
+                    format!("{path}.voltage_v"),
+                    "rating_a needs voltage_v (line-to-line for three phases)",
+                );
+                return None;
+            };
+            let ok_v = positive(errs, &format!("{path}.voltage_v"), v);
+            let phases = r.phases.unwrap_or(3);
+            let phase_factor = match phases {
+                1 => 1.0,
+                3 => 3f64.sqrt(),
+                other => {
+                    errs.push(
+                        format!("{path}.phases"),
+                        format!("phases must be 1 or 3, got {other}"),
+                    );
+                    return None;
+                }
+            };
+            let pf = r.power_factor.unwrap_or(1.0);
+            if !(pf > 0.0 && pf <= 1.0) {
+                errs.push(
+                    format!("{path}.power_factor"),
+                    format!("power_factor must be in (0, 1], got {pf}"),
+                );
+                return None;
+            }
+            (ok_a && ok_v).then(|| a * v * phase_factor * pf / 1000.0)
+        }
+        (None, None) => {
+            if required {
+                errs.push(
+                    format!("{path}.rating_kw"),
+                    "a breaker rating is required: rating_kw, or rating_a with voltage_v",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Parses `host` or `host:port`, `[v6]:port` included.
+fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok((s.to_owned(), default_port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => {
+            let port: u16 = p
+                .parse()
+                .map_err(|_| format!("`{s}`: port `{p}` is not a number in 1..65535"))?;
+            if port == 0 || h.is_empty() {
+                return Err(format!("`{s}`: expected host:port with port in 1..65535"));
+            }
+            Ok((h.to_owned(), port))
+        }
+        None if !s.is_empty() && !s.contains(char::is_whitespace) => {
+            Ok((s.to_owned(), default_port))
+        }
+        None => Err(format!("`{s}` is not a host or host:port")),
+    }
+}
+
+fn port16(errs: &mut Errors, path: &str, p: u32) -> Option<u16> {
+    match u16::try_from(p) {
+        Ok(v) if v > 0 => Some(v),
+        _ => {
+            errs.push(path, format!("port must be in 1..65535, got {p}"));
+            None
+        }
+    }
+}
+
+struct IdTable {
+    first: HashMap<String, String>,
+}
+
+impl IdTable {
+    fn add(&mut self, errs: &mut Errors, id: &str, path: String) {
+        if id.is_empty() || id.contains(char::is_whitespace) {
+            errs.push(path, format!("id `{id}` must be non-empty without spaces"));
+            return;
+        }
+        if let Some(first) = self.first.get(id) {
+            errs.push(
+                path,
+                format!("duplicate id `{id}` (first defined at {first})"),
+            );
+        } else {
+            self.first.insert(id.to_owned(), path);
+        }
+    }
+}
+
+/// Checks the policy's own consistency.
+fn check_policy(errs: &mut Errors, p: &Policy) {
+    let fr = [
+        ("restore_fraction", p.restore_fraction),
+        ("shed_target_fraction", p.shed_target_fraction),
+        ("shed_fraction", p.shed_fraction),
+        ("emergency_fraction", p.emergency_fraction),
+    ];
+    for (name, v) in fr {
+        if !(v.is_finite() && v > 0.0 && v <= 1.5) {
+            errs.push(
+                format!("policy.{name}"),
+                format!("must be a fraction of the budget in (0, 1.5], got {v}"),
+            );
+        }
+    }
+    if !(p.restore_fraction < p.shed_fraction && p.shed_fraction < p.emergency_fraction) {
+        errs.push(
+            "policy.shed_fraction",
+            format!(
+                "thresholds out of order: need restore_fraction ({}) < shed_fraction ({}) < emergency_fraction ({})",
+                p.restore_fraction, p.shed_fraction, p.emergency_fraction
+            ),
+        );
+    } else if !(p.restore_fraction <= p.shed_target_fraction
+        && p.shed_target_fraction < p.shed_fraction)
+    {
+        errs.push(
+            "policy.shed_target_fraction",
+            format!(
+                "shed_target_fraction ({}) must lie in [restore_fraction, shed_fraction)",
+                p.shed_target_fraction
+            ),
+        );
+    }
+    if !(p.restore_step_fraction > 0.0 && p.restore_step_fraction <= 0.5) {
+        errs.push(
+            "policy.restore_step_fraction",
+            format!("must be in (0, 0.5], got {}", p.restore_step_fraction),
+        );
+    }
+    if !(p.shed_margin_fraction >= 0.0 && p.shed_margin_fraction <= 0.2) {
+        errs.push(
+            "policy.shed_margin_fraction",
+            format!("must be in [0, 0.2], got {}", p.shed_margin_fraction),
+        );
+    }
+    if !(p.target_decrease_factor > 0.0 && p.target_decrease_factor < 1.0) {
+        errs.push(
+            "policy.target_decrease_factor",
+            format!("must be in (0, 1), got {}", p.target_decrease_factor),
+        );
+    }
+    if !(p.cooling_margin >= 0.0 && p.cooling_margin <= 1.0) {
+        errs.push(
+            "policy.cooling_margin",
+            format!("must be in [0, 1], got {}", p.cooling_margin),
+        );
+    }
+    let nonzero = [
+        ("fast_loop_ms", p.fast_loop_ms),
+        ("slow_loop_ms", p.slow_loop_ms),
+        ("restore_step_interval_s", p.restore_step_interval_s),
+        ("confirm_timeout_s", p.confirm_timeout_s),
+        ("meter_poll_ms", p.meter_poll_ms),
+        ("gpu_power_poll_ms", p.gpu_power_poll_ms),
+        ("gpu_limit_poll_ms", p.gpu_limit_poll_ms),
+        ("miner_poll_ms", p.miner_poll_ms),
+        ("cooling_poll_ms", p.cooling_poll_ms),
+    ];
+    for (name, v) in nonzero {
+        if v == 0 {
+            errs.push(format!("policy.{name}"), "must be greater than zero");
+        }
+    }
+    if p.slow_loop_ms < p.fast_loop_ms {
+        errs.push(
+            "policy.slow_loop_ms",
+            format!(
+                "slow loop ({} ms) must not run faster than the fast loop ({} ms)",
+                p.slow_loop_ms, p.fast_loop_ms
+            ),
+        );
+    }
+    let stale = [
+        ("meter_stale_ms", p.meter_stale_ms, p.meter_poll_ms),
+        (
+            "gpu_power_stale_ms",
+            p.gpu_power_stale_ms,
+            p.gpu_power_poll_ms,
+        ),
+        (
+            "gpu_limit_stale_ms",
+            p.gpu_limit_stale_ms,
+            p.gpu_limit_poll_ms,
+        ),
+        ("miner_stale_ms", p.miner_stale_ms, p.miner_poll_ms),
+        ("cooling_stale_ms", p.cooling_stale_ms, p.cooling_poll_ms),
+    ];
+    for (name, st, poll) in stale {
+        if st <= poll {
+            errs.push(
+                format!("policy.{name}"),
+                format!("stale limit ({st} ms) must exceed its poll interval ({poll} ms)"),
+            );
+        }
+    }
+}
+
+fn load_profile(
+    errs: &mut Errors,
+    path: &str,
+    builtin: Option<&str>,
+    file: Option<&str>,
+    base: &Path,
+) -> Option<Profile> {
+    match (builtin, file) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                format!("{path}.profile_file"),
+                "give either profile (built-in name) or profile_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            errs.push(
+                format!("{path}.profile"),
+                format!(
+                    "a register map is required: profile = one of {}, or profile_file",
+                    profile::builtin_names().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            None
+        }
+        (Some(name), None) => {
+            let p = profile::builtin(name);
+            if p.is_none() {
+                errs.push(
+                    format!("{path}.profile"),
+                    format!(
+                        "unknown profile `{name}` (built-in: {})",
+                        profile::builtin_names().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+            p
+        }
+        (None, Some(f)) => {
+            let full = base.join(f);
+            let text = match std::fs::read_to_string(&full) {
+                Ok(t) => t,
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.profile_file"),
+                        format!("cannot read profile `{f}`: {e}"),
+                    );
+                    return None;
+                }
+            };
+            let p = match Profile::from_toml(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(
+                        format!("{path}.profile_file"),
+                        format!("profile `{f}`: {}", e.message()),
+                    );
+                    return None;
+                }
+            };
+            let problems = p.check();
+            for (ppath, msg) in &problems {
+                errs.push(
+                    format!("{path}.profile_file"),
+                    format!("profile `{f}`: {ppath}: {msg}"),
+                );
+            }
+            problems.is_empty().then_some(p)
+        }
+    }
+}
+
+fn unit_id(errs: &mut Errors, path: &str, t: Transport, v: Option<u32>) -> u8 {
+    let v = v.unwrap_or(1);
+    let (lo, hi) = match t {
+        // Modbus TCP addresses the device by IP; the unit id passes through (0..=255).
+        Transport::Tcp => (0, 255),
+        // On a serial bus 0 is broadcast and 248..=255 are reserved.
+        Transport::Rtu | Transport::RtuOverTcp => (1, 247),
+    };
+    if v < lo || v > hi {
+        errs.push(
+            format!("{path}.unit_id"),
+            format!("unit id {v} out of range {lo}..={hi} for {t:?}"),
+        );
+        return 1;
+    }
+    u8::try_from(v).unwrap_or(1)
+}
+
+/// Validates a raw config. `base` is the directory relative paths resolve against.
+pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
+    let mut errs = Errors::default();
+    let mut ids = IdTable {
+        first: HashMap::new(),
+    };
+    check_policy(&mut errs, &raw.policy);
+    if raw.agent.http_listen.parse::<SocketAddr>().is_err() {
+        errs.push(
+            "agent.http_listen",
+            format!(
+                "`{}` is not an ip:port socket address",
+                raw.agent.http_listen
+            ),
+        );
+    }
+
+    // Expand miner groups first so their ids join the table.
+    let miners_raw = expand_groups(&mut errs, raw);
+
+    ids.add(&mut errs, &raw.site.id, "site.id".into());
+    for (i, f) in raw.feeds.iter().enumerate() {
+        ids.add(&mut errs, &f.id, format!("feeds[{i}].id"));
+    }
+    for (i, r) in raw.rows.iter().enumerate() {
+        ids.add(&mut errs, &r.id, format!("rows[{i}].id"));
+    }
+    for (i, r) in raw.racks.iter().enumerate() {
+        ids.add(&mut errs, &r.id, format!("racks[{i}].id"));
+    }
+    for (i, z) in raw.cooling_zones.iter().enumerate() {
+        ids.add(&mut errs, &z.id, format!("cooling_zones[{i}].id"));
+        for (j, u) in z.units.iter().enumerate() {
+            ids.add(
+                &mut errs,
+                &u.id,
+                format!("cooling_zones[{i}].units[{j}].id"),
+            );
+        }
+    }
+    for (i, d) in raw.modbus_devices.iter().enumerate() {
+        ids.add(&mut errs, &d.id, format!("modbus_devices[{i}].id"));
+    }
+    for (m, path) in &miners_raw {
+        ids.add(&mut errs, &m.id, format!("{path}.id"));
+    }
+    for (i, g) in raw.gpu_nodes.iter().enumerate() {
+        ids.add(&mut errs, &g.id, format!("gpu_nodes[{i}].id"));
+    }
+
+    // Devices first: meters refer to them.
+    let devices = build_devices(&mut errs, raw, base);
+    let device_idx: HashMap<&str, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
+
+    let derate = raw.site.derate.unwrap_or(1.0);
+    if !(derate > 0.0 && derate <= 1.0) {
+        errs.push("site.derate", format!("must be in (0, 1], got {derate}"));
+    }
+    let derate = if derate > 0.0 && derate <= 1.0 {
+        derate
+    } else {
+        1.0
+    };
+
+    // Nodes: site, feeds, rows, racks in that order.
+    let mut nodes: Vec<PowerNode> = Vec::new();
+    let mut node_paths: Vec<String> = Vec::new();
+    let mut explicit_budget: Vec<bool> = Vec::new();
+    let meters_of = |errs: &mut Errors, path: &str, ms: &[RawMeterRef]| -> Vec<MeterRef> {
+        let mut out = Vec::new();
+        for (k, m) in ms.iter().enumerate() {
+            let mpath = format!("{path}.meters[{k}]");
+            let Some(&d) = device_idx.get(m.device.as_str()) else {
+                errs.push(
+                    format!("{mpath}.device"),
+                    format!("unknown Modbus device `{}`", m.device),
+                );
+                continue;
+            };
+            if devices[d].profile.point(&m.point).is_none() {
+                errs.push(
+                    format!("{mpath}.point"),
+                    format!(
+                        "device `{}` (profile `{}`) has no point or role `{}`",
+                        m.device, devices[d].profile.name, m.point
+                    ),
+                );
+                continue;
+            }
+            out.push(MeterRef {
+                device: d,
+                point: m.point.clone(),
+            });
+        }
+        out
+    };
+
+    let site_rating = rating_kw(&mut errs, "site", &raw.site.rating(), false);
+    nodes.push(PowerNode {
+        id: raw.site.id.clone(),
+        kind: NodeKind::Site,
+        parents: vec![],
+        children: vec![],
+        rating_kw: site_rating.unwrap_or(0.0),
+        budget_kw: 0.0,
+        rated_100: raw.site.rated_100,
+        rated_max_kw: None,
+        meters: meters_of(&mut errs, "site", &raw.site.meters),
+        pair: None,
+    });
+    node_paths.push("site".into());
+    explicit_budget.push(raw.site.budget_kw.is_some());
+
+    let mut push_node = |errs: &mut Errors,
+                         nodes: &mut Vec<PowerNode>,
+                         path: String,
+                         id: &str,
+                         kind: NodeKind,
+                         rating: &RawRating,
+                         budget: Option<f64>,
+                         rated_100: bool,
+                         rated_max_kw: Option<f64>,
+                         meters: Vec<MeterRef>| {
+        let r = rating_kw(errs, &path, rating, true);
+        let mut b = None;
+        if let Some(bk) = budget {
+            if positive(errs, &format!("{path}.budget_kw"), bk) {
+                if let Some(r) = r {
+                    if bk > r {
+                        errs.push(
+                            format!("{path}.budget_kw"),
+                            format!("budget {bk} kW exceeds the node's own rating {r:.1} kW"),
+                        );
+                    }
+                }
+                b = Some(bk);
+            }
+        }
+        let rating = r.unwrap_or(0.0);
+        let budget_kw = b.unwrap_or(rating * if rated_100 { 1.0 } else { 0.8 } * derate);
+        nodes.push(PowerNode {
+            id: id.to_owned(),
+            kind,
+            parents: vec![],
+            children: vec![],
+            rating_kw: rating,
+            budget_kw,
+            rated_100,
+            rated_max_kw,
+            meters,
+            pair: None,
+        });
+        node_paths.push(path);
+        explicit_budget.push(budget.is_some());
+    };
+
+    for (i, f) in raw.feeds.iter().enumerate() {
+        let path = format!("feeds[{i}]");
+        let meters = meters_of(&mut errs, &path, &f.meters);
+        push_node(
+            &mut errs,
+            &mut nodes,
+            path,
+            &f.id,
+            NodeKind::Feed,
+            &f.rating(),
+            f.budget_kw,
+            f.rated_100,
+            None,
+            meters,
+        );
+    }
+    for (i, r) in raw.rows.iter().enumerate() {
+        let path = format!("rows[{i}]");
+        let meters = meters_of(&mut errs, &path, &r.meters);
+        push_node(
+            &mut errs,
+            &mut nodes,
+            path,
+            &r.id,
+            NodeKind::Row,
+            &r.rating(),
+            r.budget_kw,
+            r.rated_100,
+            None,
+            meters,
+        );
+    }
+    for (i, r) in raw.racks.iter().enumerate() {
+        let path = format!("racks[{i}]");
+        let meters = meters_of(&mut errs, &path, &r.meters);
+        let rated_max = match (r.kind, r.rated_max_kw) {
+            (RackKind::Gpu | RackKind::Mixed, None) => {
+                errs.push(
+                    format!("{path}.rated_max_kw"),
+                    "GPU and mixed racks need rated_max_kw (reserved while NVML is absent)",
+                );
+                None
+            }
+            (_, Some(v)) => positive(&mut errs, &format!("{path}.rated_max_kw"), v).then_some(v),
+            (RackKind::Mining, None) => None,
+        };
+        push_node(
+            &mut errs,
+            &mut nodes,
+            path,
+            &r.id,
+            NodeKind::Rack(r.kind),
+            &r.rating(),
+            r.budget_kw,
+            r.rated_100,
+            rated_max,
+            meters,
+        );
+    }
+    let node_idx: HashMap<String, NodeIdx> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+    let n_feeds = raw.feeds.len();
+    let feed_range = 1..1 + n_feeds;
+    let row_range = feed_range.end..feed_range.end + raw.rows.len();
+
+    // Feeds hang from the site; pairs.
+    for (i, f) in raw.feeds.iter().enumerate() {
+        let me = 1 + i;
+        nodes[me].parents = vec![0];
+        if f.parent.is_some() {
+            errs.push(
+                format!("feeds[{i}].parent"),
+                "feeds hang from the site; parent is for rows",
+            );
+        }
+        if let Some(p) = &f.pair {
+            match node_idx.get(p) {
+                Some(&j) if feed_range.contains(&j) && j != me => {
+                    if let Some(prev) = nodes[j].pair.filter(|&x| x != me) {
+                        errs.push(
+                            format!("feeds[{i}].pair"),
+                            format!("feed `{p}` is already paired with `{}`", nodes[prev].id),
+                        );
+                    } else {
+                        nodes[me].pair = Some(j);
+                        nodes[j].pair = Some(me);
+                    }
+                }
+                Some(_) => errs.push(
+                    format!("feeds[{i}].pair"),
+                    format!("`{p}` is not another feed"),
+                ),
+                None => errs.push(format!("feeds[{i}].pair"), format!("unknown feed `{p}`")),
+            }
+        }
+    }
+    // Rows hang from a feed or another row.
+    for (i, r) in raw.rows.iter().enumerate() {
+        let me = row_range.start + i;
+        if r.pair.is_some() {
+            errs.push(format!("rows[{i}].pair"), "only feeds form A/B pairs");
+        }
+        match &r.parent {
+            None => errs.push(
+                format!("rows[{i}].parent"),
+                "a row needs a parent feed or row",
+            ),
+            Some(p) => match node_idx.get(p) {
+                Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
+                    nodes[me].parents = vec![j];
+                }
+                Some(_) => errs.push(
+                    format!("rows[{i}].parent"),
+                    format!("`{p}` is not a feed or row"),
+                ),
+                None => errs.push(format!("rows[{i}].parent"), format!("unknown id `{p}`")),
+            },
+        }
+    }
+    // Cycles among rows: follow parents; a chain that never reaches a feed is a loop.
+    let mut in_cycle = vec![false; nodes.len()];
+    for i in 0..raw.rows.len() {
+        let start = row_range.start + i;
+        let mut seen = HashSet::new();
+        let mut cur = start;
+        while row_range.contains(&cur) {
+            if !seen.insert(cur) {
+                if cur == start {
+                    errs.push(
+                        format!("rows[{i}].parent"),
+                        format!("cycle in the power tree through `{}`", nodes[start].id),
+                    );
+                    in_cycle[start] = true;
+                }
+                break;
+            }
+            match nodes[cur].parents.first() {
+                Some(&p) => cur = p,
+                None => break,
+            }
+        }
+    }
+    for (i, r) in raw.racks.iter().enumerate() {
+        let me = row_range.end + i;
+        let path = format!("racks[{i}].parents");
+        if r.parents.is_empty() {
+            errs.push(
+                path.clone(),
+                "the rack is in no feed: parents names no row or feed",
+            );
+        }
+        if r.parents.len() > 2 {
+            errs.push(
+                path.clone(),
+                "a rack hangs from one row, or two on an A/B feed pair",
+            );
+        }
+        let mut ps = Vec::new();
+        for p in &r.parents {
+            match node_idx.get(p) {
+                Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
+                    if ps.contains(&j) {
+                        errs.push(path.clone(), format!("`{p}` listed twice"));
+                    } else {
+                        ps.push(j);
+                    }
+                }
+                Some(_) => errs.push(path.clone(), format!("`{p}` is not a feed or row")),
+                None => errs.push(path.clone(), format!("unknown id `{p}`")),
+            }
+        }
+        nodes[me].parents = ps;
+    }
+    let feed_of = |nodes: &Vec<PowerNode>, mut n: NodeIdx| -> Option<NodeIdx> {
+        for _ in 0..nodes.len() {
+            if feed_range.contains(&n) {
+                return Some(n);
+            }
+            n = *nodes[n].parents.first()?;
+        }
+        None
+    };
+    for (i, _) in raw.racks.iter().enumerate() {
+        let me = row_range.end + i;
+        if nodes[me].parents.len() == 2 {
+            let a = feed_of(&nodes, nodes[me].parents[0]);
+            let b = feed_of(&nodes, nodes[me].parents[1]);
+            if let (Some(a), Some(b)) = (a, b) {
+                if a == b || nodes[a].pair != Some(b) {
+                    errs.push(
+                        format!("racks[{i}].parents"),
+                        format!(
+                            "the rack hangs from two trees: feeds `{}` and `{}` are not an A/B pair",
+                            nodes[a].id, nodes[b].id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    // Children lists.
+    for i in 1..nodes.len() {
+        if in_cycle[i] {
+            continue;
+        }
+        for p in nodes[i].parents.clone() {
+            nodes[p].children.push(i);
+        }
+    }
+    // A child's budget must fit its parent's rating.
+    for i in 1..nodes.len() {
+        for &p in &nodes[i].parents {
+            let (pb, cb) = (nodes[p].rating_kw, nodes[i].budget_kw);
+            if p != 0 && pb > 0.0 && cb > pb + 1e-9 {
+                let field = if explicit_budget[i] {
+                    "budget_kw"
+                } else {
+                    "rating_kw"
+                };
+                errs.push(
+                    format!("{}.{field}", node_paths[i]),
+                    format!(
+                        "budget {cb:.1} kW exceeds the rating {pb:.1} kW of parent `{}`",
+                        nodes[p].id
+                    ),
+                );
+            }
+        }
+    }
+    // The site: its rating, or the sum of its feeds with each A/B pair counted once.
+    if site_rating.is_none() {
+        let mut total = 0.0;
+        for f in feed_range.clone() {
+            match nodes[f].pair {
+                Some(o) if o < f => {}
+                Some(o) => total += nodes[f].rating_kw.min(nodes[o].rating_kw),
+                None => total += nodes[f].rating_kw,
+            }
+        }
+        nodes[0].rating_kw = total;
+    }
+    nodes[0].budget_kw = match raw.site.budget_kw {
+        Some(b) => {
+            if positive(&mut errs, "site.budget_kw", b) && site_rating.is_some_and(|r| b > r) {
+                errs.push("site.budget_kw", "budget exceeds the site's rating");
+            }
+            b
+        }
+        None if site_rating.is_some() => {
+            nodes[0].rating_kw * if raw.site.rated_100 { 1.0 } else { 0.8 } * derate
+        }
+        None => {
+            let mut total = 0.0;
+            for f in feed_range.clone() {
+                match nodes[f].pair {
+                    Some(o) if o < f => {}
+                    Some(o) => total += nodes[f].budget_kw.min(nodes[o].budget_kw),
+                    None => total += nodes[f].budget_kw,
+                }
+            }
+            total
+        }
+    };
+    if n_feeds == 0 {
+        errs.push("feeds", "the site needs at least one feed");
+    }
+
+    let zones = build_zones(&mut errs, raw, &node_idx, &device_idx, &devices);
+    let miners = build_miners(
+        &mut errs,
+        &miners_raw,
+        &nodes,
+        &node_idx,
+        &devices,
+        &device_idx,
+    );
+    let gpu_nodes = build_gpu_nodes(&mut errs, raw, &nodes, &node_idx, base);
+
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Site::new(
+        raw.site.id.clone(),
+        raw.site.name.clone(),
+        derate,
+        nodes,
+        zones,
+        devices,
+        miners,
+        gpu_nodes,
+        raw.policy.clone(),
+        raw.agent.clone(),
+    ))
+}
+
+fn build_devices(errs: &mut Errors, raw: &RawConfig, base: &Path) -> Vec<ModbusDevice> {
+    let mut out = Vec::new();
+    for (i, d) in raw.modbus_devices.iter().enumerate() {
+        let path = format!("modbus_devices[{i}]");
+        let unit = unit_id(errs, &path, d.transport, d.unit_id);
+        let tcp_addr = |errs: &mut Errors| -> String {
+            let port = d
+                .port
+                .map_or(Some(502), |p| port16(errs, &format!("{path}.port"), p))
+                .unwrap_or(502);
+            match &d.host {
+                Some(h) if !h.is_empty() => {
+                    if h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_ok() {
+                        format!("[{h}]:{port}")
+                    } else {
+                        format!("{h}:{port}")
+                    }
+                }
+                _ => {
+                    errs.push(
+                        format!("{path}.host"),
+                        format!("{:?} transport needs host", d.transport),
+                    );
+                    String::new()
+                }
+            }
+        };
+        let link = match d.transport {
+            Transport::Tcp => ModbusLink::Tcp {
+                addr: tcp_addr(errs),
+                unit_id: unit,
+            },
+            Transport::RtuOverTcp => ModbusLink::RtuOverTcp {
+                addr: tcp_addr(errs),
+                unit_id: unit,
+            },
+            Transport::Rtu => {
+                if d.host.is_some() {
+                    errs.push(
+                        format!("{path}.host"),
+                        "rtu is a serial line: use serial_path, or transport = \"rtu_over_tcp\" for a gateway",
+                    );
+                }
+                let serial_path = d.serial_path.clone().unwrap_or_default();
+                if serial_path.is_empty() {
+                    errs.push(format!("{path}.serial_path"), "rtu needs serial_path");
+                }
+                let baud = d.baud.unwrap_or(9600);
+                if !(300..=921_600).contains(&baud) {
+                    errs.push(
+                        format!("{path}.baud"),
+                        format!("baud {baud} out of range 300..=921600"),
+                    );
+                }
+                let data_bits = d.data_bits.unwrap_or(8);
+                if !(7..=8).contains(&data_bits) {
+                    errs.push(format!("{path}.data_bits"), "data_bits must be 7 or 8");
+                }
+                let stop_bits = d.stop_bits.unwrap_or(1);
+                if !(1..=2).contains(&stop_bits) {
+                    errs.push(format!("{path}.stop_bits"), "stop_bits must be 1 or 2");
+                }
+                ModbusLink::Rtu {
+                    serial_path,
+                    baud,
+                    parity: d.parity,
+                    data_bits: u8::try_from(data_bits).unwrap_or(8),
+                    stop_bits: u8::try_from(stop_bits).unwrap_or(1),
+                    unit_id: unit,
+                }
+            }
+        };
+        if d.transport != Transport::Rtu && d.serial_path.is_some() {
+            errs.push(
+                format!("{path}.serial_path"),
+                "serial_path is only for transport = \"rtu\"",
+            );
+        }
+        let profile = load_profile(
+            errs,
+            &path,
+            d.profile.as_deref(),
+            d.profile_file.as_deref(),
+            base,
+        );
+        let max_read = d.max_read_registers.unwrap_or(125);
+        if !(1..=125).contains(&max_read) {
+            errs.push(
+                format!("{path}.max_read_registers"),
+                format!("must be in 1..=125 (the protocol's limit), got {max_read}"),
+            );
+        }
+        if d.timeout_ms == Some(0) {
+            errs.push(format!("{path}.timeout_ms"), "must be greater than zero");
+        }
+        if !d.write_points.is_empty() && !d.control {
+            errs.push(
+                format!("{path}.write_points"),
+                format!(
+                    "writes configured on device `{}` without control = true",
+                    d.id
+                ),
+            );
+        }
+        if let Some(p) = &profile {
+            for (k, w) in d.write_points.iter().enumerate() {
+                match p.point(w) {
+                    Some(pt) if pt.writable => {}
+                    Some(_) => errs.push(
+                        format!("{path}.write_points[{k}]"),
+                        format!("point `{w}` is not writable in profile `{}`", p.name),
+                    ),
+                    None => errs.push(
+                        format!("{path}.write_points[{k}]"),
+                        format!("profile `{}` has no point or role `{w}`", p.name),
+                    ),
+                }
+            }
+        }
+        let Some(profile) = profile else { continue };
+        let max_read_registers = max_read.min(profile.max_read()).max(1);
+        out.push(ModbusDevice {
+            id: d.id.clone(),
+            link,
+            profile,
+            timeout_ms: d.timeout_ms.unwrap_or(1000).max(1),
+            pause_after_connect_ms: d.pause_after_connect_ms.unwrap_or(0),
+            max_read_registers,
+            poll_interval_ms: d.poll_interval_ms,
+            control: d.control,
+            write_points: d.write_points.clone(),
+        });
+    }
+    out
+}
+
+fn build_zones(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    node_idx: &HashMap<String, NodeIdx>,
+    device_idx: &HashMap<&str, usize>,
+    devices: &[ModbusDevice],
+) -> Vec<CoolingZone> {
+    let mut out = Vec::new();
+    let mut rack_zone: HashMap<NodeIdx, String> = HashMap::new();
+    let rack_base = 1 + raw.feeds.len() + raw.rows.len();
+    for (i, z) in raw.cooling_zones.iter().enumerate() {
+        let path = format!("cooling_zones[{i}]");
+        let margin = z.margin.unwrap_or(raw.policy.cooling_margin);
+        if !(0.0..=1.0).contains(&margin) {
+            errs.push(format!("{path}.margin"), "must be in [0, 1]");
+        }
+        if z.redundancy == Redundancy::NPlusOne && z.units.len() < 2 {
+            errs.push(
+                format!("{path}.units"),
+                format!(
+                    "N+1 needs at least two cooling units, zone `{}` has {}; set redundancy = \"none\" to accept a zone without redundancy",
+                    z.id,
+                    z.units.len()
+                ),
+            );
+        }
+        if z.units.is_empty() && z.redundancy == Redundancy::None {
+            errs.push(format!("{path}.units"), "a zone needs at least one unit");
+        }
+        let mut racks = Vec::new();
+        for (k, r) in z.racks.iter().enumerate() {
+            match node_idx.get(r) {
+                Some(&n) if n >= rack_base => {
+                    if let Some(other) = rack_zone.insert(n, z.id.clone()) {
+                        errs.push(
+                            format!("{path}.racks[{k}]"),
+                            format!("rack `{r}` is already cooled by zone `{other}`"),
+                        );
+                    }
+                    racks.push(n);
+                }
+                Some(_) => errs.push(format!("{path}.racks[{k}]"), format!("`{r}` is not a rack")),
+                None => errs.push(format!("{path}.racks[{k}]"), format!("unknown rack `{r}`")),
+            }
+        }
+        let mut units = Vec::new();
+        for (k, u) in z.units.iter().enumerate() {
+            let upath = format!("{path}.units[{k}]");
+            positive(errs, &format!("{upath}.capacity_kw"), u.capacity_kw);
+            let device = match &u.device {
+                None => None,
+                Some(d) => match device_idx.get(d.as_str()) {
+                    Some(&di) => {
+                        if devices[di].profile.role(Role::UnitRunning).is_none() {
+                            errs.push(
+                                format!("{upath}.device"),
+                                format!(
+                                    "device `{d}` (profile `{}`) reports no unit_running point",
+                                    devices[di].profile.name
+                                ),
+                            );
+                        }
+                        Some(di)
+                    }
+                    None => {
+                        errs.push(
+                            format!("{upath}.device"),
+                            format!("unknown Modbus device `{d}`"),
+                        );
+                        None
+                    }
+                },
+            };
+            units.push(CoolingUnit {
+                id: u.id.clone(),
+                capacity_kw: u.capacity_kw,
+                device,
+            });
+        }
+        out.push(CoolingZone {
+            id: z.id.clone(),
+            medium: z.medium,
+            redundancy: z.redundancy,
+            margin,
+            racks,
+            units,
+        });
+    }
+    out
+}
+
+fn expand_groups(errs: &mut Errors, raw: &RawConfig) -> Vec<(RawMiner, String)> {
+    let mut out: Vec<(RawMiner, String)> = raw
+        .miners
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.clone(), format!("miners[{i}]")))
+        .collect();
+    for (i, g) in raw.miner_groups.iter().enumerate() {
+        let path = format!("miner_groups[{i}]");
+        if g.count == 0 || g.count > 10_000 {
+            errs.push(
+                format!("{path}.count"),
+                format!("count must be in 1..=10000, got {}", g.count),
+            );
+            continue;
+        }
+        let (host, port) = match split_host_port(&g.first_address, 4028) {
+            Ok(hp) => hp,
+            Err(e) => {
+                errs.push(format!("{path}.first_address"), e);
+                continue;
+            }
+        };
+        let Ok(first) = host.parse::<Ipv4Addr>() else {
+            errs.push(
+                format!("{path}.first_address"),
+                format!("`{host}` must be an IPv4 address to count from"),
+            );
+            continue;
+        };
+        let first_u = u32::from(first);
+        if first_u.checked_add(g.count - 1).is_none() {
+            errs.push(
+                format!("{path}.count"),
+                "the group runs past 255.255.255.255",
+            );
+            continue;
+        }
+        if g.first_outlet.is_some() && g.outlet_device.is_none() {
+            errs.push(
+                format!("{path}.first_outlet"),
+                "first_outlet needs outlet_device",
+            );
+        }
+        for n in 0..g.count {
+            let ip = Ipv4Addr::from(first_u + n);
+            out.push((
+                RawMiner {
+                    id: format!("{}{:03}", g.id_prefix, n + 1),
+                    address: format!("{ip}:{port}"),
+                    http_port: g.http_port,
+                    firmware: g.firmware,
+                    rack: g.rack.clone(),
+                    nominal_w: g.nominal_w,
+                    min_w: g.min_w,
+                    idle_w: g.idle_w,
+                    efficiency_j_th: g.efficiency_j_th,
+                    credentials: g.credentials.clone(),
+                    outlet: g.outlet_device.as_ref().map(|d| crate::raw::OutletRef {
+                        device: d.clone(),
+                        outlet: g.first_outlet.unwrap_or(1) + n,
+                    }),
+                },
+                path.clone(),
+            ));
+        }
+    }
+    out
+}
+
+fn build_miners(
+    errs: &mut Errors,
+    raw: &[(RawMiner, String)],
+    nodes: &[PowerNode],
+    node_idx: &HashMap<String, NodeIdx>,
+    devices: &[ModbusDevice],
+    device_idx: &HashMap<&str, usize>,
+) -> Vec<Miner> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut outlets_used: HashMap<(usize, u32), String> = HashMap::new();
+    // Errors of a group are reported once, not once per expanded miner.
+    let mut reported: HashSet<String> = HashSet::new();
+    for (m, path) in raw {
+        let grouped = path.starts_with("miner_groups");
+        let mut local = Errors::default();
+        let (host, port) = match split_host_port(&m.address, 4028) {
+            Ok(hp) => hp,
+            Err(e) => {
+                local.push(format!("{path}.address"), e);
+                (String::new(), 4028)
+            }
+        };
+        let rack = match node_idx.get(&m.rack) {
+            Some(&n) => match nodes[n].rack_kind() {
+                Some(RackKind::Mining | RackKind::Mixed) => Some(n),
+                Some(RackKind::Gpu) => {
+                    local.push(
+                        format!("{path}.rack"),
+                        format!(
+                            "`{}` is a GPU rack; miners go in mining or mixed racks",
+                            m.rack
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    local.push(
+                        format!("{path}.rack"),
+                        format!("`{}` is not a rack", m.rack),
+                    );
+                    None
+                }
+            },
+            None => {
+                local.push(format!("{path}.rack"), format!("unknown rack `{}`", m.rack));
+                None
+            }
+        };
+        positive(&mut local, &format!("{path}.nominal_w"), m.nominal_w);
+        if let Some(min) = m.min_w {
+            if !(min > 0.0 && min <= m.nominal_w) {
+                local.push(
+                    format!("{path}.min_w"),
+                    format!("min_w {min} must be in (0, nominal_w = {}]", m.nominal_w),
+                );
+            }
+        }
+        let idle = m.idle_w.unwrap_or(25.0);
+        if !(idle >= 0.0 && idle < m.nominal_w) {
+            local.push(
+                format!("{path}.idle_w"),
+                format!("idle_w {idle} must be in [0, nominal_w)"),
+            );
+        }
+        if let Some(e) = m.efficiency_j_th {
+            positive(&mut local, &format!("{path}.efficiency_j_th"), e);
+        }
+        if let Some(c) = &m.credentials {
+            match (&c.password_env, &c.password_file) {
+                (Some(_), Some(_)) => local.push(
+                    format!("{path}.credentials"),
+                    "give password_env or password_file, not both",
+                ),
+                (None, None) => local.push(
+                    format!("{path}.credentials"),
+                    "credentials need password_env or password_file (never inline)",
+                ),
+                _ => {}
+            }
+        }
+        let http_port = match m.http_port {
+            Some(p) => port16(&mut local, &format!("{path}.http_port"), p),
+            None => m.firmware.needs_http().then_some(80),
+        };
+        let outlet = match &m.outlet {
+            None => None,
+            Some(o) => {
+                let opath = if grouped {
+                    format!("{path}.outlet_device")
+                } else {
+                    format!("{path}.outlet.device")
+                };
+                match device_idx.get(o.device.as_str()) {
+                    None => {
+                        local.push(opath, format!("unknown Modbus device `{}`", o.device));
+                        None
+                    }
+                    Some(&d) => {
+                        let dev = &devices[d];
+                        let sw = dev.profile.role(Role::OutletSwitch);
+                        if !dev.control {
+                            local.push(
+                                opath.clone(),
+                                format!(
+                                    "outlet switching configured on device `{}` without control = true",
+                                    o.device
+                                ),
+                            );
+                        } else if !dev.may_write(Role::OutletSwitch.name())
+                            && !sw.is_some_and(|p| dev.may_write(&p.name))
+                        {
+                            local.push(
+                                opath.clone(),
+                                format!(
+                                    "device `{}` does not allow writes to outlet_switch: add it to write_points",
+                                    o.device
+                                ),
+                            );
+                        }
+                        match sw {
+                            Some(p) if o.outlet >= 1 && o.outlet <= p.count => {
+                                if let Some(other) =
+                                    outlets_used.insert((d, o.outlet), m.id.clone())
+                                {
+                                    local.push(
+                                        format!("{path}.outlet"),
+                                        format!(
+                                            "outlet {} of `{}` already feeds miner `{other}`",
+                                            o.outlet, o.device
+                                        ),
+                                    );
+                                }
+                            }
+                            Some(p) => local.push(
+                                format!("{path}.outlet"),
+                                format!(
+                                    "outlet {} out of range 1..={} for `{}`",
+                                    o.outlet, p.count, o.device
+                                ),
+                            ),
+                            None => local.push(
+                                opath,
+                                format!(
+                                    "device `{}` (profile `{}`) has no outlet_switch point",
+                                    o.device, dev.profile.name
+                                ),
+                            ),
+                        }
+                        Some(Outlet {
+                            device: d,
+                            outlet: o.outlet,
+                        })
+                    }
+                }
+            }
+        };
+        for issue in local.0 {
+            let key = format!("{}: {}", issue.path, issue.message);
+            if !grouped || reported.insert(key) {
+                errs.0.push(issue);
+            }
+        }
+        if let Some(rack) = rack {
+            out.push(Miner {
+                id: m.id.clone(),
+                host,
+                port,
+                http_port,
+                firmware: m.firmware,
+                rack,
+                nominal_w: m.nominal_w,
+                min_w: m.min_w,
+                idle_w: idle,
+                efficiency_j_th: m.efficiency_j_th,
+                credentials: m.credentials.clone(),
+                outlet,
+            });
+        }
+    }
+    out
+}
+
+fn build_gpu_nodes(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    nodes: &[PowerNode],
+    node_idx: &HashMap<String, NodeIdx>,
+    base: &Path,
+) -> Vec<GpuNode> {
+    let mut out = Vec::new();
+    for (i, g) in raw.gpu_nodes.iter().enumerate() {
+        let path = format!("gpu_nodes[{i}]");
+        let rack = match node_idx.get(&g.rack) {
+            Some(&n) => match nodes[n].rack_kind() {
+                Some(RackKind::Gpu | RackKind::Mixed) => Some(n),
+                _ => {
+                    errs.push(
+                        format!("{path}.rack"),
+                        format!("`{}` is not a GPU or mixed rack", g.rack),
+                    );
+                    None
+                }
+            },
+            None => {
+                errs.push(format!("{path}.rack"), format!("unknown rack `{}`", g.rack));
+                None
+            }
+        };
+        let mut address = None;
+        let mut token_file = None;
+        match g.source {
+            GpuSource::Remote => {
+                match g.address.as_deref().map(str::parse::<SocketAddr>) {
+                    Some(Ok(a)) => address = Some(a),
+                    Some(Err(_)) => errs.push(
+                        format!("{path}.address"),
+                        format!(
+                            "`{}` is not an ip:port address",
+                            g.address.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                    None => errs.push(
+                        format!("{path}.address"),
+                        "remote GPU nodes need address = \"ip:port\"",
+                    ),
+                }
+                match &g.token_file {
+                    Some(t) => token_file = Some(resolve(base, t)),
+                    None => errs.push(
+                        format!("{path}.token_file"),
+                        "remote GPU nodes need token_file (the shared token)",
+                    ),
+                }
+            }
+            GpuSource::Nvml => {
+                if g.address.is_some() {
+                    errs.push(
+                        format!("{path}.address"),
+                        "address is only for source = \"remote\"",
+                    );
+                }
+            }
+        }
+        let gpus = g.gpus.unwrap_or(4);
+        if gpus == 0 || gpus > 128 {
+            errs.push(
+                format!("{path}.gpus"),
+                format!("gpus must be in 1..=128, got {gpus}"),
+            );
+        }
+        if let Some(w) = g.gpu_max_w {
+            positive(errs, &format!("{path}.gpu_max_w"), w);
+        }
+        if let Some(rack) = rack {
+            out.push(GpuNode {
+                id: g.id.clone(),
+                rack,
+                source: g.source,
+                address,
+                token_file,
+                gpus,
+                gpu_max_w: g.gpu_max_w,
+            });
+        }
+    }
+    out
+}
+
+/// Resolves a path from the config against the config's directory.
+pub fn resolve(base: &Path, p: &str) -> PathBuf {
+    let pb = PathBuf::from(p);
+    if pb.is_absolute() {
+        pb
+    } else {
+        base.join(pb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("10.0.0.1", 4028).unwrap(),
+            ("10.0.0.1".into(), 4028)
+        );
+        assert_eq!(
+            split_host_port("10.0.0.1:4029", 4028).unwrap(),
+            ("10.0.0.1".into(), 4029)
+        );
+        assert_eq!(
+            split_host_port("miner-7.site:4028", 1).unwrap(),
+            ("miner-7.site".into(), 4028)
+        );
+        assert_eq!(split_host_port("[::1]:9", 1).unwrap(), ("::1".into(), 9));
+        assert!(split_host_port("host:99999", 1).is_err());
+        assert!(split_host_port("host:0", 1).is_err());
+    }
+
+    #[test]
+    fn amps_rating_three_phase() {
+        let mut e = Errors::default();
+        let r = RawRating {
+            rating_a: Some(400.0),
+            voltage_v: Some(415.0),
+            phases: Some(3),
+            ..RawRating::default()
+        };
+        let kw = rating_kw(&mut e, "x", &r, true).unwrap();
+        assert!((kw - 287.5).abs() < 0.1, "{kw}");
+        assert!(e.0.is_empty());
+    }
+}
