@@ -196,7 +196,7 @@ mod tests {
         let off = offset_of(&doc, "racks[0].budget_kw").unwrap();
         assert_eq!(line_col(DOC, off).0, 4);
         let off = offset_of(&doc, "racks[1].outer.point").unwrap();
-        assert_eq!(line_col(DOC, off), (10, 26));
+        assert_eq!(line_col(DOC, off), (10, 25));
     }
 
     #[test]
