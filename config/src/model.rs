@@ -13,7 +13,8 @@ use serde::Serialize;
 pub use crate::policy::{AgentSettings, LogFormat, Policy};
 pub use crate::profile::Profile;
 pub use crate::raw::{
-    CoolingMedium, Credentials, Firmware, GpuSource, Parity, RackKind, Redundancy, Transport,
+    CoolingMedium, Credentials, Firmware, GpuSource, Levers, Parity, RackKind, Redundancy,
+    Transport,
 };
 
 /// Index of a node in [`Site::nodes`]. The site itself is node 0.

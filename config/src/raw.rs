@@ -340,10 +340,39 @@ impl Firmware {
         }
     }
 
+    /// The levers this firmware offers the controller: the single source of truth that
+    /// both the drivers and `decide` use.
+    pub fn levers(self) -> Levers {
+        match self {
+            Firmware::Braiins | Firmware::Luxos | Firmware::Whatsminer | Firmware::Vnish => {
+                Levers {
+                    power_target: true,
+                    sleep: true,
+                }
+            }
+            // Stock Bitmain has no API power target; its sleep goes through the slow web
+            // CGI. Avalon's `workmode` only picks coarse presets, so it is not a target.
+            Firmware::AntminerStock | Firmware::Avalon => Levers {
+                power_target: false,
+                sleep: true,
+            },
+        }
+    }
+
     /// Whether the firmware needs an HTTP port besides the 4028 API for its control verbs.
     pub fn needs_http(self) -> bool {
         matches!(self, Firmware::Vnish | Firmware::AntminerStock)
     }
+}
+
+/// The miner-side levers a firmware offers (the PDU outlet is the rack's, not the
+/// firmware's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Levers {
+    /// A settable power target (watts).
+    pub power_target: bool,
+    /// Sleep / pause / power off of the hashboards through the API.
+    pub sleep: bool,
 }
 
 /// Where a secret comes from. Never inline: the config file is not a secret store.
