@@ -337,11 +337,11 @@ async fn power_limit(
 ) -> Response {
     match state.source.set_power_limit(req.target, req.limit_w).await {
         Ok(applied) => {
-            tracing::info!(target = ?req.target, limit_w = req.limit_w, gpus = applied.len(), "gpu power limit set and read back");
+            tracing::info!(gpu_target = ?req.target, limit_w = req.limit_w, gpus = applied.len(), "gpu power limit set and read back");
             Json(PowerLimitResponse { applied }).into_response()
         }
         Err(e) => {
-            tracing::warn!(target = ?req.target, limit_w = req.limit_w, error = %error_chain(&e), "gpu power limit not applied");
+            tracing::warn!(gpu_target = ?req.target, limit_w = req.limit_w, error = %error_chain(&e), "gpu power limit not applied");
             let (status, body) = ErrorBody::from_gpu_error(&e);
             (status, Json(body)).into_response()
         }
