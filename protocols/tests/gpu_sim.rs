@@ -214,3 +214,30 @@ async fn sim_source_runs_on_tokio_time_and_counts_energy() {
     let j = last - e0;
     assert!((60.0 * 600.0..60.0 * 720.0).contains(&j), "{j} J in 60 s");
 }
+
+proptest::proptest! {
+    /// Whatever the profile, seed, GPU, time and cap, a simulated GPU never draws more
+    /// than its enforced limit, never less than nothing, and the same inputs give the
+    /// same power.
+    #[test]
+    fn power_never_exceeds_the_cap(
+        seed in proptest::prelude::any::<u64>(),
+        gpu in 0u32..128,
+        t in -10.0f64..100_000.0,
+        cap in 200.0f64..700.0,
+        which in 0usize..4,
+    ) {
+        let profile = [
+            LoadProfile::Idle,
+            LoadProfile::Training,
+            LoadProfile::Inference,
+            LoadProfile::JobStart { start_s: 50.0 },
+        ][which];
+        let spec = SimSpec::h100(128, seed);
+        let p = power_w(profile, &spec, gpu, t, cap);
+        proptest::prop_assert!((0.0..=cap).contains(&p), "{profile:?} t={t} cap={cap}: {p}");
+        proptest::prop_assert_eq!(p, power_w(profile, &spec, gpu, t, cap));
+        let avg = rackwarden_protocols::gpu::sim::average_power_w(profile, &spec, gpu, t, cap);
+        proptest::prop_assert!((0.0..=cap + 1e-9).contains(&avg));
+    }
+}
