@@ -237,6 +237,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(run(args), ExitCode::from(EX_CONFIG));
+        std::fs::remove_dir_all(empty.parent().unwrap()).unwrap();
         let args = parse(&[
             "--listen",
             "127.0.0.1:0",
@@ -264,6 +265,7 @@ mod tests {
         argv.extend_from_slice(extra);
         let args = parse(&argv).unwrap();
         let token = Token::from_file(NODE_ID, &args.token_file).unwrap();
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         let listener = tokio::net::TcpListener::bind(args.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
