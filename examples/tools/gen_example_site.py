@@ -39,7 +39,7 @@ def dev(id, profile, control=False, host="127.0.0.1", transport="tcp", unit=1, p
 for f in ["a", "b"]:
     w(f'''[[feeds]]
 id = "feed-{f}"
-rating_kw = 750
+rating_kw = 650
 meters = [{{ device = "meter-feed-{f}", point = "inlet_power_kw" }}]
 ''')
     dev(f"meter-feed-{f}", "generic-meter")
@@ -47,13 +47,13 @@ for f in ["a", "b"]:
     w(f'''[[rows]]
 id = "rpp-{f}-gpu"
 parent = "feed-{f}"
-rating_kw = 330
+rating_kw = 360
 meters = [{{ device = "meter-rpp-{f}-gpu" }}]
 
 [[rows]]
 id = "rpp-{f}-mining"
 parent = "feed-{f}"
-rating_kw = 400
+rating_kw = 500
 meters = [{{ device = "meter-rpp-{f}-mining" }}]
 ''')
     dev(f"meter-rpp-{f}-gpu", "generic-meter")
@@ -67,7 +67,7 @@ for f in ["a", "b"]:
 id = "{r}"
 kind = "gpu"
 parents = ["rpp-{f}-gpu"]
-rating_kw = 165
+rating_kw = 175
 rated_max_kw = 132
 meters = [{{ device = "pdu-{r}" }}]
 ''')
@@ -90,7 +90,7 @@ for fi, f in enumerate(["a", "b"]):
 id = "{r}"
 kind = "mining"
 parents = ["rpp-{f}-mining"]
-rating_kw = 100
+rating_kw = 125
 meters = [{{ device = "pdu-{r}" }}]
 ''')
         dev(f"pdu-{r}", "generic-pdu", control=True)
