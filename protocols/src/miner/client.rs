@@ -166,6 +166,21 @@ impl ApiClient {
         Ok(buf)
     }
 
+    /// Send a JSON request object and parse the reply into JSON (no envelope needed).
+    pub async fn request_json(&self, req: &Value, command: &str) -> Result<Value, ApiError> {
+        let bytes = serde_json::to_vec(req).map_err(|e| ApiError::Reply {
+            addr: self.addr.clone(),
+            command: command.to_owned(),
+            source: ReplyError::Json(e.to_string()),
+        })?;
+        let raw = self.raw(&bytes, command).await?;
+        super::reply::parse_json(&raw).map_err(|source| ApiError::Reply {
+            addr: self.addr.clone(),
+            command: command.to_owned(),
+            source,
+        })
+    }
+
     /// Send a JSON request object and parse the reply (status not checked).
     pub async fn request(&self, req: &Value, command: &str) -> Result<Reply, ApiError> {
         let bytes = serde_json::to_vec(req).map_err(|e| ApiError::Reply {
@@ -202,8 +217,11 @@ impl ApiClient {
     pub async fn multi(&self, commands: &[&str]) -> Result<Vec<Reply>, ApiError> {
         if commands.len() > 1 && !self.no_multi.load(Ordering::Relaxed) {
             let joined = commands.join("+");
-            match self.request(&json!({ "command": joined }), &joined).await {
-                Ok(reply) => match reply.split_multi(commands) {
+            match self
+                .request_json(&json!({ "command": joined }), &joined)
+                .await
+            {
+                Ok(body) => match Reply::split_multi(body, commands) {
                     Ok(parts) => {
                         return parts
                             .into_iter()

@@ -494,30 +494,19 @@ impl Whatsminer {
             }
         }
         let req = json!({ "enc": 1, "data": keys.seal(plain.to_string().as_bytes()) });
-        let outer = b.api.request(&req, cmd).await;
-        // An encrypted answer carries only `enc`; an error may come in the clear.
-        let outer = match outer {
-            Ok(r) => r,
-            Err(ApiError::Reply {
-                source: super::reply::ReplyError::NoStatus,
-                ..
-            }) => {
-                let raw = b
-                    .api
-                    .raw(req.to_string().as_bytes(), cmd)
-                    .await
-                    .map_err(b.api_err(cmd))?;
-                let v =
-                    super::reply::parse_json(&raw).map_err(|e| b.protocol(cmd, e.to_string()))?;
-                return self.open(cmd, keys, &v);
-            }
-            Err(e) => return Err(b.api_err(cmd)(e)),
-        };
-        if let Some(enc) = outer.body.get("enc") {
-            let v = json!({ "enc": enc });
+        // One send only: a write must never be repeated behind the caller's back.
+        let v = b
+            .api
+            .request_json(&req, cmd)
+            .await
+            .map_err(b.api_err(cmd))?;
+        // An accepted write answers `{"enc":...}`; a refusal may come in the clear.
+        if v.get("enc").is_some() {
             return self.open(cmd, keys, &v);
         }
-        Ok(outer)
+        let status = super::reply::status_of(&v)
+            .ok_or_else(|| b.protocol(cmd, "answer is neither status nor encrypted"))?;
+        Ok(Reply { status, body: v })
     }
 
     fn open(&self, cmd: &'static str, keys: &TokenKeys, v: &Value) -> Result<Reply, MinerError> {

@@ -127,23 +127,19 @@ impl Reply {
             .ok_or(ReplyError::Missing("Msg"))
     }
 
-    /// Split a multi-command reply (`summary+stats`) into one reply per command. A reply
+    /// Split a multi-command reply (`{"summary":[{..}],"stats":[{..}]}`) into one reply
+    /// per command. A reply
     /// that carries its own top-level STATUS (a refusal such as `E 14 Invalid command`)
     /// is returned as that error.
-    pub fn split_multi(self, commands: &[&str]) -> Result<Vec<Reply>, ReplyError> {
-        if self.body.get("STATUS").is_some() {
-            let status = status_of(&self.body).ok_or(ReplyError::NoStatus)?;
-            Reply {
-                status,
-                body: self.body,
-            }
-            .ok()?;
+    pub fn split_multi(body: Value, commands: &[&str]) -> Result<Vec<Reply>, ReplyError> {
+        if body.get("STATUS").is_some() {
+            let status = status_of(&body).ok_or(ReplyError::NoStatus)?;
+            Reply { status, body }.ok()?;
             return Err(ReplyError::Missing("multi-command sections"));
         }
         let mut out = Vec::with_capacity(commands.len());
         for cmd in commands {
-            let sub = self
-                .body
+            let sub = body
                 .get(*cmd)
                 .and_then(|v| match v {
                     Value::Array(a) => a.first(),

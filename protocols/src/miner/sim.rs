@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use rackwarden_config::{Firmware, Site};
+use rackwarden_config::{Firmware, Miner, Site};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -223,11 +223,36 @@ impl SimMiner {
         self.st().log.clone()
     }
 
+    /// The site-model miner that points at this simulated one (factory login: set
+    /// `credentials` when the spec's password differs).
+    pub fn to_config(&self) -> Miner {
+        Miner {
+            id: self.spec.id.clone(),
+            host: self.spec.api_addr.ip().to_string(),
+            port: self.spec.api_addr.port(),
+            http_port: self.spec.http_addr.map(|a| a.port()),
+            firmware: self.spec.firmware,
+            rack: 0,
+            nominal_w: self.spec.nominal_w,
+            min_w: self
+                .spec
+                .firmware
+                .levers()
+                .power_target
+                .then_some(self.spec.min_w),
+            idle_w: self.spec.idle_w,
+            efficiency_j_th: Some(self.spec.efficiency_j_th),
+            credentials: None,
+            outlet: None,
+        }
+    }
+
     fn hashrate_ths(&self, st: &SimState, now: Instant) -> f64 {
         if st.mode == MinerMode::Mining {
-            (st.ramp.at(now) - self.spec.idle_w).max(0.0) / self.spec.efficiency_j_th
+            st.ramp.at(now).max(0.0) / self.spec.efficiency_j_th
         } else {
-            0.0
+            // Boards wind down with the power ramp: hashrate ends at zero with it.
+            (st.ramp.at(now) - self.spec.idle_w).max(0.0) / self.spec.efficiency_j_th
         }
     }
 
@@ -288,7 +313,7 @@ impl MinerSim {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut miners = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for mut spec in specs {
             let api = TcpListener::bind(spec.api_addr)
                 .await
                 .map_err(|source| SimError::Bind {
@@ -308,6 +333,13 @@ impl MinerSim {
                 ),
                 None => None,
             };
+            // Port 0 binds a free port: record what was bound.
+            if let Ok(a) = api.local_addr() {
+                spec.api_addr = a;
+            }
+            if let Some(a) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+                spec.http_addr = Some(a);
+            }
             let m = Arc::new(SimMiner::new(spec, opts.time_scale));
             tasks.spawn(serve_api(api, m.clone(), cancel.clone()));
             if let Some(l) = http {
