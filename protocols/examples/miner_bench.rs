@@ -42,10 +42,10 @@ fn ip_of(net: u8, i: usize) -> Res<IpAddr> {
     Ok(IpAddr::V4(Ipv4Addr::new(127, net, y, z)))
 }
 
-fn fleet(net: u8, n: usize) -> Res<Vec<SimMinerSpec>> {
+fn fleet(net: u8, n: usize, mix: &[Firmware]) -> Res<Vec<SimMinerSpec>> {
     (0..n)
         .map(|i| {
-            let fw = MIX[i % MIX.len()];
+            let fw = mix[i % mix.len()];
             let ip = ip_of(net, i)?;
             let http =
                 (fw.needs_http() || fw == Firmware::Braiins).then_some(SocketAddr::new(ip, 8080));
@@ -66,13 +66,13 @@ fn raise_nofile() -> Res<u64> {
 }
 
 /// Child: serve `n` miners until stdin closes.
-fn serve(net: u8, n: usize) -> Res<()> {
+fn serve(net: u8, n: usize, mix: &[Firmware]) -> Res<()> {
     raise_nofile()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let sim = MinerSim::start(fleet(net, n)?, SimOptions::default()).await?;
+        let sim = MinerSim::start(fleet(net, n, mix)?, SimOptions::default()).await?;
         println!("READY");
         std::io::stdout().flush()?;
         // Wait for the parent to close our stdin.
@@ -130,11 +130,18 @@ fn main() -> Res<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    // `--only braiins,luxos`: restrict the mix (to see one firmware's cost).
+    let only = arg("--only").unwrap_or_default();
+    let mix: Vec<Firmware> = MIX
+        .into_iter()
+        .filter(|f| only.is_empty() || only.split(',').any(|o| o == f.name()))
+        .collect();
+    if mix.is_empty() {
+        return Err(format!("--only {only}: no such firmware").into());
+    }
     if let Some(n) = arg("--serve") {
-        return serve(
-            arg("--net").unwrap_or_else(|| "50".into()).parse()?,
-            n.parse()?,
-        );
+        let net = arg("--net").unwrap_or_else(|| "50".into()).parse()?;
+        return serve(net, n.parse()?, &mix);
     }
     let counts: Vec<usize> = arg("--counts")
         .unwrap_or_else(|| "1000,10000".into())
@@ -151,7 +158,7 @@ fn main() -> Res<()> {
     let nofile = raise_nofile()?;
     println!(
         "RLIMIT_NOFILE={nofile} concurrency={concurrency} mix={:?}",
-        MIX.map(Firmware::name)
+        mix.iter().map(|f| f.name()).collect::<Vec<_>>()
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -161,7 +168,14 @@ fn main() -> Res<()> {
     for (k, &n) in counts.iter().enumerate() {
         let net = 50 + u8::try_from(k)?;
         let mut child = Command::new(std::env::current_exe()?)
-            .args(["--serve", &n.to_string(), "--net", &net.to_string()])
+            .args([
+                "--serve",
+                &n.to_string(),
+                "--net",
+                &net.to_string(),
+                "--only",
+                &only,
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -177,7 +191,7 @@ fn main() -> Res<()> {
         })?;
         let before_build = cpu_now()?;
         let drivers: Vec<Arc<dyn MinerDriver>> = rt.block_on(async {
-            let sim_specs = fleet(net, n)?;
+            let sim_specs = fleet(net, n, &mix)?;
             let mut v = Vec::with_capacity(n);
             for s in sim_specs {
                 let m = rackwarden_config::Miner {
@@ -225,7 +239,7 @@ fn main() -> Res<()> {
             let script =
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/pyasic_peer.py");
             let ips: Vec<String> = (0..sample)
-                .map(|i| ip_of(net, i).map(|ip| format!("{ip}:{}", MIX[i % MIX.len()].name())))
+                .map(|i| ip_of(net, i).map(|ip| format!("{ip}:{}", mix[i % mix.len()].name())))
                 .collect::<Res<_>>()?;
             let t0 = Instant::now();
             let out = Command::new(py).arg(&script).args(&ips).output()?;

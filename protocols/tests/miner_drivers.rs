@@ -299,3 +299,64 @@ async fn antminer_digest_auth_rejects_wrong_password() {
     std::fs::remove_dir_all(&dir).unwrap();
     sim.shutdown().await;
 }
+
+/// The example site's whole fleet: specs from the site file, served (on free ports, to
+/// stay clear of other tests), and every miner polled once through its driver.
+#[tokio::test]
+async fn example_site_fleet_polls() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site.toml");
+    let site = rackwarden_config::load(&path).unwrap();
+    let mut specs = rackwarden_protocols::miner::sim::specs_from_site(&site, "pw").unwrap();
+    assert_eq!(specs.len(), site.miners.len());
+    let ips: std::collections::BTreeSet<_> = specs.iter().map(|s| s.api_addr.ip()).collect();
+    assert_eq!(ips.len(), specs.len(), "one loopback address per miner");
+    for s in &mut specs {
+        s.api_addr.set_port(0);
+        if let Some(h) = &mut s.http_addr {
+            h.set_port(0);
+        }
+        // Factory logins, so drivers without configured credentials get in.
+        let l = rackwarden_protocols::miner::Login::factory_default(s.firmware);
+        s.password = l.password.expose().to_owned();
+    }
+    let sim = MinerSim::start(specs, SimOptions::default()).await.unwrap();
+    let f = DriverFactory::new(DriverOptions::default()).unwrap();
+    let drivers: Vec<_> = sim
+        .miners()
+        .iter()
+        .map(|m| f.build(&m.to_config()).unwrap())
+        .collect();
+    let polls = futures::future::join_all(drivers.iter().map(|d| d.poll())).await;
+    for (p, m) in polls.iter().zip(sim.miners()) {
+        let t = p.as_ref().unwrap();
+        assert_eq!(t.firmware, m.spec.firmware);
+        assert!(near(t.power_w, m.spec.nominal_w, 1.0), "{t:?}");
+    }
+    let fws: std::collections::BTreeSet<_> =
+        site.miners.iter().map(|m| m.firmware.name()).collect();
+    assert_eq!(fws.len(), 6, "{fws:?}");
+    sim.shutdown().await;
+}
+
+/// `summary+stats` on stock Antminer is refused (E 14): the client falls back to one
+/// command per connection and remembers it; LuxOS takes the joined form.
+#[tokio::test]
+async fn multi_command_falls_back_when_refused() {
+    use rackwarden_protocols::miner::ApiClient;
+    for (fw, n) in [(Firmware::AntminerStock, 30), (Firmware::Luxos, 31)] {
+        let (sim, m, _) = start(fw, n).await;
+        let c = ApiClient::new(
+            m.spec.api_addr.to_string(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        for _ in 0..2 {
+            let parts = c.multi(&["summary", "stats"]).await.unwrap();
+            assert_eq!(parts.len(), 2);
+            assert_eq!(parts[0].status.code, Some(11));
+            assert_eq!(parts[1].status.code, Some(70));
+            assert_eq!(parts[1].all("STATS").count(), 2, "{fw:?}");
+        }
+        sim.shutdown().await;
+    }
+}

@@ -571,7 +571,7 @@ impl MinerDriver for Whatsminer {
             let mut st = self.state.lock().await;
             let b = &self.base;
             let mut t = b.telemetry();
-            let s = b
+            let summary = b
                 .api
                 .request(&json!({"cmd": "summary"}), "summary")
                 .await
@@ -581,15 +581,31 @@ impl MinerDriver for Whatsminer {
                         command: "summary".into(),
                         source,
                     })
-                })
-                .map_err(b.api_err("poll"))?;
-            tm::apply_summary(&mut t, &s);
-            let status = b
-                .api
-                .request(&json!({"cmd": "status"}), "status")
-                .await
-                .map_err(b.api_err("poll"))?;
-            tm::apply_whatsminer_status(&mut t, &status);
+                });
+            // `status` (mineroff) is asked only when `summary` shows no hashing or fails
+            // (btminer stops answering `summary` while powered off): a mining miner
+            // costs one connection per poll.
+            let hashing = match &summary {
+                Ok(s) => {
+                    tm::apply_summary(&mut t, s);
+                    t.hashrate_ths.is_some_and(|h| h > 0.0)
+                }
+                Err(_) => false,
+            };
+            if hashing {
+                t.mode = MinerMode::Mining;
+            } else {
+                let status = b
+                    .api
+                    .request(&json!({"cmd": "status"}), "status")
+                    .await
+                    .map_err(b.api_err("poll"))?;
+                tm::apply_whatsminer_status(&mut t, &status);
+                match summary {
+                    Err(e) if t.mode != MinerMode::Sleeping => return Err(b.api_err("poll")(e)),
+                    _ => {}
+                }
+            }
             if st.version.is_none() {
                 if let Ok(v) = b
                     .api
@@ -838,14 +854,15 @@ impl MinerDriver for Antminer {
         Box::pin(async move {
             let _g = self.lock.lock().await;
             let b = &self.base;
-            let parts = b
+            // `stats` alone carries hashrate, uptime, temperatures, fans and model, and
+            // the firmware refuses joined commands: one connection per poll.
+            let stats = b
                 .api
-                .multi(&["summary", "stats"])
+                .command("stats", None)
                 .await
                 .map_err(b.api_err("poll"))?;
             let mut t = b.telemetry();
-            tm::apply_summary(&mut t, &parts[0]);
-            tm::apply_stats(&mut t, &parts[1]);
+            tm::apply_stats(&mut t, &stats);
             Ok(b.finish(t, MinerMode::Sleeping))
         })
     }

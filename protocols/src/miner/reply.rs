@@ -268,77 +268,80 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 /// closed. Non-UTF-8 bytes are decoded lossily first. A bare word that is no number or
 /// JSON literal (an HTTP status line, binary noise) is an error: it is not a reply.
 pub fn repair(bytes: &[u8]) -> Result<String, ReplyError> {
+    // Work on the bytes of the lossily decoded text: every structural character is ASCII,
+    // so multi-byte characters only pass through, and the output stays valid UTF-8.
     let text = String::from_utf8_lossy(bytes);
-    let mut src = text.trim_start();
+    let mut src = text.trim_start().as_bytes();
     // Avalon: a reply starting with `,`: drop the commas, then wrap in `{` if needed.
-    while let Some(rest) = src.strip_prefix(',') {
-        src = rest.trim_start();
+    while let Some((b',', rest)) = src.split_first() {
+        src = rest.trim_ascii_start();
     }
-    if src.starts_with(['}', ']']) {
+    if matches!(src.first(), Some(b'}' | b']')) {
         return Err(ReplyError::Json(
             "reply starts with a closing bracket".into(),
         ));
     }
-    let mut out = String::with_capacity(src.len() + 16);
-    let mut stack: Vec<char> = Vec::new();
-    if !src.starts_with('{') && !src.starts_with('[') {
-        out.push('{');
-        stack.push('}');
+    let mut out: Vec<u8> = Vec::with_capacity(src.len() + 16);
+    let mut stack: Vec<u8> = Vec::new();
+    if !matches!(src.first(), Some(b'{' | b'[')) {
+        out.push(b'{');
+        stack.push(b'}');
     }
-    // Last point where the text so far was a complete prefix: (length, open brackets).
-    let mut checkpoint: (usize, Vec<char>) = (out.len(), stack.clone());
+    // Last point where the text so far was a complete prefix: (length, open depth). Any
+    // close below that depth sets a new checkpoint, so `stack[..depth]` at the end is
+    // still the checkpoint's open brackets.
+    let mut checkpoint: (usize, usize) = (out.len(), stack.len());
     let mut in_string = false;
     let mut escaped = false;
     // The previous significant token ended a value (so a following value needs a comma).
     let mut after_value = false;
-    let chars: Vec<char> = src.chars().collect();
     let mut i = 0;
     let mut finished = false;
-    while i < chars.len() {
-        let c = chars[i];
+    while i < src.len() {
+        let c = src[i];
         if in_string {
             if escaped {
                 escaped = false;
                 out.push(c);
-            } else if c == '\\' {
+            } else if c == b'\\' {
                 escaped = true;
                 out.push(c);
-            } else if c == '"' {
+            } else if c == b'"' {
                 in_string = false;
                 after_value = true;
                 out.push(c);
-            } else if (c as u32) < 0x20 {
-                // Raw newline/tab inside a string (Whatsminer): remove.
-            } else {
+            } else if c >= 0x20 {
                 out.push(c);
             }
+            // Raw newline/tab inside a string (Whatsminer): removed.
             i += 1;
             continue;
         }
         match c {
-            '"' => {
+            b'"' => {
                 if after_value {
-                    out.push(',');
+                    out.push(b',');
                 }
                 in_string = true;
                 after_value = false;
                 out.push(c);
             }
-            '{' | '[' => {
+            b'{' | b'[' => {
                 if after_value {
-                    out.push(',');
+                    out.push(b',');
                 }
-                stack.push(if c == '{' { '}' } else { ']' });
+                stack.push(if c == b'{' { b'}' } else { b']' });
                 out.push(c);
                 after_value = false;
                 // `[,{`: skip commas right after an opening bracket.
-                while i + 1 < chars.len() && (chars[i + 1] == ',' || chars[i + 1].is_whitespace()) {
+                while i + 1 < src.len() && (src[i + 1] == b',' || src[i + 1].is_ascii_whitespace())
+                {
                     i += 1;
                 }
             }
-            '}' | ']' => {
+            b'}' | b']' => {
                 // `,}` / `,]`: drop a trailing comma.
-                if out.ends_with(',') {
+                if out.last() == Some(&b',') {
                     out.pop();
                 }
                 match stack.pop() {
@@ -349,46 +352,52 @@ pub fn repair(bytes: &[u8]) -> Result<String, ReplyError> {
                     }
                 }
                 after_value = true;
-                checkpoint = (out.len(), stack.clone());
+                checkpoint = (out.len(), stack.len());
                 if stack.is_empty() {
                     // Root closed: ignore anything after it.
                     finished = true;
                     break;
                 }
             }
-            ',' => {
-                if !out.ends_with(',') && !out.ends_with('[') && !out.ends_with('{') {
-                    checkpoint = (out.len(), stack.clone());
-                    out.push(',');
+            b',' => {
+                if !matches!(out.last(), Some(b',' | b'[' | b'{')) {
+                    checkpoint = (out.len(), stack.len());
+                    out.push(b',');
                 }
                 after_value = false;
             }
-            ':' => {
-                out.push(':');
+            b':' => {
+                out.push(b':');
                 after_value = false;
             }
-            c if c.is_whitespace() => {}
+            c if c.is_ascii_whitespace() => {}
             _ => {
                 // A bare token: number or literal.
                 let start = i;
-                while i < chars.len()
-                    && !matches!(chars[i], ',' | '}' | ']' | ':' | '"' | '{' | '[')
-                    && !chars[i].is_whitespace()
+                while i < src.len()
+                    && !matches!(src[i], b',' | b'}' | b']' | b':' | b'"' | b'{' | b'[')
+                    && !src[i].is_ascii_whitespace()
                 {
                     i += 1;
                 }
-                let token: String = chars[start..i].iter().collect();
+                let token = &src[start..i];
                 if after_value {
-                    out.push(',');
+                    out.push(b',');
                 }
                 let lower = token.to_ascii_lowercase();
-                let t = lower.trim_start_matches(['-', '+']);
-                if matches!(t, "inf" | "infinity" | "nan") {
-                    out.push_str("null");
-                } else if matches!(t, "true" | "false" | "null") || token.parse::<f64>().is_ok() {
-                    out.push_str(&token);
+                let bare = lower
+                    .strip_prefix(b"-")
+                    .or_else(|| lower.strip_prefix(b"+"))
+                    .unwrap_or(&lower);
+                if matches!(bare, b"inf" | b"infinity" | b"nan") {
+                    out.extend_from_slice(b"null");
+                } else if matches!(bare, b"true" | b"false" | b"null")
+                    || std::str::from_utf8(token).is_ok_and(|t| t.parse::<f64>().is_ok())
+                {
+                    out.extend_from_slice(token);
                 } else {
-                    return Err(ReplyError::Json(format!("unexpected token {token:.32}")));
+                    let shown = String::from_utf8_lossy(&token[..token.len().min(32)]).into_owned();
+                    return Err(ReplyError::Json(format!("unexpected token {shown}")));
                 }
                 after_value = true;
                 continue;
@@ -398,16 +407,14 @@ pub fn repair(bytes: &[u8]) -> Result<String, ReplyError> {
     }
     if !finished && (in_string || !stack.is_empty()) {
         // Truncated: cut to the last complete field and close what is open.
-        let (len, open) = checkpoint;
+        let (len, depth) = checkpoint;
         out.truncate(len);
-        while out.ends_with(',') || out.ends_with(':') {
+        while matches!(out.last(), Some(b',' | b':')) {
             out.pop();
         }
-        for close in open.iter().rev() {
-            out.push(*close);
-        }
+        out.extend(stack[..depth].iter().rev());
     }
-    Ok(out)
+    String::from_utf8(out).map_err(|e| ReplyError::Json(e.to_string()))
 }
 
 #[cfg(test)]
