@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release -p rackwarden-protocols --example miner_bench -- [--counts 1000,10000]
-//!     [--concurrency 1024] [--pyasic PYTHON] [--pyasic-sample 500]
+//!     [--concurrency 256] [--pyasic PYTHON] [--pyasic-sample 500]
 //! ```
 //! Goals (issue 5): 10,000 miners in <= 1 s wall, <= 100 us CPU per miner, <= 64 MiB RSS.
 
@@ -149,7 +149,7 @@ fn main() -> Res<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let concurrency: usize = arg("--concurrency")
-        .unwrap_or_else(|| "1024".into())
+        .unwrap_or_else(|| "256".into())
         .parse()?;
     let pyasic = arg("--pyasic");
     let py_sample: usize = arg("--pyasic-sample")
@@ -262,6 +262,12 @@ fn main() -> Res<()> {
                     "pyasic_cpu_per_miner_us={py_cpu:.0} ours={ours:.1} ratio={:.0}x",
                     py_cpu / ours
                 );
+                for l in String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| l.contains("pyasic "))
+                {
+                    println!("{l}");
+                }
             } else {
                 println!(
                     "pyasic stderr: {}",

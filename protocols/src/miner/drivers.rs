@@ -654,7 +654,7 @@ impl MinerDriver for Whatsminer {
 
 // ---------------------------------------------------------------- Vnish
 
-/// Vnish: telemetry over 4028 plus `GET /api/v1/summary` for power and state;
+/// Vnish: telemetry from `GET /api/v1/summary`;
 /// `POST /api/v1/unlock` for a token, then `/api/v1/mining/pause|resume` and presets.
 struct Vnish {
     base: Base,
@@ -712,39 +712,16 @@ impl MinerDriver for Vnish {
         Box::pin(async move {
             let b = &self.base;
             let _g = self.state.lock().await;
-            let parts = b
-                .api
-                .multi(&["summary", "stats"])
-                .await
-                .map_err(b.api_err("poll"))?;
-            let mut t = b.telemetry();
-            tm::apply_summary(&mut t, &parts[0]);
-            tm::apply_stats(&mut t, &parts[1]);
+            // The REST summary carries everything the controller needs (hashrate,
+            // power, state, temperatures, fans): one request, no 4028 connection.
             let (_, v) =
                 http::send_json(&b.http, Method::GET, &b.url("/api/v1/summary"), &[], None)
                     .await
                     .map_err(b.http_err("poll"))?;
-            let miner = v.get("miner");
-            if let Some(p) = miner
-                .and_then(|m| m.get("power_usage"))
-                .and_then(super::reply::num)
-            {
-                t.power_w = Some(p);
-                t.power_estimated = false;
+            let mut t = b.telemetry();
+            if !tm::apply_vnish_summary(&mut t, &v) {
+                return Err(b.protocol("poll", "summary has no miner section"));
             }
-            if let Some(state) = miner
-                .and_then(|m| m.pointer("/miner_status/miner_state"))
-                .and_then(Value::as_str)
-            {
-                t.mode = match state {
-                    "mining" | "starting" | "auto-tuning" => MinerMode::Mining,
-                    "paused" | "stopped" => MinerMode::Paused,
-                    _ => MinerMode::Unknown,
-                };
-            }
-            t.power_target_w = miner
-                .and_then(|m| m.get("power_target"))
-                .and_then(super::reply::num);
             Ok(b.finish(t, MinerMode::Paused))
         })
     }

@@ -968,12 +968,33 @@ async fn http_handler(
             axum::Json(json!({"stats": "success", "code": "M000", "msg": "OK!"})).into_response()
         }
         (Firmware::Vnish, "GET", "/api/v1/summary") => {
-            let state = match m.mode() {
-                MinerMode::Mining => "mining",
-                _ => "paused",
+            let now = Instant::now();
+            let (power, hr, mode, target, up) = {
+                let st = m.st();
+                (
+                    st.ramp.at(now),
+                    m.hashrate_ths(&st, now),
+                    st.mode,
+                    st.target_w,
+                    now.saturating_duration_since(st.booted).as_secs() + 30_000,
+                )
             };
-            axum::Json(json!({"miner": {"miner_status": {"miner_state": state}, "power_usage": m.power_w().round(), "power_target": m.target_w().round(), "miner_type": "Antminer S19 Pro (Vnish 1.2.5)"}}))
-                .into_response()
+            let state = if mode == MinerMode::Mining {
+                "mining"
+            } else {
+                "paused"
+            };
+            axum::Json(json!({"miner": {
+                "miner_type": "Antminer S19 Pro (Vnish 1.2.5)",
+                "miner_status": {"miner_state": state, "miner_state_time": 120},
+                "instant_hashrate": (hr * 100.0).round() / 100.0,
+                "average_hashrate": (hr * 100.0).round() / 100.0,
+                "power_usage": power.round(), "power_target": target.round(),
+                "pcb_temp": {"min": 55, "max": 68}, "chip_temp": {"min": 60, "max": 79},
+                "cooling": {"fan_num": 4, "fans": [{"id": 0, "rpm": 5400}, {"id": 1, "rpm": 5400}, {"id": 2, "rpm": 5280}, {"id": 3, "rpm": 5280}]},
+                "uptime": up
+            }}))
+            .into_response()
         }
         (Firmware::Vnish, "GET", "/api/v1/autotune/presets") => {
             let steps = 6;

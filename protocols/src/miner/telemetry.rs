@@ -275,6 +275,51 @@ pub fn apply_whatsminer_version(t: &mut MinerTelemetry, r: &Reply) {
     }
 }
 
+/// Vnish REST `/api/v1/summary`; false when the answer has no `miner` object.
+pub fn apply_vnish_summary(t: &mut MinerTelemetry, v: &Value) -> bool {
+    let Some(m) = v.get("miner").and_then(Value::as_object) else {
+        return false;
+    };
+    let n = |p: &str| v.pointer(p).and_then(super::reply::num);
+    t.hashrate_ths = field(m, &["instant_hashrate", "average_hashrate"]).or(t.hashrate_ths);
+    if let Some(p) = field(m, &["power_usage"]) {
+        t.power_w = Some(p);
+        t.power_estimated = false;
+    }
+    t.power_target_w = field(m, &["power_target"]).or(t.power_target_w);
+    if let Some(state) = v
+        .pointer("/miner/miner_status/miner_state")
+        .and_then(Value::as_str)
+    {
+        t.mode = match state {
+            "mining" | "starting" | "auto-tuning" => MinerMode::Mining,
+            "paused" | "stopped" => MinerMode::Paused,
+            _ => MinerMode::Unknown,
+        };
+    }
+    if let Some(c) = n("/miner/chip_temp/max") {
+        t.chip_temps_c.push(c);
+    }
+    if let Some(b) = n("/miner/pcb_temp/max") {
+        t.board_temps_c.push(b);
+    }
+    for f in v
+        .pointer("/miner/cooling/fans")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(rpm) = f.get("rpm").and_then(super::reply::num) {
+            t.fans_rpm.push(rpm);
+        }
+    }
+    if let Some(ty) = text(m, &["miner_type"]) {
+        t.model = Some(ty);
+    }
+    t.uptime_s = n("/miner/uptime").and_then(secs).or(t.uptime_s);
+    true
+}
+
 /// Avalon `estats`: the `MM ID0` string of `Key[value]` pairs.
 pub fn apply_avalon_estats(t: &mut MinerTelemetry, r: &Reply) {
     let Some(mm) = r
