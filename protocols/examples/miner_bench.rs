@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cargo run --release -p rackwarden-protocols --example miner_bench -- [--counts 1000,10000]
-//!     [--concurrency 256] [--pyasic PYTHON] [--pyasic-sample 500]
+//!     [--concurrency 256] [--threads 0] [--only braiins,luxos,...] [--pyasic PYTHON]
+//!     [--pyasic-sample 300]
 //! ```
 //! Goals (issue 5): 10,000 miners in <= 1 s wall, <= 100 us CPU per miner, <= 64 MiB RSS.
 
@@ -161,10 +162,19 @@ fn main() -> Res<()> {
         mix.iter().map(|f| f.name()).collect::<Vec<_>>()
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    // `--threads 0`: a current-thread runtime; N: N worker threads (default 0).
+    let threads: usize = arg("--threads").unwrap_or_else(|| "0".into()).parse()?;
+    let rt = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    println!("client runtime threads={threads} (0: current-thread)");
     for (k, &n) in counts.iter().enumerate() {
         let net = 50 + u8::try_from(k)?;
         let mut child = Command::new(std::env::current_exe()?)
