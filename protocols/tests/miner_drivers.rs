@@ -360,3 +360,29 @@ async fn multi_command_falls_back_when_refused() {
         sim.shutdown().await;
     }
 }
+
+/// A web interface that hangs times out with the miner named, and the simulator still
+/// shuts down promptly (its scripted hang ends on cancellation).
+#[tokio::test]
+async fn hung_http_times_out_and_shutdown_is_prompt() {
+    let (sim, m, _) = start(Firmware::Vnish, 32).await;
+    m.set_fault(Fault::NoAnswer);
+    let opts = DriverOptions {
+        http_timeout: Duration::from_millis(300),
+        ..DriverOptions::default()
+    };
+    let d = DriverFactory::new(opts)
+        .unwrap()
+        .build(&m.to_config())
+        .unwrap();
+    let e = d.poll().await.unwrap_err();
+    assert!(matches!(e, MinerError::Http { .. }), "{e:?}");
+    assert!(e.to_string().contains(&m.spec.id), "{e}");
+    // Leave a request hanging in the simulator, then shut down.
+    let hanging = tokio::spawn(async move { d.sleep().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(3), sim.shutdown())
+        .await
+        .expect("shutdown must not wait for the scripted hang");
+    assert!(hanging.await.unwrap().is_err());
+}

@@ -161,10 +161,13 @@ pub struct SimMiner {
     pub spec: SimMinerSpec,
     time_scale: f64,
     state: Mutex<SimState>,
+    /// The simulator's shutdown: waits inside handlers end on it, so a graceful HTTP
+    /// shutdown never waits for a scripted hang.
+    cancel: CancellationToken,
 }
 
 impl SimMiner {
-    fn new(spec: SimMinerSpec, time_scale: f64) -> Self {
+    fn new(spec: SimMinerSpec, time_scale: f64, cancel: CancellationToken) -> Self {
         let now = Instant::now();
         let st = SimState {
             mode: MinerMode::Mining,
@@ -188,6 +191,15 @@ impl SimMiner {
             spec,
             time_scale: if time_scale > 0.0 { time_scale } else { 1.0 },
             state: Mutex::new(st),
+            cancel,
+        }
+    }
+
+    /// Sleep `d`, or less when the simulator shuts down.
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = sleep(d) => {}
+            _ = self.cancel.cancelled() => {}
         }
     }
 
@@ -340,7 +352,7 @@ impl MinerSim {
             if let Some(a) = http.as_ref().and_then(|l| l.local_addr().ok()) {
                 spec.http_addr = Some(a);
             }
-            let m = Arc::new(SimMiner::new(spec, opts.time_scale));
+            let m = Arc::new(SimMiner::new(spec, opts.time_scale, cancel.clone()));
             tasks.spawn(serve_api(api, m.clone(), cancel.clone()));
             if let Some(l) = http {
                 let router = axum::Router::new()
@@ -469,10 +481,10 @@ async fn handle_conn(mut stream: TcpStream, m: &SimMiner) {
     let fault = m.fault();
     match fault {
         Fault::NoAnswer => {
-            sleep(Duration::from_secs(3600)).await;
+            m.pause(Duration::from_secs(3600)).await;
             return;
         }
-        Fault::SlowAnswer(d) => sleep(d).await,
+        Fault::SlowAnswer(d) => m.pause(d).await,
         Fault::Garbage => {
             let _ = stream
                 .write_all(b"\x16\x03\x01garbage{{{:}\xff\xfe\0")
@@ -921,9 +933,10 @@ async fn http_handler(
 ) -> Response {
     match m.fault() {
         Fault::NoAnswer => {
-            sleep(Duration::from_secs(3600)).await;
+            m.pause(Duration::from_secs(3600)).await;
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
-        Fault::SlowAnswer(d) => sleep(d).await,
+        Fault::SlowAnswer(d) => m.pause(d).await,
         Fault::Garbage => return (StatusCode::OK, "\u{fffd}garbage{{").into_response(),
         _ => {}
     }
@@ -959,7 +972,7 @@ async fn http_handler(
                     .into_response();
             };
             // The stock CGI answers a mode change after it has applied it (~20 s).
-            sleep(m.scaled(20.0)).await;
+            m.pause(m.scaled(20.0)).await;
             if mode >= 1.0 {
                 m.control("miner-mode 1", Some(MinerMode::Sleeping), None);
             } else {
