@@ -2,3 +2,4 @@
 //! trait with a fake. Nothing here decides; collectors and the actuator call into it.
 
 pub mod gpu;
+pub mod miner;

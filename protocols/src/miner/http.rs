@@ -1,0 +1,133 @@
+//! HTTP calls to miners' web interfaces (Vnish REST, Braiins REST, stock Antminer CGI
+//! with HTTP digest auth), on one shared `reqwest` client.
+
+use reqwest::{Client, Method, StatusCode};
+
+use super::secret::Login;
+
+/// Why an HTTP exchange with a miner failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request to {url} failed")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered http {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent an unusable digest challenge: {detail}")]
+    Digest { url: String, detail: String },
+    #[error("{url} sent a body that is not the expected json: {detail}")]
+    Body { url: String, detail: String },
+}
+
+/// Send a request, return status and body text.
+pub async fn send(
+    client: &Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<String>,
+) -> Result<(StatusCode, String), HttpError> {
+    let mut rb = client.request(method, url);
+    for (k, v) in headers {
+        rb = rb.header(*k, v.as_str());
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    let err = |source| HttpError::Request {
+        url: url.to_owned(),
+        source,
+    };
+    let resp = rb.send().await.map_err(err)?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(err)?;
+    Ok((status, text))
+}
+
+/// Send, requiring a 2xx answer whose body is JSON.
+pub async fn send_json(
+    client: &Client,
+    method: Method,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<String>,
+) -> Result<(StatusCode, serde_json::Value), HttpError> {
+    let (status, text) = send(client, method, url, headers, body).await?;
+    if !status.is_success() {
+        return Err(HttpError::Status {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        });
+    }
+    let v = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).map_err(|e| HttpError::Body {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?
+    };
+    Ok((status, v))
+}
+
+/// A request behind HTTP digest auth: unauthenticated first, then answer the challenge.
+pub async fn digest_json(
+    client: &Client,
+    method: Method,
+    url: &str,
+    path: &str,
+    login: &Login,
+    body: Option<String>,
+) -> Result<serde_json::Value, HttpError> {
+    let resp = client
+        .request(method.clone(), url)
+        .send()
+        .await
+        .map_err(|source| HttpError::Request {
+            url: url.to_owned(),
+            source,
+        })?;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Err(HttpError::Digest {
+            url: url.to_owned(),
+            detail: format!("expected a 401 challenge, got {}", resp.status().as_u16()),
+        });
+    }
+    let challenge = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| HttpError::Digest {
+            url: url.to_owned(),
+            detail: "no www-authenticate header".into(),
+        })?
+        .to_owned();
+    let mut prompt = digest_auth::parse(&challenge).map_err(|e| HttpError::Digest {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let http_method = digest_auth::HttpMethod::from(method.as_str().to_owned());
+    let ctx = digest_auth::AuthContext::new_with_method(
+        login.username.as_str(),
+        login.password.expose(),
+        path,
+        body.as_deref().map(str::as_bytes),
+        http_method,
+    );
+    let answer = prompt.respond(&ctx).map_err(|e| HttpError::Digest {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    })?;
+    send_json(
+        client,
+        method,
+        url,
+        &[("authorization", answer.to_header_string())],
+        body,
+    )
+    .await
+    .map(|(_, v)| v)
+}
