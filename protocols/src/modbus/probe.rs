@@ -1,0 +1,131 @@
+//! The probe: reads every Modbus device of a site once, never writes, and lays the
+//! answers out as a table (device, point, value, unit, latency). `rackwarden probe`
+//! calls [`probe_site`] and prints [`format_table`].
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use rackwarden_config::Site;
+
+use super::client::{ModbusPool, PoolOptions};
+
+/// One line of the probe's table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRow {
+    pub device: String,
+    pub unit_id: u8,
+    /// `name` or `name[index]`; empty when the whole device failed.
+    pub point: String,
+    /// The value, or the error text.
+    pub value: Result<f64, String>,
+    pub unit: Option<String>,
+    /// The device read's latency (all its requests).
+    pub latency: Option<Duration>,
+}
+
+/// Reads every device once, devices on different connections in parallel.
+pub async fn probe_site(site: &Site) -> Vec<ProbeRow> {
+    let pool = Arc::new(ModbusPool::from_devices(
+        site.modbus_devices.clone(),
+        PoolOptions::default(),
+    ));
+    let mut set = JoinSet::new();
+    for i in 0..pool.devices().len() {
+        let pool = pool.clone();
+        set.spawn(async move { (i, pool.read_device(i).await) });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = set.join_next().await {
+        // A read task cannot panic short of a bug; a lost row is reported by its absence.
+        if let Ok(r) = r {
+            results.push(r);
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let mut rows = Vec::new();
+    for (i, r) in results {
+        let d = &site.modbus_devices[i];
+        match r {
+            Ok(reading) => {
+                for v in &reading.values {
+                    let repeated = d.profile.point(&v.point).is_some_and(|p| p.count > 1);
+                    rows.push(ProbeRow {
+                        device: d.id.clone(),
+                        unit_id: reading.unit_id,
+                        point: v.label(repeated),
+                        value: v.value.clone().map_err(|e| e.to_string()),
+                        unit: v.unit.clone(),
+                        latency: Some(reading.latency),
+                    });
+                }
+            }
+            Err(e) => rows.push(ProbeRow {
+                device: d.id.clone(),
+                unit_id: d.link.unit_id(),
+                point: String::new(),
+                value: Err(e.to_string()),
+                unit: None,
+                latency: None,
+            }),
+        }
+    }
+    rows
+}
+
+/// The rows as an aligned text table.
+pub fn format_table(rows: &[ProbeRow]) -> String {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                format!("{} (unit {})", r.device, r.unit_id),
+                if r.point.is_empty() {
+                    "-".into()
+                } else {
+                    r.point.clone()
+                },
+                match &r.value {
+                    Ok(v) => format!("{v}"),
+                    Err(e) => format!("ERROR: {e}"),
+                },
+                r.unit.clone().unwrap_or_default(),
+                r.latency.map_or_else(
+                    || "-".into(),
+                    |l| format!("{:.1} ms", l.as_secs_f64() * 1e3),
+                ),
+            ]
+        })
+        .collect();
+    let head = ["DEVICE", "POINT", "VALUE", "UNIT", "LATENCY"];
+    let mut w = head.map(str::len);
+    for c in &cells {
+        for (k, s) in c.iter().enumerate() {
+            w[k] = w[k].max(s.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |c: &[String]| {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {:>w4$}",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4]
+        );
+    };
+    line(&head.map(String::from));
+    for c in &cells {
+        line(c);
+    }
+    out
+}
