@@ -66,13 +66,24 @@ pub async fn probe_site(site: &Site) -> Vec<ProbeRow> {
                 device: d.id.clone(),
                 unit_id: d.link.unit_id(),
                 point: String::new(),
-                value: Err(e.to_string()),
+                value: Err(error_chain(&e)),
                 unit: None,
                 latency: None,
             }),
         }
     }
     rows
+}
+
+/// An error with its sources, `outer: inner: innermost`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let _ = write!(s, ": {c}");
+        cur = c.source();
+    }
+    s
 }
 
 /// The rows as an aligned text table.
