@@ -426,7 +426,7 @@ fn prepare_write(d: &ModbusDevice, point: &str, index: u32, value: f64) -> Resul
     match p.register {
         RegisterKind::Coil => Ok(Op::WriteCoil {
             address,
-            on: decode::encode_bit(value).map_err(encode_err)?,
+            on: decode::encode_bit_point(value, p).map_err(encode_err)?,
             point: label.clone(),
         }),
         RegisterKind::Holding => Ok(Op::WriteRegisters {

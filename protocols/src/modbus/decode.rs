@@ -144,9 +144,13 @@ pub fn decode_raw(
     Ok(v)
 }
 
-/// Decodes one point instance from its registers: raw x scale + offset.
+/// Decodes one point instance from its registers: raw x scale + offset, or the flag of
+/// a `true_when` point.
 pub fn decode_point(words: &[u16], point: &Point) -> Result<f64, DecodeError> {
     let raw = decode_raw(words, point.data_type, point.byte_order)?;
+    if !point.true_when.is_empty() {
+        return Ok(flag(raw, point));
+    }
     let v = raw * point.scale + point.offset;
     if v.is_finite() {
         Ok(v)
@@ -161,6 +165,47 @@ pub fn decode_bit(bit: bool) -> f64 {
         1.0
     } else {
         0.0
+    }
+}
+
+/// A bit of a point: the bit itself, or its `true_when` flag.
+pub fn decode_bit_point(bit: bool, point: &Point) -> f64 {
+    let raw = decode_bit(bit);
+    if point.true_when.is_empty() {
+        raw
+    } else {
+        flag(raw, point)
+    }
+}
+
+fn flag(raw: f64, point: &Point) -> f64 {
+    // true_when holds integers; raw values of integer types are exact in f64.
+    #[allow(clippy::cast_precision_loss)]
+    let hit = point.true_when.iter().any(|t| *t as f64 == raw);
+    decode_bit(hit)
+}
+
+/// The raw value that encodes flag `on` for a `true_when` point: its first listed value
+/// for 1, the smallest non-negative integer not listed for 0.
+fn flag_raw(on: bool, point: &Point) -> f64 {
+    // Small integers from a profile; exact in f64.
+    #[allow(clippy::cast_precision_loss)]
+    if on {
+        point.true_when.first().map_or(1.0, |t| *t as f64)
+    } else {
+        (0i64..)
+            .find(|c| !point.true_when.contains(c))
+            .map_or(0.0, |c| c as f64)
+    }
+}
+
+/// The bit to write for `value` (0 or 1) on a coil point, through `true_when`.
+pub fn encode_bit_point(value: f64, point: &Point) -> Result<bool, DecodeError> {
+    let on = encode_bit(value)?;
+    if point.true_when.is_empty() {
+        Ok(on)
+    } else {
+        Ok(flag_raw(on, point) != 0.0)
     }
 }
 
@@ -230,6 +275,10 @@ pub fn encode_raw(
 
 /// Encodes an engineering value for a point: (value - offset) / scale, then the type.
 pub fn encode_point(value: f64, point: &Point) -> Result<Vec<u16>, DecodeError> {
+    if !point.true_when.is_empty() {
+        let raw = flag_raw(encode_bit(value)?, point);
+        return encode_raw(raw, point.data_type, point.byte_order);
+    }
     let raw = (value - point.offset) / point.scale;
     encode_raw(raw, point.data_type, point.byte_order).map_err(|e| match e {
         DecodeError::OutOfRange { data_type, .. } => DecodeError::OutOfRange {
@@ -279,6 +328,7 @@ mod tests {
             writable: true,
             count: 1,
             stride: None,
+            true_when: vec![],
         }
     }
 
@@ -424,6 +474,26 @@ mod tests {
             encode_point(-50.0, &q),
             Err(DecodeError::OutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn true_when_flags() {
+        let mut p = point(DataType::U16, ByteOrder::Abcd, 1.0, 0.0);
+        p.true_when = vec![16, 32];
+        assert_eq!(decode_point(&[16], &p).unwrap(), 1.0);
+        assert_eq!(decode_point(&[32], &p).unwrap(), 1.0);
+        assert_eq!(decode_point(&[8], &p).unwrap(), 0.0);
+        assert_eq!(encode_point(1.0, &p).unwrap(), vec![16]);
+        assert_eq!(encode_point(0.0, &p).unwrap(), vec![0]);
+        // An inverted bit (STULZ "1 = unit off"): reads 1 when the bit is 0.
+        let mut b = point(DataType::Bool, ByteOrder::Abcd, 1.0, 0.0);
+        b.register = RegisterKind::Coil;
+        b.true_when = vec![0];
+        assert_eq!(decode_bit_point(false, &b), 1.0);
+        assert_eq!(decode_bit_point(true, &b), 0.0);
+        assert!(!encode_bit_point(1.0, &b).unwrap());
+        assert!(encode_bit_point(0.0, &b).unwrap());
+        assert!(encode_bit_point(0.3, &b).is_err());
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub fn extract(profile: &Profile, block: &Block, data: &BlockData) -> Vec<PointV
             let width = usize::from(it.width);
             let value = match data {
                 BlockData::Bits(bits) => match bits.get(off) {
-                    Some(b) => Ok(decode::decode_bit(*b)),
+                    Some(b) => Ok(decode::decode_bit_point(*b, p)),
                     None => Err(DecodeError::WrongLength {
                         data_type: p.data_type,
                         expected: off + 1,

@@ -198,7 +198,10 @@ impl Unit {
     fn value(&self, p: &Point, index: u32) -> Option<f64> {
         let words = self.instance_words(p, index)?;
         if p.register.is_bit() {
-            Some(decode::decode_bit(words.first().copied().unwrap_or(0) != 0))
+            Some(decode::decode_bit_point(
+                words.first().copied().unwrap_or(0) != 0,
+                p,
+            ))
         } else {
             decode::decode_point(&words, p).ok()
         }
@@ -365,7 +368,7 @@ impl Simulator {
                 source,
             };
             let words = if p.register.is_bit() {
-                vec![u16::from(decode::encode_bit(value).map_err(enc)?)]
+                vec![u16::from(decode::encode_bit_point(value, p).map_err(enc)?)]
             } else {
                 decode::encode_point(value, p).map_err(enc)?
             };
