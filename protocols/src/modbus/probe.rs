@@ -86,42 +86,46 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The rows as an aligned text table.
+/// The rows as an aligned text table; errors go to a last, unpadded NOTE column so a
+/// long message does not widen every line.
 pub fn format_table(rows: &[ProbeRow]) -> String {
-    let cells: Vec<[String; 5]> = rows
+    let cells: Vec<([String; 5], String)> = rows
         .iter()
         .map(|r| {
-            [
-                format!("{} (unit {})", r.device, r.unit_id),
-                if r.point.is_empty() {
-                    "-".into()
-                } else {
-                    r.point.clone()
-                },
-                match &r.value {
-                    Ok(v) => format!("{v}"),
-                    Err(e) => format!("ERROR: {e}"),
-                },
-                r.unit.clone().unwrap_or_default(),
-                r.latency.map_or_else(
-                    || "-".into(),
-                    |l| format!("{:.1} ms", l.as_secs_f64() * 1e3),
-                ),
-            ]
+            let (value, note) = match &r.value {
+                Ok(v) => (format!("{v}"), String::new()),
+                Err(e) => ("ERROR".to_owned(), e.clone()),
+            };
+            (
+                [
+                    format!("{} (unit {})", r.device, r.unit_id),
+                    if r.point.is_empty() {
+                        "-".into()
+                    } else {
+                        r.point.clone()
+                    },
+                    value,
+                    r.unit.clone().unwrap_or_default(),
+                    r.latency.map_or_else(
+                        || "-".into(),
+                        |l| format!("{:.1} ms", l.as_secs_f64() * 1e3),
+                    ),
+                ],
+                note,
+            )
         })
         .collect();
     let head = ["DEVICE", "POINT", "VALUE", "UNIT", "LATENCY"];
     let mut w = head.map(str::len);
-    for c in &cells {
+    for (c, _) in &cells {
         for (k, s) in c.iter().enumerate() {
             w[k] = w[k].max(s.chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |c: &[String]| {
-        let _ = writeln!(
-            out,
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {:>w4$}",
+    let mut line = |c: &[String], note: &str| {
+        let text = format!(
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:<w3$}  {:>w4$}  {note}",
             c[0],
             c[1],
             c[2],
@@ -133,10 +137,11 @@ pub fn format_table(rows: &[ProbeRow]) -> String {
             w3 = w[3],
             w4 = w[4]
         );
+        let _ = writeln!(out, "{}", text.trim_end());
     };
-    line(&head.map(String::from));
-    for c in &cells {
-        line(c);
+    line(&head.map(String::from), "NOTE");
+    for (c, note) in &cells {
+        line(c, note);
     }
     out
 }
