@@ -759,3 +759,54 @@ fn read_block<'c>(ctx: &'c mut Context, b: &Block) -> CallFuture<'c, BlockData> 
         r
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_after_the_second_failure_and_is_capped() {
+        let o = PoolOptions::default();
+        assert_eq!(backoff(&o, 0), Duration::ZERO);
+        assert_eq!(backoff(&o, 1), Duration::ZERO);
+        assert_eq!(backoff(&o, 2), o.backoff_min);
+        assert_eq!(backoff(&o, 3), o.backoff_min * 2);
+        assert_eq!(backoff(&o, 6), o.backoff_min * 16);
+        assert_eq!(backoff(&o, 40), o.backoff_max);
+        assert_eq!(backoff(&o, u32::MAX), o.backoff_max);
+    }
+
+    #[test]
+    fn write_guard_resolves_roles_and_instances() {
+        let mut d = ModbusDevice {
+            id: "pdu".into(),
+            link: ModbusLink::Tcp {
+                addr: "127.0.0.1:1".into(),
+                unit_id: 4,
+            },
+            profile: rackwarden_config::profile::builtin("generic-pdu").unwrap(),
+            timeout_ms: 100,
+            pause_after_connect_ms: 0,
+            max_read_registers: 125,
+            poll_interval_ms: None,
+            control: true,
+            write_points: vec!["outlet_switch".into()],
+        };
+        // Listed by role name, asked by point name (they coincide here) and by role.
+        assert!(matches!(
+            prepare_write(&d, "outlet_switch", 48, 1.0),
+            Ok(Op::WriteCoil {
+                address: 47,
+                on: true,
+                ..
+            })
+        ));
+        d.control = false;
+        let e = prepare_write(&d, "outlet_switch", 1, 1.0).err().unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`pdu`") && msg.contains("unit 4") && msg.contains("control = true"),
+            "{msg}"
+        );
+    }
+}

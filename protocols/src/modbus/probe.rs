@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use rackwarden_config::Site;
 
-use super::client::{ModbusPool, PoolOptions};
+use super::client::ModbusPool;
 
 /// One line of the probe's table.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,10 +28,7 @@ pub struct ProbeRow {
 
 /// Reads every device once, devices on different connections in parallel.
 pub async fn probe_site(site: &Site) -> Vec<ProbeRow> {
-    let pool = Arc::new(ModbusPool::from_devices(
-        site.modbus_devices.clone(),
-        PoolOptions::default(),
-    ));
+    let pool = Arc::new(ModbusPool::new(site));
     let mut set = JoinSet::new();
     for i in 0..pool.devices().len() {
         let pool = pool.clone();
