@@ -3,13 +3,15 @@
 
 Polls the same simulated devices with the same requests as rackwarden's client
 (generic-pdu: holding 0..10, holding 100..148, coils 0..48, one TCP connection per
-device) through pymodbus's async client, once per second for --seconds, decodes the
-values the same way, and prints one JSON line: reads, errors, wall_s, cpu_s, rss_kb.
+device) through pymodbus's async client, one collector coroutine per device polling
+once per second for --seconds (all together, or spread with --spread), decodes the values
+the same way, and prints one JSON line: reads, errors, wall_s, cpu_s (user + system), sys_s, rss_kb.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -52,6 +54,7 @@ async def main():
     ap.add_argument("--devices", type=int, required=True)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--spread", action="store_true", help="start collectors spread over 1 s")
     args = ap.parse_args()
     ports = [int(p) for p in args.ports.split(",")]
     targets = []
@@ -64,23 +67,30 @@ async def main():
         for p, _ in targets
     ]
     await asyncio.gather(*(c.connect() for c in clients))
-    reads = errors = 0
+    counts = {"reads": 0, "errors": 0}
     cpu0 = time.process_time()
+    sys0 = os.times().system
     t0 = time.monotonic()
-    for tick in range(args.seconds):
-        results = await asyncio.gather(
-            *(read_device(c, u) for c, (_, u) in zip(clients, targets)),
-            return_exceptions=True,
-        )
-        for r in results:
-            if isinstance(r, dict) and len(r) == 104:
-                reads += 1
-            else:
-                errors += 1
-        next_tick = t0 + tick + 1
-        await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+    async def collector(i, client, unit):
+        # As in the Rust run: all together, or spread over the first second.
+        offset = i / len(clients) if args.spread else 0.0
+        for tick in range(args.seconds):
+            await asyncio.sleep(max(0.0, t0 + offset + tick - time.monotonic()))
+            try:
+                values = await read_device(client, unit)
+                ok = len(values) == 104 and values["inlet_power"] == 12.5
+            except Exception:  # a timeout or a broken connection counts as an error
+                ok = False
+            counts["reads" if ok else "errors"] += 1
+
+    await asyncio.gather(
+        *(collector(i, c, u) for i, (c, (_, u)) in enumerate(zip(clients, targets)))
+    )
+    reads, errors = counts["reads"], counts["errors"]
     wall = time.monotonic() - t0
     cpu = time.process_time() - cpu0
+    sys_s = os.times().system - sys0
     for c in clients:
         c.close()
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -92,6 +102,7 @@ async def main():
                 "errors": errors,
                 "wall_s": wall,
                 "cpu_s": cpu,
+                "sys_s": sys_s,
                 "rss_kb": rss_kb,
             }
         ),

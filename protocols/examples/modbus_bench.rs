@@ -12,6 +12,9 @@
 //! client's CPU figure is its own. Every device has its own TCP connection (as distinct
 //! Modbus TCP devices do); units are spread over listeners, 200 unit ids per port. Linux
 //! only (CPU and RSS come from /proc). Needs about 2 x N file descriptors per process.
+//! `--current-thread` runs the client on a current-thread Tokio runtime. By default every
+//! device is read at the same instant each second (the worst burst); `--spread` starts
+//! the collectors spread over the first second instead. Both clients do the same.
 
 use std::io::{BufRead, Read};
 use std::process::{Command, ExitCode, Stdio};
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use rackwarden_config::profile::builtin;
 use rackwarden_config::{ModbusDevice, ModbusLink};
-use rackwarden_protocols::modbus::{Framing, ModbusPool, PoolOptions, Simulator};
+use rackwarden_protocols::modbus::{Framing, ModbusError, ModbusPool, PoolOptions, Simulator};
 
 struct Args {
     serve: bool,
@@ -28,6 +31,9 @@ struct Args {
     seconds: u64,
     units_per_port: usize,
     python: String,
+    current_thread: bool,
+    skip_python: bool,
+    spread: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -37,6 +43,9 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10,
         units_per_port: 200,
         python: "python3".into(),
+        current_thread: false,
+        skip_python: false,
+        spread: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -59,6 +68,9 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--units-per-port: {e}"))?;
             }
             "--python" => a.python = val("--python")?,
+            "--current-thread" => a.current_thread = true,
+            "--skip-python" => a.skip_python = true,
+            "--spread" => a.spread = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
@@ -68,8 +80,8 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// (user + system CPU seconds, peak RSS in KiB) of this process, from /proc.
-fn cpu_and_rss() -> (f64, u64) {
+/// ((user, system) CPU seconds, peak RSS in KiB) of this process, from /proc.
+fn cpu_and_rss() -> ((f64, f64), u64) {
     let ticks = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -82,7 +94,7 @@ fn cpu_and_rss() -> (f64, u64) {
     let f: Vec<&str> = after.split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     // After "(comm)": index 0 is field 3 (state); utime is field 14, stime 15.
-    let cpu = (field(11) + field(12)) / ticks;
+    let cpu = (field(11) / ticks, field(12) / ticks);
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss = status
         .lines()
@@ -145,6 +157,7 @@ struct Outcome {
     errors: u64,
     wall_s: f64,
     cpu_s: f64,
+    sys_s: f64,
     rss_kib: u64,
 }
 
@@ -166,33 +179,70 @@ async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
             write_points: vec![],
         })
         .collect();
-    let (cpu0, _) = cpu_and_rss();
-    let t0 = tokio::time::Instant::now();
     let pool = Arc::new(ModbusPool::from_devices(devices, PoolOptions::default()));
-    let mut reads = 0;
-    let mut errors = 0;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    for _ in 0..a.seconds {
-        tick.tick().await;
-        let mut set = tokio::task::JoinSet::new();
+    // Connect every device first, outside the measurement, as the pymodbus run does
+    // (1,000 simultaneous loopback connects can take longer than one timeout).
+    for _ in 0..5 {
+        let mut warm = tokio::task::JoinSet::new();
         for d in 0..a.devices {
             let pool = pool.clone();
-            set.spawn(async move {
-                pool.read_device(d)
-                    .await
-                    .is_ok_and(|r| r.values.len() == 152 && r.get("inlet_power", 1) == Some(12.5))
-            });
+            warm.spawn(async move { pool.read_device(d).await.is_ok() });
         }
-        while let Some(ok) = set.join_next().await {
-            if ok.unwrap_or(false) {
-                reads += 1;
+        let mut all = true;
+        while let Some(ok) = warm.join_next().await {
+            all &= ok.unwrap_or(false);
+        }
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (cpu0, _) = cpu_and_rss();
+    let t0 = tokio::time::Instant::now();
+    // One collector task per device with its own 1 s interval, as the runtime runs them.
+    let start = tokio::time::Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for d in 0..a.devices {
+        let pool = pool.clone();
+        let rounds = a.seconds;
+        let devices = a.devices;
+        let spread = a.spread;
+        set.spawn(async move {
+            // With --spread, collectors start spread over the first second (jittered
+            // collectors); by default all tick together, the worst burst.
+            let offset = if spread {
+                Duration::from_secs(1).mul_f64(d as f64 / devices as f64)
             } else {
-                errors += 1;
+                Duration::ZERO
+            };
+            let mut tick = tokio::time::interval_at(start + offset, Duration::from_secs(1));
+            let (mut ok, mut bad) = (0u64, Vec::<String>::new());
+            for round in 0..rounds {
+                tick.tick().await;
+                match pool.read_device(d).await {
+                    Ok(r) if r.values.len() == 152 && r.get("inlet_power", 1) == Some(12.5) => {
+                        ok += 1;
+                    }
+                    Ok(_) => bad.push(format!("round {round}: wrong values")),
+                    Err(e) => bad.push(format!("round {round}: {}", kind(&e))),
+                }
             }
+            (ok, bad)
+        });
+    }
+    let (mut reads, mut errors) = (0, 0);
+    let mut kinds: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    while let Some(r) = set.join_next().await {
+        let (ok, bad) = r.unwrap_or_else(|_| (0, vec!["task failed".into()]));
+        reads += ok;
+        errors += bad.len() as u64;
+        for b in bad {
+            *kinds.entry(b).or_default() += 1;
         }
     }
-    // The last round's wait for the next tick is part of a 1 s cadence.
-    tick.tick().await;
+    if !kinds.is_empty() {
+        println!("rackwarden errors by round and kind: {kinds:?}");
+    }
     let wall_s = t0.elapsed().as_secs_f64();
     let (cpu1, rss_kib) = cpu_and_rss();
     drop(pool);
@@ -201,7 +251,8 @@ async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
         reads,
         errors,
         wall_s,
-        cpu_s: cpu1 - cpu0,
+        cpu_s: (cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1),
+        sys_s: cpu1.1 - cpu0.1,
         rss_kib,
     }
 }
@@ -215,6 +266,7 @@ fn python_client(a: &Args, ports: &[u16]) -> Result<Outcome, String> {
         .args(["--units-per-port", &a.units_per_port.to_string()])
         .args(["--devices", &a.devices.to_string()])
         .args(["--seconds", &a.seconds.to_string()])
+        .args(if a.spread { &["--spread"][..] } else { &[][..] })
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", a.python))?;
@@ -236,8 +288,20 @@ fn python_client(a: &Args, ports: &[u16]) -> Result<Outcome, String> {
         errors: int("errors"),
         wall_s: num("wall_s"),
         cpu_s: num("cpu_s"),
+        sys_s: num("sys_s"),
         rss_kib: int("rss_kb"),
     })
+}
+
+fn kind(e: &ModbusError) -> String {
+    match e {
+        ModbusError::Timeout { .. } => "timeout".into(),
+        ModbusError::Connect { source, .. } => format!("connect ({source})"),
+        ModbusError::Backoff { .. } => "backoff".into(),
+        ModbusError::Transport { source, .. } => format!("transport ({source})"),
+        ModbusError::Exception { code, .. } => format!("exception {code}"),
+        _ => "other".into(),
+    }
 }
 
 // Counts below 2^53: exact in f64.
@@ -246,20 +310,22 @@ fn per_read(o: &Outcome) -> f64 {
     o.cpu_s / o.reads.max(1) as f64
 }
 
+/// Reads per second over the polling window (at least `seconds`: the cadence is 1 s).
 #[allow(clippy::cast_precision_loss)]
-fn report(rows: &[Outcome]) {
+fn report(rows: &[Outcome], seconds: u64) {
     println!(
-        "{:<26} {:>7} {:>6} {:>9} {:>8} {:>13} {:>13}",
-        "client", "reads", "errors", "reads/s", "cpu_s", "cpu_us/read", "peak_rss_MiB"
+        "{:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>12} {:>13}",
+        "client", "reads", "errors", "reads/s", "cpu_s", "(sys_s)", "cpu_us/read", "peak_rss_MiB"
     );
     for o in rows {
         println!(
-            "{:<26} {:>7} {:>6} {:>9.1} {:>8.3} {:>13.1} {:>13.1}",
+            "{:<26} {:>7} {:>6} {:>9.1} {:>8.3} {:>8.3} {:>12.1} {:>13.1}",
             o.name,
             o.reads,
             o.errors,
-            o.reads as f64 / o.wall_s.max(1e-9),
+            o.reads as f64 / o.wall_s.max(seconds as f64).max(1e-9),
             o.cpu_s,
+            o.sys_s,
             per_read(o) * 1e6,
             o.rss_kib as f64 / 1024.0
         );
@@ -272,7 +338,12 @@ async fn run(a: Args) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["serve", "--devices", &a.devices.to_string()])
+        .args([
+            "serve",
+            "--current-thread",
+            "--devices",
+            &a.devices.to_string(),
+        ])
         .args(["--units-per-port", &a.units_per_port.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -292,20 +363,26 @@ async fn run(a: Args) -> Result<(), String> {
         .map(|p| p.parse().map_err(|e| format!("port {p}: {e}")))
         .collect::<Result<_, _>>()?;
     println!(
-        "{} simulated generic-pdu devices on {} loopback ports, polled once per second for {} s",
+        "{} simulated generic-pdu devices on {} loopback ports, polled once per second for {} s ({} runtime, {})",
         a.devices,
         ports.len(),
-        a.seconds
+        a.seconds,
+        if a.current_thread { "current-thread" } else { "multi-thread" },
+        if a.spread { "reads spread over each second" } else { "all devices read together each second" }
     );
     let mut rows = vec![rust_client(&a, &ports).await];
-    let py = python_client(&a, &ports);
+    let py = if a.skip_python {
+        Err("skipped (--skip-python)".to_owned())
+    } else {
+        python_client(&a, &ports)
+    };
     drop(child.stdin.take());
     let _ = child.wait();
     match py {
         Ok(o) => rows.push(o),
         Err(e) => println!("pymodbus run failed: {e}"),
     }
-    report(&rows);
+    report(&rows, a.seconds);
     if let [r, p] = rows.as_slice() {
         println!(
             "CPU per read: pymodbus / rackwarden = {:.1}x",
@@ -323,7 +400,14 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("modbus_bench: cannot start the runtime: {e}");

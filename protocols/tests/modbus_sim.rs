@@ -489,7 +489,7 @@ async fn nan_from_the_device_is_a_missing_value_not_zero() {
         assert!(r
             .values
             .iter()
-            .any(|v| v.point == "power" && v.value.is_err()));
+            .any(|v| &*v.point == "power" && v.value.is_err()));
         assert_eq!(r.get("phase_current_a", 1), Some(12.0));
         sim.shutdown().await;
     })

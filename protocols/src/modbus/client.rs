@@ -183,7 +183,7 @@ impl DeviceReading {
         let by_name = self
             .values
             .iter()
-            .find(|v| v.point == name_or_role && v.index == index);
+            .find(|v| &*v.point == name_or_role && v.index == index);
         let found = by_name.or_else(|| {
             self.values
                 .iter()
@@ -238,6 +238,7 @@ struct Job {
 struct Shared {
     devices: Vec<ModbusDevice>,
     plans: Vec<Arc<Vec<Block>>>,
+    labels: Vec<plan::Labels>,
     options: PoolOptions,
 }
 
@@ -261,10 +262,15 @@ impl ModbusPool {
             .iter()
             .map(|d| Arc::new(plan::plan_reads(&d.profile, d.max_read_registers)))
             .collect();
+        let labels = devices
+            .iter()
+            .map(|d| plan::Labels::new(&d.profile))
+            .collect();
         let depth = options.queue_depth.max(1);
         let shared = Arc::new(Shared {
             devices,
             plans,
+            labels,
             options,
         });
         let mut by_key: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
@@ -333,9 +339,10 @@ impl ModbusPool {
                 unit: d.link.unit_id(),
             });
         };
-        let mut values = Vec::new();
+        let labels = &self.shared.labels[device];
+        let mut values = Vec::with_capacity(plan::instance_count(&plan));
         for (b, data) in plan.iter().zip(&blocks) {
-            values.extend(plan::extract(&d.profile, b, data));
+            plan::extract_into(&d.profile, labels, b, data, &mut values);
         }
         Ok(DeviceReading {
             device,
@@ -508,14 +515,18 @@ fn backoff(o: &PoolOptions, failures: u32) -> Duration {
 }
 
 impl Conn {
-    async fn connect(&mut self, d: &ModbusDevice, what: &str) -> Result<(), ModbusError> {
+    async fn connect(
+        &mut self,
+        d: &ModbusDevice,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<(), ModbusError> {
         let unit = d.link.unit_id();
         let t = Duration::from_millis(d.timeout_ms);
         let connect_err = |source: io::Error| ModbusError::Connect {
             device: d.id.clone(),
             unit,
             endpoint: endpoint(&self.link),
-            point: what.to_owned(),
+            point: what(),
             source,
         };
         let slave = Slave(unit);
@@ -583,7 +594,8 @@ impl Conn {
         device: usize,
     ) -> Result<Done, ModbusError> {
         let profile = &shared.devices[device].profile;
-        let first_point = match op {
+        // Descriptions are built only for errors: the happy path allocates nothing here.
+        let first_point = || match op {
             Op::Read(blocks) => blocks
                 .first()
                 .map(|b| plan::describe(profile, b))
@@ -598,7 +610,7 @@ impl Conn {
                     device: d.id.clone(),
                     unit: d.link.unit_id(),
                     endpoint: endpoint(&self.link),
-                    point: first_point,
+                    point: first_point(),
                     failures: self.failures,
                     retry_in_ms: ms,
                 });
@@ -612,7 +624,7 @@ impl Conn {
             Op::Read(blocks) => {
                 let mut out = Vec::with_capacity(blocks.len());
                 for b in blocks.iter() {
-                    let what = plan::describe(profile, b);
+                    let what = || plan::describe(profile, b);
                     let data = self
                         .with_retries(d, o, &what, |ctx| read_block(ctx, b))
                         .await?;
@@ -625,7 +637,7 @@ impl Conn {
                         return Err(ModbusError::ShortAnswer {
                             device: d.id.clone(),
                             unit: d.link.unit_id(),
-                            point: what,
+                            point: what(),
                             expected: usize::from(b.count),
                             got,
                         });
@@ -639,7 +651,7 @@ impl Conn {
             }
             Op::WriteCoil { address, on, point } => {
                 let (a, v) = (*address, *on);
-                self.with_retries(d, o, point, move |ctx| {
+                self.with_retries(d, o, &|| point.clone(), move |ctx| {
                     Box::pin(async move { ctx.write_single_coil(a, v).await })
                 })
                 .await?;
@@ -651,7 +663,7 @@ impl Conn {
                 point,
             } => {
                 let a = *address;
-                self.with_retries(d, o, point, |ctx| {
+                self.with_retries(d, o, &|| point.clone(), |ctx| {
                     let words = words.clone();
                     Box::pin(async move {
                         if words.len() == 1 {
@@ -672,7 +684,7 @@ impl Conn {
         &mut self,
         d: &ModbusDevice,
         o: &PoolOptions,
-        what: &str,
+        what: &(dyn Fn() -> String + Sync),
         mut call: F,
     ) -> Result<T, ModbusError>
     where
@@ -696,7 +708,7 @@ impl Conn {
                     return Err(ModbusError::Timeout {
                         device: d.id.clone(),
                         unit,
-                        point: what.to_owned(),
+                        point: what(),
                         timeout_ms: d.timeout_ms,
                     })
                 }
@@ -704,7 +716,7 @@ impl Conn {
                     return Err(ModbusError::Transport {
                         device: d.id.clone(),
                         unit,
-                        point: what.to_owned(),
+                        point: what(),
                         source,
                     })
                 }
@@ -721,7 +733,7 @@ impl Conn {
                     return Err(ModbusError::Exception {
                         device: d.id.clone(),
                         unit,
-                        point: what.to_owned(),
+                        point: what(),
                         code: u8::from(exception),
                         exception,
                         attempts,

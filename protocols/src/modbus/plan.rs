@@ -8,6 +8,8 @@
 //! devices (APC InRow) answer a read that touches an undefined register with an exception.
 //! A single value is never split across requests.
 
+use std::sync::Arc;
+
 use rackwarden_config::profile::{Profile, RegisterKind, Role};
 
 use super::decode::{self, DecodeError};
@@ -46,17 +48,18 @@ pub enum BlockData {
     Bits(Vec<bool>),
 }
 
-/// One decoded point instance.
+/// One decoded point instance. Names and units are shared with the device's label
+/// table (`Arc<str>`): a reading of 150 points then costs no string allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointValue {
-    pub point: String,
+    pub point: Arc<str>,
     pub role: Option<Role>,
     /// 1-based repeat index (1 for points without repeats).
     pub index: u32,
     /// The engineering value, or why there is none (a NaN from the device, a short
     /// answer). Never a made-up zero.
     pub value: Result<f64, DecodeError>,
-    pub unit: Option<String>,
+    pub unit: Option<Arc<str>>,
 }
 
 impl PointValue {
@@ -65,9 +68,38 @@ impl PointValue {
         if repeated {
             format!("{}[{}]", self.point, self.index)
         } else {
-            self.point.clone()
+            self.point.to_string()
         }
     }
+}
+
+/// Point names and units of a profile, shared by every reading of a device.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    names: Vec<Arc<str>>,
+    units: Vec<Option<Arc<str>>>,
+}
+
+impl Labels {
+    pub fn new(profile: &Profile) -> Labels {
+        Labels {
+            names: profile
+                .points
+                .iter()
+                .map(|p| Arc::from(p.name.as_str()))
+                .collect(),
+            units: profile
+                .points
+                .iter()
+                .map(|p| p.unit.as_deref().map(Arc::from))
+                .collect(),
+        }
+    }
+}
+
+/// Point instances a plan reads (the capacity a reading needs).
+pub fn instance_count(blocks: &[Block]) -> usize {
+    blocks.iter().map(|b| b.items.len()).sum()
 }
 
 /// Plans the reads of every point of `profile`. Points outside the 16-bit address space
@@ -144,40 +176,49 @@ fn table_rank(k: RegisterKind) -> u8 {
 /// Turns a block's answer into point values. A short or mismatched answer yields errors
 /// for the points it does not cover, never a panic.
 pub fn extract(profile: &Profile, block: &Block, data: &BlockData) -> Vec<PointValue> {
-    block
-        .items
-        .iter()
-        .filter_map(|it| {
-            let p = profile.points.get(it.point)?;
-            let off = usize::from(it.address.checked_sub(block.start)?);
-            let width = usize::from(it.width);
-            let value = match data {
-                BlockData::Bits(bits) => match bits.get(off) {
-                    Some(b) => Ok(decode::decode_bit_point(*b, p)),
-                    None => Err(DecodeError::WrongLength {
-                        data_type: p.data_type,
-                        expected: off + 1,
-                        got: bits.len(),
-                    }),
-                },
-                BlockData::Words(words) => match words.get(off..off + width) {
-                    Some(w) => decode::decode_point(w, p),
-                    None => Err(DecodeError::WrongLength {
-                        data_type: p.data_type,
-                        expected: off + width,
-                        got: words.len(),
-                    }),
-                },
-            };
-            Some(PointValue {
-                point: p.name.clone(),
-                role: p.role,
-                index: it.index,
-                value,
-                unit: p.unit.clone(),
-            })
+    let mut out = Vec::with_capacity(block.items.len());
+    extract_into(profile, &Labels::new(profile), block, data, &mut out);
+    out
+}
+
+/// [`extract`] appending to `out`, with the device's shared labels.
+pub fn extract_into(
+    profile: &Profile,
+    labels: &Labels,
+    block: &Block,
+    data: &BlockData,
+    out: &mut Vec<PointValue>,
+) {
+    out.extend(block.items.iter().filter_map(|it| {
+        let p = profile.points.get(it.point)?;
+        let off = usize::from(it.address.checked_sub(block.start)?);
+        let width = usize::from(it.width);
+        let value = match data {
+            BlockData::Bits(bits) => match bits.get(off) {
+                Some(b) => Ok(decode::decode_bit_point(*b, p)),
+                None => Err(DecodeError::WrongLength {
+                    data_type: p.data_type,
+                    expected: off + 1,
+                    got: bits.len(),
+                }),
+            },
+            BlockData::Words(words) => match words.get(off..off + width) {
+                Some(w) => decode::decode_point(w, p),
+                None => Err(DecodeError::WrongLength {
+                    data_type: p.data_type,
+                    expected: off + width,
+                    got: words.len(),
+                }),
+            },
+        };
+        Some(PointValue {
+            point: labels.names.get(it.point)?.clone(),
+            role: p.role,
+            index: it.index,
+            value,
+            unit: labels.units.get(it.point)?.clone(),
         })
-        .collect()
+    }));
 }
 
 /// A short description of a block for error messages: its first point and range.
@@ -261,18 +302,18 @@ mod tests {
         words[1] = 12_345; // inlet power 12.345 kW
         words[4] = 1_600; // phase current 16.00 A
         let vals = extract(&p, &blocks[0], &BlockData::Words(words));
-        let inlet = vals.iter().find(|v| v.point == "inlet_power").unwrap();
+        let inlet = vals.iter().find(|v| &*v.point == "inlet_power").unwrap();
         assert!((inlet.value.clone().unwrap() - 12.345).abs() < 1e-9);
         let cur = vals
             .iter()
-            .find(|v| v.point == "phase_current" && v.index == 1)
+            .find(|v| &*v.point == "phase_current" && v.index == 1)
             .unwrap();
         assert!((cur.value.clone().unwrap() - 16.0).abs() < 1e-9);
         let short = extract(&p, &blocks[0], &BlockData::Words(vec![0; 3]));
         assert!(short.iter().any(|v| v.value.is_err()));
         assert!(short
             .iter()
-            .find(|v| v.point == "inlet_power")
+            .find(|v| &*v.point == "inlet_power")
             .unwrap()
             .value
             .is_ok());

@@ -54,7 +54,7 @@ pub async fn probe_site(site: &Site) -> Vec<ProbeRow> {
                         unit_id: reading.unit_id,
                         point: v.label(repeated),
                         value: v.value.clone().map_err(|e| e.to_string()),
-                        unit: v.unit.clone(),
+                        unit: v.unit.as_deref().map(str::to_owned),
                         latency: Some(reading.latency),
                     });
                 }
