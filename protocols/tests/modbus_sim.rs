@@ -664,3 +664,70 @@ async fn probe_reads_every_device_of_a_site_and_never_writes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn reads_are_split_at_the_device_maximum() {
+    bounded(async {
+        let sim = Simulator::tcp(any_port(), builtin("generic-pdu").unwrap())
+            .await
+            .unwrap();
+        set_pdu(&sim, 1, 5.5);
+        let mut d = device("pdu-small", tcp(&sim, 1), "generic-pdu");
+        d.max_read_registers = 20;
+        let pool = ModbusPool::from_devices(vec![d], options());
+        assert_pdu(&pool.read_device(0).await.unwrap(), 5.5);
+        // holding 0..10, then 100..148 in 20 + 20 + 8, then the coils: 5 requests.
+        assert_eq!(sim.requests(), 5);
+        sim.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn late_answer_on_an_rtu_gateway_never_answers_the_next_unit() {
+    bounded(async {
+        let sim = Simulator::start(
+            any_port(),
+            Framing::RtuOverTcp,
+            vec![
+                (1, builtin("generic-meter").unwrap()),
+                (2, builtin("generic-meter").unwrap()),
+            ],
+        )
+        .await
+        .unwrap();
+        sim.set(1, "inlet_power_kw", 1, 111.0).unwrap();
+        sim.set(2, "inlet_power_kw", 1, 222.0).unwrap();
+        let addr = sim.local_addr().to_string();
+        let link = |unit_id| ModbusLink::RtuOverTcp {
+            addr: addr.clone(),
+            unit_id,
+        };
+        let pool = ModbusPool::from_devices(
+            vec![
+                device("meter-1", link(1), "generic-meter"),
+                device("meter-2", link(2), "generic-meter"),
+            ],
+            options(),
+        );
+        // Unit 1 answers after the timeout; on the same bus unit 2 is read next. Its
+        // answer must be its own (222), never unit 1's late frame (111).
+        sim.inject(1, Fault::Late(Duration::from_millis(TIMEOUT_MS + 150)), 1);
+        let e = pool.read_device(0).await.unwrap_err();
+        assert!(matches!(e, ModbusError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("`meter-1`") && e.to_string().contains("unit 1"));
+        let r = pool.read_device(1).await.unwrap();
+        assert_eq!(r.get("inlet_power_kw", 1), Some(222.0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            pool.read_device(1).await.unwrap().get("inlet_power_kw", 1),
+            Some(222.0)
+        );
+        assert_eq!(
+            pool.read_device(0).await.unwrap().get("inlet_power_kw", 1),
+            Some(111.0)
+        );
+        sim.shutdown().await;
+    })
+    .await;
+}
