@@ -8,8 +8,13 @@
 //! reply on the old socket can then never be taken for the answer to a later request
 //! (tokio-modbus issue #324). Exception responses are well-formed, in-sync answers, so
 //! they keep the connection; exceptions 5 (acknowledge) and 6 (server busy) are retried.
-//! Consecutive failures back off exponentially; while backing off, requests fail at once
-//! with [`ModbusError::Backoff`] instead of queueing behind a dead device.
+//! Consecutive failures back off exponentially (the first reconnects at once); while
+//! backing off, requests fail at once with [`ModbusError::Backoff`] instead of queueing
+//! behind a dead device. On a shared bus the count is the connection's: any unit's
+//! failure adds to it, any unit's answer resets it.
+//!
+//! [`ModbusPool::new`] spawns the actors, so it must run inside a Tokio runtime;
+//! dropping the pool ends them and closes their connections.
 
 use std::collections::HashMap;
 use std::io;
