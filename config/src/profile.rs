@@ -173,6 +173,12 @@ pub struct Point {
     /// Address step between repeats; the type's width when absent.
     #[serde(default)]
     pub stride: Option<u32>,
+    /// Enumerated states read as a flag: when not empty, the point reads 1 when the raw
+    /// value (integer register or bit) is one of these and 0 otherwise; scale and offset
+    /// do not apply. E.g. Liebert "System Status" `true_when = [16, 32]` is the alarm
+    /// flag; STULZ "BMS stop" `true_when = [0]` reads 1 while the unit may run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub true_when: Vec<i64>,
 }
 
 fn one() -> f64 {
@@ -283,6 +289,12 @@ impl Profile {
                     "count must be at least 1".to_owned(),
                 ));
             }
+            if !p.true_when.is_empty() && matches!(p.data_type, DataType::F32 | DataType::F64) {
+                errors.push((
+                    format!("{path}.true_when"),
+                    "true_when needs an integer or bit point, not a float".to_owned(),
+                ));
+            }
             if !p.scale.is_finite() || p.scale == 0.0 || !p.offset.is_finite() {
                 errors.push((
                     format!("{path}.scale"),
@@ -310,6 +322,27 @@ pub const BUILTIN: &[(&str, &str)] = &[
     (
         "generic-cooling",
         include_str!("../profiles/generic-cooling.toml"),
+    ),
+    (
+        "raritan-xerus-pdu",
+        include_str!("../profiles/raritan-xerus-pdu.toml"),
+    ),
+    (
+        "liebert-intellislot-ds",
+        include_str!("../profiles/liebert-intellislot-ds.toml"),
+    ),
+    (
+        "liebert-intellislot-xdc",
+        include_str!("../profiles/liebert-intellislot-xdc.toml"),
+    ),
+    (
+        "apc-inrow-rc",
+        include_str!("../profiles/apc-inrow-rc.toml"),
+    ),
+    ("stulz-c7000", include_str!("../profiles/stulz-c7000.toml")),
+    (
+        "vertiv-liebert-dcd",
+        include_str!("../profiles/vertiv-liebert-dcd.toml"),
     ),
 ];
 
@@ -349,6 +382,32 @@ mod tests {
         assert_eq!(sw.address_of(sw.count + 1), None);
         assert!(p.point("inlet_power_kw").is_some());
         assert!(p.point("nope").is_none());
+    }
+
+    #[test]
+    fn true_when_only_on_integer_points() {
+        let text = r#"
+name = "flags"
+kind = "cooling"
+[[points]]
+name = "status"
+role = "unit_alarm"
+register = "input"
+address = 101
+type = "u16"
+true_when = [16, 32]
+[[points]]
+name = "temp"
+register = "input"
+address = 102
+type = "f32"
+true_when = [1]
+"#;
+        let p = Profile::from_toml(text).unwrap();
+        assert_eq!(p.points[0].true_when, vec![16, 32]);
+        let errs = p.check();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "points[1].true_when");
     }
 
     #[test]
