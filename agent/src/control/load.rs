@@ -138,6 +138,29 @@ impl Loads {
             measured_kw: vec![None; n],
             pending_kw: vec![0.0; n],
         };
+        // Sheds in flight, per rack: meters do not show them yet.
+        let mut pending_rack = vec![0.0; n];
+        for (i, ms) in st.miners.iter().enumerate() {
+            if let (Some(pd), Some(m)) = (ms.pending, site.miners.get(i)) {
+                if pd.lever.is_shed() && pd.from_w > pd.to_w && m.rack < n {
+                    pending_rack[m.rack] += (pd.from_w - pd.to_w) / 1000.0;
+                }
+            }
+        }
+        for (g, gs) in st.gpus.iter().enumerate() {
+            let (Some(pd), Some(r), Some(gn)) = (gs.pending, snap.gpu(g), site.gpu_nodes.get(g))
+            else {
+                continue;
+            };
+            if let (Some(c), Some(res)) = (pd.cap_w, loads.gpu_kw[g]) {
+                let enforced: f64 = r.gpus.iter().map(|l| l.enforced_w).sum::<f64>() / 1000.0;
+                let count = f64::from(u32::try_from(r.gpus.len()).unwrap_or(0));
+                let drop = enforced - res.min(c * count / 1000.0);
+                if drop > 0.0 && gn.rack < n {
+                    pending_rack[gn.rack] += drop;
+                }
+            }
+        }
         for (i, node) in site.nodes.iter().enumerate() {
             loads.measured_kw[i] = snap
                 .meter(i)
@@ -178,7 +201,9 @@ impl Loads {
             let now_other = snap
                 .meter(i)
                 .filter(|r| fresh(r.taken_at, now, p.meter_stale_ms))
-                .map_or(0.0, |r| (r.kw - reserve - miners).max(0.0));
+                .map_or(0.0, |r| {
+                    (r.kw - reserve - miners - pending_rack[i]).max(0.0)
+                });
             let (prev, prev_at) = st
                 .nodes
                 .get(i)
@@ -197,31 +222,7 @@ impl Loads {
                 loads.proj_kw[a] += total;
                 loads.reserve_kw[a] += reserve;
                 loads.miners_kw[a] += miners;
-            }
-        }
-        for (i, ms) in st.miners.iter().enumerate() {
-            if let (Some(pd), Some(m)) = (ms.pending, site.miners.get(i)) {
-                if pd.lever.is_shed() && pd.from_w > pd.to_w {
-                    for &a in &topo.ancestors[m.rack] {
-                        loads.pending_kw[a] += (pd.from_w - pd.to_w) / 1000.0;
-                    }
-                }
-            }
-        }
-        for (g, gs) in st.gpus.iter().enumerate() {
-            let (Some(pd), Some(r), Some(gn)) = (gs.pending, snap.gpu(g), site.gpu_nodes.get(g))
-            else {
-                continue;
-            };
-            if let (Some(c), Some(res)) = (pd.cap_w, loads.gpu_kw[g]) {
-                let enforced: f64 = r.gpus.iter().map(|l| l.enforced_w).sum::<f64>() / 1000.0;
-                let drop = enforced
-                    - res.min(c * f64::from(u32::try_from(r.gpus.len()).unwrap_or(0)) / 1000.0);
-                if drop > 0.0 {
-                    for &a in &topo.ancestors[gn.rack] {
-                        loads.pending_kw[a] += drop;
-                    }
-                }
+                loads.pending_kw[a] += pending_rack[i];
             }
         }
         loads
