@@ -218,14 +218,21 @@ impl Cx<'_> {
             .is_some_and(|r| fresh(r.taken_at, self.now, self.p.meter_stale_ms))
     }
 
-    /// GPU node readable enough to cap or lift: NVML present, power and limits fresh.
-    fn gpu_usable(&self, g: usize) -> Option<&GpuNodeReading> {
+    /// GPU node readable enough to cap: NVML present, limits fresh (lowering a limit is
+    /// safe whatever the power reading says).
+    fn gpu_cappable(&self, g: usize) -> Option<&GpuNodeReading> {
         self.snap.gpu(g).filter(|r| {
             r.nvml_available
                 && !r.gpus.is_empty()
-                && fresh(r.power_taken_at, self.now, self.p.gpu_power_stale_ms)
                 && fresh(r.limits_taken_at, self.now, self.p.gpu_limit_stale_ms)
         })
+    }
+
+    /// GPU node readable enough to lift a cap: also its power fresh (never add load from
+    /// stale data).
+    fn gpu_usable(&self, g: usize) -> Option<&GpuNodeReading> {
+        self.gpu_cappable(g)
+            .filter(|r| fresh(r.power_taken_at, self.now, self.p.gpu_power_stale_ms))
     }
 
     fn over_rating(&self, loads: &Loads, n: NodeIdx) -> bool {
@@ -557,13 +564,18 @@ impl Cx<'_> {
             p.confirm_timeout_s
         };
         let ms_ = &mut st.miners[i];
+        // A command replacing one still in flight keeps the power meters still show.
+        let shown_w = ms_
+            .pending
+            .filter(|p| p.lever.is_shed())
+            .map_or(from_w, |p| p.from_w.max(from_w));
         ms_.intent = intent;
         ms_.since = now;
         ms_.pending = Some(Pending {
             lever,
             issued_at: now,
             deadline: now.saturating_add(ms(wait)),
-            from_w,
+            from_w: shown_w,
             to_w,
             emergency,
         });
@@ -989,7 +1001,7 @@ impl Cx<'_> {
                 {
                     continue;
                 }
-                let (Some(r), Some(cur)) = (self.gpu_usable(g), loads.gpu_kw[g]) else {
+                let (Some(r), Some(cur)) = (self.gpu_cappable(g), loads.gpu_kw[g]) else {
                     continue;
                 };
                 let Some((lo, hi, _, count)) = gpu_bounds(r) else {

@@ -35,7 +35,8 @@ pub struct Pending {
     pub issued_at: Millis,
     /// Unconfirmed by then, it escalates.
     pub deadline: Millis,
-    /// Committed power before the command, watts.
+    /// Power the device drew before the first command still in flight (what the meters
+    /// still show until it takes effect), watts.
     pub from_w: f64,
     /// Commanded power (what the projection now counts), watts.
     pub to_w: f64,
