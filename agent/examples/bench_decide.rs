@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rackwarden::control::{
-    decide, ControlState, Device, GpuLimits, GpuNodeReading, Lever, MeterReading, MinerMode,
+    decide_owned, ControlState, Device, GpuLimits, GpuNodeReading, Lever, MeterReading, MinerMode,
     MinerReading, OutletReading, Snapshot, Tick, Topology, UnitReading, UnitState,
 };
 use rackwarden_config::Site;
@@ -189,7 +189,7 @@ fn main() -> ExitCode {
         observe(&site, &topo, &world, &mut snap, now);
         let tick = if k % 5 == 0 { Tick::Slow } else { Tick::Fast };
         let t = Instant::now();
-        let plan = decide(&site, &topo, &snap, &state, now, tick);
+        let plan = decide_owned(&site, &topo, &snap, state, now, tick);
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         if k > warmup {
             match tick {

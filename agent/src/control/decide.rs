@@ -114,12 +114,25 @@ struct Cx<'a> {
 /// One decision. Pure: the same arguments always give the same plan.
 ///
 /// `topo` must be built from `site` (a mismatched one is rebuilt, at a cost); a `state`
-/// of another shape is carried over by id ([`ControlState::for_site`]).
+/// of another shape is carried over by id ([`ControlState::for_site`]). Clones `state`;
+/// [`decide_owned`] saves the clone where the caller hands its state over.
 pub fn decide(
     site: &Site,
     topo: &Topology,
     snap: &Snapshot,
     state: &ControlState,
+    now: Millis,
+    tick: Tick,
+) -> Plan {
+    decide_owned(site, topo, snap, state.clone(), now, tick)
+}
+
+/// [`decide`], taking the state by value (the runtime's hot path: `state = plan.state`).
+pub fn decide_owned(
+    site: &Site,
+    topo: &Topology,
+    snap: &Snapshot,
+    state: ControlState,
     now: Millis,
     tick: Tick,
 ) -> Plan {
@@ -131,9 +144,9 @@ pub fn decide(
         &rebuilt
     };
     let mut st = if state.fits(site) {
-        state.clone()
+        state
     } else {
-        ControlState::for_site(site, state, now)
+        ControlState::for_site(site, &state, now)
     };
     let mut cx = Cx {
         site,

@@ -25,7 +25,7 @@ pub mod snapshot;
 pub mod state;
 pub mod topology;
 
-pub use decide::decide;
+pub use decide::{decide, decide_owned};
 pub use load::Loads;
 pub use plan::{
     Action, Alert, Device, Lever, NodeView, Plan, Reason, Scope, Severity, ZoneView, ALERTS,
