@@ -33,7 +33,7 @@ struct Ev {
 
 fn events() -> impl Strategy<Value = Vec<Ev>> {
     prop::collection::vec(
-        (0u64..240, any::<u8>(), any::<u32>(), 0.0f64..1.0).prop_map(|(t_s, kind, idx, x)| Ev {
+        (0u64..400, any::<u8>(), any::<u32>(), 0.0f64..1.0).prop_map(|(t_s, kind, idx, x)| Ev {
             t_s,
             kind,
             idx,
@@ -165,7 +165,7 @@ fn simulate(
     Ok(sim)
 }
 
-const SECS: u64 = 240;
+const SECS: u64 = 480;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -255,13 +255,22 @@ proptest! {
         })?;
     }
 
-    /// 3. GPU caps are back to default before any miner is restored.
+    /// 3. GPU caps are back to default before any miner on that path is restored: no
+    ///    miner comes back under a constraint (node or zone) that capped a GPU still capped.
     #[test]
     fn invariant_03_restore_order(seed in any::<u64>(), evs in events()) {
         simulate(seed, &evs, false, SECS, |sim, step| {
-            if step.plan.actions.iter().any(is_miner_restore) {
-                if let Some(g) = step.plan.state.gpus.iter().position(|g| g.cap_w.is_some()) {
-                    return Err(format!("miner restored while `{}` is capped", sim.site.gpu_nodes[g].id));
+            for a in step.plan.actions.iter().filter(|a| is_miner_restore(a)) {
+                let rack = rack_of(sim, a);
+                for (g, gs) in step.plan.state.gpus.iter().enumerate().filter(|(_, g)| g.cap_w.is_some()) {
+                    let on_path = gs.capped_by.is_empty() || gs.capped_by.iter().any(|s| match *s {
+                        Scope::Node(n) => sim.topo.ancestors[rack].contains(&n),
+                        Scope::Zone(z) => sim.topo.rack_zone[rack] == Some(z),
+                        Scope::Device => true,
+                    });
+                    if on_path {
+                        return Err(format!("{} restored while `{}` is capped by {:?}", a.device_id, sim.site.gpu_nodes[g].id, gs.capped_by));
+                    }
                 }
             }
             Ok(())

@@ -704,6 +704,11 @@ impl Cx<'_> {
         let was = st.gpus[g].cap_w;
         let cap = (!to_default).then_some(limit_w);
         st.gpus[g].cap_w = cap;
+        if cap.is_none() {
+            st.gpus[g].capped_by.clear();
+        } else if d < 0.0 && !st.gpus[g].capped_by.contains(&scope) {
+            st.gpus[g].capped_by.push(scope);
+        }
         st.gpus[g].pending = Some(GpuPending {
             cap_w: cap,
             issued_at: self.now,
@@ -1458,12 +1463,26 @@ impl Cx<'_> {
             );
             take(&mut ramp, &mut zone_room, &mut touched, rack, add);
         }
-        // 2. No miner comes back on a path that still holds a GPU cap.
+        // 2. No miner comes back under a constraint that still holds a GPU cap.
         let mut capped = vec![false; n];
-        for (g, gs) in st.gpus.iter().enumerate() {
-            if gs.cap_w.is_some() {
-                for &x in &topo.ancestors[site.gpu_nodes[g].rack] {
-                    capped[x] = true;
+        let mut capped_zone = vec![false; site.zones.len()];
+        for gs in st.gpus.iter().filter(|g| g.cap_w.is_some()) {
+            if gs.capped_by.is_empty() {
+                capped[0] = true;
+            }
+            for scope in &gs.capped_by {
+                match *scope {
+                    Scope::Node(x) => {
+                        if let Some(c) = capped.get_mut(x) {
+                            *c = true;
+                        }
+                    }
+                    Scope::Zone(z) => {
+                        if let Some(c) = capped_zone.get_mut(z) {
+                            *c = true;
+                        }
+                    }
+                    Scope::Device => capped[0] = true,
                 }
             }
         }
@@ -1498,7 +1517,9 @@ impl Cx<'_> {
             for &i in group.iter() {
                 let m = &site.miners[i];
                 let rack = m.rack;
-                if topo.ancestors[rack].iter().any(|&x| capped[x]) {
+                if topo.ancestors[rack].iter().any(|&x| capped[x])
+                    || topo.rack_zone[rack].is_some_and(|z| capped_zone[z])
+                {
                     continue;
                 }
                 let ms_ = &st.miners[i];

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rackwarden_config::Site;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::plan::Lever;
+use super::plan::{Lever, Scope};
 use super::Millis;
 
 /// What the agent last commanded a miner to do.
@@ -90,6 +90,10 @@ pub struct GpuPending {
 pub struct GpuState {
     /// The per-GPU limit the agent holds the node at, watts; `None`: defaults.
     pub cap_w: Option<f64>,
+    /// The constraints that capped it: no miner under them is restored while the cap
+    /// holds (empty with a cap, from an older state: the whole site).
+    #[serde(default)]
+    pub capped_by: Vec<Scope>,
     pub pending: Option<GpuPending>,
     pub nvml_alerted: bool,
     pub stale_alerted: bool,
@@ -244,6 +248,7 @@ impl ControlState {
             if let Some(&j) = old_gpus.get(&g.id) {
                 if let Some(gs) = old.gpus.get(j) {
                     st.gpus[i].cap_w = gs.cap_w;
+                    st.gpus[i].capped_by.clone_from(&gs.capped_by);
                     st.gpus[i].pending = gs.pending;
                 }
             }

@@ -64,10 +64,17 @@ pub fn gen_site(seed: u64) -> String {
     let _ = writeln!(t, "[site]\nid = \"gen-{seed}\"\n");
     let _ = writeln!(
         t,
-        "[policy]\nseed = {}\nshed_margin_fraction = {:.3}\nallow_outlet_off = {}\n",
+        "[policy]\nseed = {}\nshed_margin_fraction = {:.3}\nallow_outlet_off = {}\nrestore_hold_s = {}\nrestore_step_interval_s = {}\nmin_off_s = {}\nmin_on_s = {}\nmax_sleep_cycles_per_hour = {}\nrestore_step_fraction = {:.3}\n",
         r.random_range(0..1000u32),
         r.random_range(0.01..0.05),
-        r.random_bool(0.8)
+        r.random_bool(0.8),
+        r.random_range(10..=60u32),
+        r.random_range(10..=30u32),
+        r.random_range(30..=300u32),
+        r.random_range(60..=600u32),
+        r.random_range(2..=6u32),
+        // Small racks need a larger step for one miner to fit in it.
+        r.random_range(0.05..0.4f64),
     );
     // Racks first (their budgets size the rows and feeds).
     struct Rack {
