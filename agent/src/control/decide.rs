@@ -902,6 +902,8 @@ impl Cx<'_> {
     ) -> f64 {
         let (site, p) = (self.site, self.p);
         let emergency = mode == Mode::Emergency;
+        // Actions flagged `emergency` are those taken with anti-cycling waived.
+        let waived = mode != Mode::Shed { cycling: true };
         let mut rem = need_kw;
         // 1. Power targets down, multiplicatively, never more than needed.
         if !emergency {
@@ -967,13 +969,13 @@ impl Cx<'_> {
                     }
                     continue;
                 }
-                self.sleep(st, loads, i, scope, reason, emergency);
+                self.sleep(st, loads, i, scope, reason, waived);
                 rem -= d;
             }
             if rem > EPS_KW {
                 if let Some((i, d)) = fallback {
                     if self.sleep_eligible(st, i, mode) {
-                        self.sleep(st, loads, i, scope, reason, emergency);
+                        self.sleep(st, loads, i, scope, reason, waived);
                         rem -= d;
                     }
                 }
@@ -1152,8 +1154,9 @@ impl Cx<'_> {
                 }
                 if excess > need {
                     need = excess;
-                    reason = Reason::MeterSilent;
+                    // An emergency stays one (its levers and its reason).
                     if mode != Mode::Emergency {
+                        reason = Reason::MeterSilent;
                         mode = Mode::Shed { cycling: false };
                     }
                 }

@@ -108,7 +108,8 @@ pub struct Action {
     pub from_w: f64,
     pub to_w: f64,
     pub reason: Reason,
-    /// Taken under emergency rules (anti-cycling waived, straight to sleep).
+    /// Taken with the anti-cycling limits waived: a power emergency, a cooling loss or a
+    /// silent meter (see `reason`).
     pub emergency: bool,
 }
 

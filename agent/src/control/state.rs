@@ -40,6 +40,7 @@ pub struct Pending {
     pub from_w: f64,
     /// Commanded power (what the projection now counts), watts.
     pub to_w: f64,
+    /// Anti-cycling waived for it (and for its escalation).
     pub emergency: bool,
 }
 
