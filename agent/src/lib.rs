@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod control;
 pub mod logging;
+pub mod runtime;

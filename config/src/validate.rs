@@ -266,6 +266,7 @@ fn check_policy(errs: &mut Errors, p: &Policy) {
 }
 
 fn load_profile(
+    cache: &mut HashMap<String, Option<Profile>>,
     errs: &mut Errors,
     path: &str,
     builtin: Option<&str>,
@@ -291,7 +292,11 @@ fn load_profile(
             None
         }
         (Some(name), None) => {
-            let p = profile::builtin(name);
+            // Thousands of devices share a few built-in maps: parse each once.
+            let p = cache
+                .entry(name.to_owned())
+                .or_insert_with(|| profile::builtin(name))
+                .clone();
             if p.is_none() {
                 errs.push(
                     format!("{path}.profile"),
@@ -406,7 +411,8 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     }
 
     // Devices first: meters refer to them.
-    let devices = build_devices(&mut errs, raw, base);
+    let mut broken = HashSet::new();
+    let devices = build_devices(&mut errs, raw, base, &mut broken);
     let device_idx: HashMap<&str, usize> = devices
         .iter()
         .enumerate()
@@ -432,6 +438,9 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         for (k, m) in ms.iter().enumerate() {
             let mpath = format!("{path}.meters[{k}]");
             let Some(&d) = device_idx.get(m.device.as_str()) else {
+                if broken.contains(&m.device) {
+                    continue;
+                }
                 errs.push(
                     format!("{mpath}.device"),
                     format!("unknown Modbus device `{}`", m.device),
@@ -785,7 +794,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         errs.push("feeds", "the site needs at least one feed");
     }
 
-    let zones = build_zones(&mut errs, raw, &node_idx, &device_idx, &devices);
+    let zones = build_zones(&mut errs, raw, &node_idx, &device_idx, &devices, &broken);
     let miners = build_miners(
         &mut errs,
         &miners_raw,
@@ -793,6 +802,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         &node_idx,
         &devices,
         &device_idx,
+        &broken,
     );
     let gpu_nodes = build_gpu_nodes(&mut errs, raw, &nodes, &node_idx, base);
 
@@ -813,8 +823,14 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     ))
 }
 
-fn build_devices(errs: &mut Errors, raw: &RawConfig, base: &Path) -> Vec<ModbusDevice> {
+fn build_devices(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    base: &Path,
+    broken: &mut HashSet<String>,
+) -> Vec<ModbusDevice> {
     let mut out = Vec::new();
+    let mut cache = HashMap::new();
     for (i, d) in raw.modbus_devices.iter().enumerate() {
         let path = format!("modbus_devices[{i}]");
         let unit = unit_id(errs, &path, d.transport, d.unit_id);
@@ -892,6 +908,7 @@ fn build_devices(errs: &mut Errors, raw: &RawConfig, base: &Path) -> Vec<ModbusD
             );
         }
         let profile = load_profile(
+            &mut cache,
             errs,
             &path,
             d.profile.as_deref(),
@@ -932,7 +949,11 @@ fn build_devices(errs: &mut Errors, raw: &RawConfig, base: &Path) -> Vec<ModbusD
                 }
             }
         }
-        let Some(profile) = profile else { continue };
+        let Some(profile) = profile else {
+            // Already reported; references to it must not cascade into more errors.
+            broken.insert(d.id.clone());
+            continue;
+        };
         let max_read_registers = max_read.min(profile.max_read()).max(1);
         out.push(ModbusDevice {
             id: d.id.clone(),
@@ -955,6 +976,7 @@ fn build_zones(
     node_idx: &HashMap<String, NodeIdx>,
     device_idx: &HashMap<&str, usize>,
     devices: &[ModbusDevice],
+    broken: &HashSet<String>,
 ) -> Vec<CoolingZone> {
     let mut out = Vec::new();
     let mut rack_zone: HashMap<NodeIdx, String> = HashMap::new();
@@ -1014,10 +1036,12 @@ fn build_zones(
                         Some(di)
                     }
                     None => {
-                        errs.push(
-                            format!("{upath}.device"),
-                            format!("unknown Modbus device `{d}`"),
-                        );
+                        if !broken.contains(d) {
+                            errs.push(
+                                format!("{upath}.device"),
+                                format!("unknown Modbus device `{d}`"),
+                            );
+                        }
                         None
                     }
                 },
@@ -1117,6 +1141,7 @@ fn build_miners(
     node_idx: &HashMap<String, NodeIdx>,
     devices: &[ModbusDevice],
     device_idx: &HashMap<&str, usize>,
+    broken: &HashSet<String>,
 ) -> Vec<Miner> {
     let mut out = Vec::with_capacity(raw.len());
     let mut outlets_used: HashMap<(usize, u32), String> = HashMap::new();
@@ -1204,7 +1229,9 @@ fn build_miners(
                 };
                 match device_idx.get(o.device.as_str()) {
                     None => {
-                        local.push(opath, format!("unknown Modbus device `{}`", o.device));
+                        if !broken.contains(&o.device) {
+                            local.push(opath, format!("unknown Modbus device `{}`", o.device));
+                        }
                         None
                     }
                     Some(&d) => {

@@ -12,6 +12,17 @@ use super::EX_CONFIG;
 pub fn run(path: &Path) -> ExitCode {
     match rackwarden_config::load(path) {
         Ok(site) => {
+            tracing::info!(
+                event = "config.valid",
+                site = %site.id,
+                nodes = site.nodes.len(),
+                zones = site.zones.len(),
+                devices = site.modbus_devices.len(),
+                miners = site.miners.len(),
+                gpu_nodes = site.gpu_nodes.len(),
+                budget_kw = site.site_budget_kw(),
+                "site file is valid"
+            );
             print!("{}", summary(&site));
             ExitCode::SUCCESS
         }
@@ -55,7 +66,18 @@ pub fn summary(site: &Site) -> String {
             format!("{} {:.0}/{:.0} kW{pair}", n.id, n.budget_kw, n.rating_kw)
         })
         .collect();
-    let _ = writeln!(s, "  feeds       {}: {}", feeds.len(), feeds.join("; "));
+    let shown = feeds.len().min(4);
+    let more = if feeds.len() > shown {
+        format!("; and {} more", feeds.len() - shown)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "  feeds       {}: {}{more}",
+        feeds.len(),
+        feeds[..shown].join("; ")
+    );
     let _ = writeln!(s, "  rows        {}", count(NodeKind::Row));
     let _ = writeln!(
         s,

@@ -4,6 +4,7 @@
 //! config, 1 any other failure.
 
 mod check;
+mod gpu_node;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Serve this GPU host's GPUs (NVML, or simulated) to the site agent.
+    GpuNode(gpu_node::GpuNodeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -67,5 +70,6 @@ pub fn main() -> ExitCode {
     crate::logging::init(cli.log_format.map_or(LogFormat::Text, Into::into));
     match cli.command {
         Command::CheckConfig { config } => check::run(&config),
+        Command::GpuNode(args) => gpu_node::run(args),
     }
 }
