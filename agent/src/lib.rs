@@ -2,5 +2,6 @@
 //! the command line. The binary (`src/main.rs`) only parses arguments and calls in here.
 
 pub mod cli;
+pub mod control;
 pub mod logging;
 pub mod runtime;

@@ -1,0 +1,252 @@
+//! The output of one decision: actions for the actuator, alerts for the log, the next
+//! control state, and a view of the loads the decision saw (for status and metrics).
+
+use rackwarden_config::NodeIdx;
+use serde::{Deserialize, Serialize};
+
+use super::state::{Band, ControlState};
+
+/// A lever the controller pulls, in shed order, then the restore counterparts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lever {
+    /// Lower a miner's power target (multiplicative decrease).
+    PowerTarget,
+    /// Sleep / pause a miner through its API.
+    Sleep,
+    /// Switch off the PDU outlet feeding a miner.
+    OutletOff,
+    /// Lower a GPU node's per-GPU power limit.
+    GpuCap,
+    /// Raise a miner's power target (to nameplate: `to_w = nominal_w`, target cleared).
+    PowerTargetRaise,
+    /// Wake a sleeping miner.
+    Wake,
+    /// Switch a miner's outlet back on.
+    OutletOn,
+    /// Raise a GPU node's limit (to the GPUs' defaults when `to_w` reaches them).
+    GpuCapLift,
+}
+
+impl Lever {
+    /// Shed levers lower load; the others restore it.
+    pub fn is_shed(self) -> bool {
+        matches!(
+            self,
+            Lever::PowerTarget | Lever::Sleep | Lever::OutletOff | Lever::GpuCap
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lever::PowerTarget => "power_target",
+            Lever::Sleep => "sleep",
+            Lever::OutletOff => "outlet_off",
+            Lever::GpuCap => "gpu_cap",
+            Lever::PowerTargetRaise => "power_target_raise",
+            Lever::Wake => "wake",
+            Lever::OutletOn => "outlet_on",
+            Lever::GpuCapLift => "gpu_cap_lift",
+        }
+    }
+}
+
+/// The device an action is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    Miner(usize),
+    GpuNode(usize),
+}
+
+/// The constraint that caused an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// A node of the power tree (its budget).
+    Node(NodeIdx),
+    /// A cooling zone (its N+1 or N capacity).
+    Zone(usize),
+    /// No constraint: an operator override or an escalation of an earlier command.
+    Device,
+}
+
+/// Why an action was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// `P_eff` in the shed band.
+    Shed,
+    /// `P_eff` at or above the emergency threshold, or a reading above a breaker rating.
+    Emergency,
+    /// A node meter silent with no device-level bound: miners down to `0.8 x B - GPU_reserve`.
+    MeterSilent,
+    /// A zone lost N+1.
+    CoolingRedundancy,
+    /// A zone's capacity is below its heat load.
+    CoolingCapacity,
+    /// The previous lever was not confirmed in time.
+    Escalation,
+    /// An operator override.
+    Operator,
+    /// Headroom came back.
+    Restore,
+}
+
+/// One command for the actuator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub scope: Scope,
+    /// The constraint's id (node or zone id; the device id for `Scope::Device`).
+    pub constraint: String,
+    pub device: Device,
+    /// The miner's or GPU node's id.
+    pub device_id: String,
+    pub lever: Lever,
+    /// Miners: committed power before and after, watts (a power target's `to_w` is the
+    /// target to set). GPU nodes: the per-GPU limit before and after, watts.
+    pub from_w: f64,
+    pub to_w: f64,
+    pub reason: Reason,
+    /// Taken with the anti-cycling limits waived: a power emergency, a cooling loss or a
+    /// silent meter (see `reason`).
+    pub emergency: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One alert, fired on a transition (not every tick).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// A dotted name from [`ALERTS`].
+    pub name: &'static str,
+    pub severity: Severity,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub device: Option<String>,
+    /// The figure behind the alert (load, heat), kW.
+    pub kw: Option<f64>,
+    /// The limit it is compared with (budget, capacity), kW.
+    pub budget_kw: Option<f64>,
+    /// `kw / budget_kw`.
+    pub fraction: Option<f64>,
+    /// One line for humans.
+    pub message: String,
+}
+
+impl Alert {
+    pub(crate) fn new(name: &'static str, severity: Severity, message: String) -> Alert {
+        Alert {
+            name,
+            severity,
+            node: None,
+            zone: None,
+            device: None,
+            kw: None,
+            budget_kw: None,
+            fraction: None,
+            message,
+        }
+    }
+
+    pub(crate) fn figures(mut self, kw: f64, budget_kw: f64) -> Alert {
+        self.kw = Some(kw);
+        self.budget_kw = Some(budget_kw);
+        self.fraction = (budget_kw > 0.0).then(|| kw / budget_kw);
+        self
+    }
+}
+
+pub const POWER_BUDGET_SHED: &str = "power.budget.shed";
+pub const POWER_BUDGET_EMERGENCY: &str = "power.budget.emergency";
+pub const POWER_BUDGET_RESTORED: &str = "power.budget.restored";
+pub const POWER_BUDGET_UNMET: &str = "power.budget.unmet";
+pub const COOLING_REDUNDANCY_LOST: &str = "cooling.redundancy.lost";
+pub const COOLING_REDUNDANCY_RESTORED: &str = "cooling.redundancy.restored";
+pub const COOLING_CAPACITY_EXCEEDED: &str = "cooling.capacity.exceeded";
+pub const COOLING_CAPACITY_RESTORED: &str = "cooling.capacity.restored";
+pub const TELEMETRY_STALE: &str = "telemetry.stale";
+pub const TELEMETRY_FRESH: &str = "telemetry.fresh";
+pub const TELEMETRY_METER_SILENT: &str = "telemetry.meter.silent";
+pub const TELEMETRY_NVML_UNAVAILABLE: &str = "telemetry.nvml.unavailable";
+pub const ACTION_UNCONFIRMED: &str = "action.unconfirmed";
+pub const GPU_CAP_APPLIED: &str = "gpu.cap.applied";
+pub const GPU_CAP_LIFTED: &str = "gpu.cap.lifted";
+pub const CONTROL_STARTUP_HOLD: &str = "control.startup.hold";
+pub const CONTROL_STARTUP_RELEASED: &str = "control.startup.released";
+
+/// Every alert name `decide` can emit (docs/alerts.md is checked against it).
+pub const ALERTS: &[&str] = &[
+    POWER_BUDGET_SHED,
+    POWER_BUDGET_EMERGENCY,
+    POWER_BUDGET_RESTORED,
+    POWER_BUDGET_UNMET,
+    COOLING_REDUNDANCY_LOST,
+    COOLING_REDUNDANCY_RESTORED,
+    COOLING_CAPACITY_EXCEEDED,
+    COOLING_CAPACITY_RESTORED,
+    TELEMETRY_STALE,
+    TELEMETRY_FRESH,
+    TELEMETRY_METER_SILENT,
+    TELEMETRY_NVML_UNAVAILABLE,
+    ACTION_UNCONFIRMED,
+    GPU_CAP_APPLIED,
+    GPU_CAP_LIFTED,
+    CONTROL_STARTUP_HOLD,
+    CONTROL_STARTUP_RELEASED,
+];
+
+/// A node as the decision saw it (before its actions).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct NodeView {
+    pub budget_kw: f64,
+    /// Feed-forward projection, kW.
+    pub proj_kw: f64,
+    /// `max(P_proj, measured peak less in-flight sheds)`, kW.
+    pub eff_kw: f64,
+    /// Fresh measured peak, kW (None: no fresh meter).
+    pub measured_kw: Option<f64>,
+    /// GPU reserve under the node, kW.
+    pub gpu_reserve_kw: f64,
+    pub band: Band,
+    /// Restores are frozen here (stale meter at or below it).
+    pub frozen: bool,
+}
+
+/// A cooling zone as the decision saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ZoneView {
+    pub heat_kw: f64,
+    pub available_kw: f64,
+    pub largest_kw: f64,
+    pub n_plus_1: bool,
+    pub n: bool,
+}
+
+/// The result of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub alerts: Vec<Alert>,
+    #[serde(skip)]
+    pub state: ControlState,
+    pub nodes: Vec<NodeView>,
+    /// Filled on slow ticks only (cooling is checked every slow tick).
+    pub zones: Vec<ZoneView>,
+}
