@@ -1,7 +1,9 @@
 //! The rackwarden agent: the control core, the runtime, alerts, HTTP, the simulator and
 //! the command line. The binary (`src/main.rs`) only parses arguments and calls in here.
 
+pub mod alerts;
 pub mod cli;
 pub mod control;
 pub mod logging;
 pub mod runtime;
+pub mod sim;

@@ -361,7 +361,11 @@ impl Firmware {
 
     /// Whether the firmware needs an HTTP port besides the 4028 API for its control verbs.
     pub fn needs_http(self) -> bool {
-        matches!(self, Firmware::Vnish | Firmware::AntminerStock)
+        // Braiins OS sets power targets through its REST API.
+        matches!(
+            self,
+            Firmware::Vnish | Firmware::AntminerStock | Firmware::Braiins
+        )
     }
 }
 

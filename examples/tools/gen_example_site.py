@@ -74,10 +74,10 @@ meters = [{{ device = "pdu-{r}" }}]
         dev(f"pdu-{r}", "generic-pdu")
 # mining racks: (firmware, model watts, min_w, j/th, count, http)
 mixes = [
-  [("braiins", 3250, 1800, 29.5, 12, None), ("luxos", 3010, 1500, 23.0, 12, None)],
+  [("braiins", 3250, 1800, 29.5, 12, 8080), ("luxos", 3010, 1500, 23.0, 12, None)],
   [("whatsminer", 3400, 2000, 34.0, 10, None), ("avalon", 3300, None, 36.0, 12, None)],
   [("antminer_stock", 3250, None, 29.5, 14, 8080), ("vnish", 3100, 1600, 25.0, 10, 8080)],
-  [("luxos", 3010, 1500, 23.0, 12, None), ("braiins", 3250, 1800, 29.5, 12, None)],
+  [("luxos", 3010, 1500, 23.0, 12, None), ("braiins", 3250, 1800, 29.5, 12, 8080)],
 ]
 mining_racks = []
 groups = []

@@ -12,7 +12,7 @@ and row. Every address is on loopback (127.0.0.0/8) so `rackwarden sim` can serv
 
 FIRMWARES = [
     # (firmware, nominal_w, min_w, j/th, http_port)
-    ("braiins", 3250, 1800, 29.5, None),
+    ("braiins", 3250, 1800, 29.5, 8080),
     ("luxos", 3010, 1500, 23.0, None),
     ("whatsminer", 3400, 2000, 34.0, None),
     ("avalon", 1400, None, 38.0, None),

@@ -4,7 +4,11 @@
 //! config, 1 any other failure.
 
 mod check;
+pub mod demo;
 mod gpu_node;
+mod probe;
+pub mod run;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +59,17 @@ pub enum Command {
     },
     /// Serve this GPU host's GPUs (NVML, or simulated) to the site agent.
     GpuNode(gpu_node::GpuNodeArgs),
+    /// Poll every Modbus device of a site once and print what it reads (never writes).
+    Probe {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the agent on a site (live, or --dry-run to decide and log without writing).
+    Run(run::RunArgs),
+    /// Serve a site's devices on loopback with a physics model and a scenario.
+    Sim(sim::SimArgs),
+    /// The agent against its own simulated example site, with a summary at the end.
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -67,9 +82,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    crate::logging::init(cli.log_format.map_or(LogFormat::Text, Into::into));
+    // `run` logs in the site file's format unless the command line says otherwise.
+    let explicit = cli.log_format.is_some();
+    if explicit || !matches!(cli.command, Command::Run(_)) {
+        crate::logging::init(cli.log_format.map_or(LogFormat::Text, Into::into));
+    }
     match cli.command {
         Command::CheckConfig { config } => check::run(&config),
         Command::GpuNode(args) => gpu_node::run(args),
+        Command::Probe { config } => probe::run(&config),
+        Command::Run(args) => run::run(args, explicit),
+        Command::Sim(args) => sim::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -414,12 +414,14 @@ pub fn specs_from_site(site: &Site, password: &str) -> Result<Vec<SimMinerSpec>,
             if let Some(e) = m.efficiency_j_th {
                 s.efficiency_j_th = e;
             }
+            // Miners configured with credentials get `password`; the others keep their
+            // firmware's factory login, which is what the agent's drivers use for them.
             if let Some(c) = &m.credentials {
                 if let Some(u) = &c.username {
                     s.username.clone_from(u);
                 }
+                s.password = password.to_owned();
             }
-            s.password = password.to_owned();
             Ok(s)
         })
         .collect()

@@ -1,0 +1,141 @@
+//! `rackwarden run`: the agent on a real (or simulated) site until SIGTERM.
+//!
+//! SIGTERM / SIGINT: stop the loops, persist the control intent, exit 0 (devices keep the
+//! state last commanded: curtailed miners stay curtailed). SIGHUP: validate the file
+//! again; if valid, restart the agent on it (the intent carries over through the state
+//! file); if not, log `config.reload.failed` and keep running on the old one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use rackwarden_config::Site;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::alerts;
+use crate::control::{Alert, Severity};
+use crate::runtime::agent::{self, RunOptions};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Decide and log every action as what would have been done; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run the agent's clock this many times faster than real time (simulation only).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    pub speed: f64,
+}
+
+/// The state and journal paths of a site, resolved against the site file's directory.
+pub fn run_options(site: &Site, config: &Path, dry_run: bool, speed: f64) -> RunOptions {
+    let base = config.parent().unwrap_or(Path::new("."));
+    RunOptions {
+        dry_run,
+        speed,
+        state_file: rackwarden_config::validate::resolve(base, &site.agent.state_file),
+        journal_file: rackwarden_config::validate::resolve(base, &site.agent.journal_file),
+    }
+}
+
+pub fn run(args: RunArgs, log_override: bool) -> ExitCode {
+    let site = match rackwarden_config::load(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(super::EX_CONFIG);
+        }
+    };
+    if !log_override {
+        crate::logging::init(site.agent.log_format);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(site, args))
+}
+
+async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    loop {
+        let cancel = CancellationToken::new();
+        let (events, _) = broadcast::channel(1024);
+        let opts = run_options(&site, &args.config, args.dry_run, args.speed);
+        let mut task = tokio::spawn(agent::run(site.clone(), opts, events, cancel.clone()));
+        // Wait for a signal (or the agent's own end) while this instance runs.
+        let next = loop {
+            tokio::select! {
+                _ = term.recv() => break None,
+                _ = int.recv() => break None,
+                r = &mut task => return finished(r),
+                _ = hup.recv() => match rackwarden_config::load(&args.config) {
+                    Ok(new) => break Some(new),
+                    Err(e) => alerts::log(
+                        &Alert::new(
+                            alerts::CONFIG_RELOAD_FAILED,
+                            Severity::Warning,
+                            format!(
+                                "kept the running config: {}",
+                                e.to_string().replace('\n', "; ")
+                            ),
+                        ),
+                        0,
+                    ),
+                },
+            }
+        };
+        cancel.cancel();
+        let r = task.await;
+        match next {
+            Some(new) => {
+                alerts::log(
+                    &Alert::new(
+                        alerts::CONFIG_RELOADED,
+                        Severity::Info,
+                        format!("{} reloaded", args.config.display()),
+                    ),
+                    0,
+                );
+                site = new;
+            }
+            None => {
+                info!(
+                    event = "agent.stopped",
+                    "stopped on signal; control intent persisted"
+                );
+                return finished(r);
+            }
+        }
+    }
+}
+
+fn finished(
+    r: Result<anyhow::Result<crate::control::ControlState>, tokio::task::JoinError>,
+) -> ExitCode {
+    match r {
+        Ok(Ok(_)) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            error!(error = %e, "agent failed");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            error!(error = %e, "agent task failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,824 @@
+//! The agent proper: collectors fill the snapshot, one loop ticks `decide` (fast every
+//! `fast_loop_ms`, slow every `slow_loop_ms`), the actuator carries out the plan.
+//!
+//! Data flows one way: devices -> collectors -> [`Snapshot`] -> `decide` -> actuator,
+//! alerts, journal, state file. Collectors never decide; the actuator never reads policy;
+//! `decide` never touches a socket. In a dry run the actuator writes nothing to any
+//! device: it logs and journals what it would have done.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rackwarden_config::profile::Role;
+use rackwarden_config::{GpuSource as GpuSourceKind, Site};
+use rackwarden_protocols::gpu::node::GpuNodeClient;
+use rackwarden_protocols::gpu::{self, GpuSource, GpuTarget};
+use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerDriver, MinerTelemetry};
+use rackwarden_protocols::modbus::client::{DeviceReading, ModbusPool};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::clock::{Clock, Millis};
+use super::persist::{self, Journal};
+use crate::alerts;
+use crate::control::{
+    self, Action, Alert, ControlState, Device, GpuLimits, GpuNodeReading, Lever, MeterReading,
+    MinerMode, MinerReading, NodeView, OutletReading, Snapshot, Tick, Topology, UnitReading,
+    UnitState, ZoneView,
+};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Decide and log, write nothing to any device.
+    pub dry_run: bool,
+    /// Virtual time runs this many times faster than real time (1 in production).
+    pub speed: f64,
+    pub state_file: PathBuf,
+    pub journal_file: PathBuf,
+}
+
+/// What the state file holds: the control state and the last instant of the timeline
+/// that wrote it (the clock resumes after it).
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct Persisted {
+    pub last_now: Millis,
+    pub control: ControlState,
+}
+
+/// What the agent tells observers (the demo's printer, tests, the status page).
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    Decision {
+        now: Millis,
+        tick: Tick,
+        nodes: Arc<Vec<NodeView>>,
+        zones: Arc<Vec<ZoneView>>,
+    },
+    Action {
+        now: Millis,
+        action: Action,
+        dry_run: bool,
+    },
+    ActionResult {
+        now: Millis,
+        device_id: String,
+        lever: Lever,
+        error: Option<String>,
+    },
+    Alert {
+        now: Millis,
+        alert: Alert,
+    },
+}
+
+/// One line of the action journal.
+#[derive(Debug, Serialize)]
+struct JournalEntry<'a> {
+    time: String,
+    now_ms: Millis,
+    node: &'a str,
+    device: &'a str,
+    lever: &'static str,
+    from: f64,
+    to: f64,
+    reason: String,
+    confirmed: bool,
+    dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
+}
+
+/// A GPU host as the agent reaches it.
+enum GpuIo {
+    Remote(GpuNodeClient),
+    Local(Arc<dyn GpuSource>),
+    Missing(String),
+}
+
+/// The device side: drivers, pools and clients, built once from the site.
+pub struct Io {
+    modbus: ModbusPool,
+    miners: Vec<Option<Arc<dyn MinerDriver>>>,
+    gpus: Vec<GpuIo>,
+}
+
+impl Io {
+    /// Builds every driver. Problems (a missing credential, an unreadable token) are
+    /// logged with the device's id; that device then reads as missing data (worst case).
+    pub fn new(site: &Site) -> Io {
+        let modbus = ModbusPool::new(site);
+        let factory = DriverFactory::new(DriverOptions::default());
+        let miners = site
+            .miners
+            .iter()
+            .map(|m| match &factory {
+                Ok(f) => match f.build(m) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        warn!(device = %m.id, error = %e, "miner driver unavailable: it counts at nameplate and is never restored");
+                        None
+                    }
+                },
+                Err(e) => {
+                    warn!(device = %m.id, error = %e, "miner drivers unavailable");
+                    None
+                }
+            })
+            .collect();
+        let gpus = site
+            .gpu_nodes
+            .iter()
+            .map(|g| match g.source {
+                GpuSourceKind::Nvml => {
+                    GpuIo::Local(Arc::new(gpu::nvml::NvmlSource::load(g.id.clone())))
+                }
+                GpuSourceKind::Remote => {
+                    let (Some(addr), Some(tf)) = (g.address, g.token_file.as_ref()) else {
+                        return GpuIo::Missing("no address or token file".into());
+                    };
+                    let client = gpu::node::Token::from_file(&g.id, tf).and_then(|t| {
+                        GpuNodeClient::new(g.id.clone(), addr, t, Duration::from_secs(2))
+                    });
+                    match client {
+                        Ok(c) => GpuIo::Remote(c),
+                        Err(e) => {
+                            warn!(device = %g.id, error = %e, "gpu node unreachable by configuration");
+                            GpuIo::Missing(e.to_string())
+                        }
+                    }
+                }
+            })
+            .collect();
+        Io {
+            modbus,
+            miners,
+            gpus,
+        }
+    }
+
+    async fn read_gpu(&self, i: usize) -> Result<gpu::GpuNodeReading, String> {
+        match &self.gpus[i] {
+            GpuIo::Remote(c) => c.read().await.map_err(|e| e.to_string()),
+            GpuIo::Local(s) => s.read().await.map_err(|e| e.to_string()),
+            GpuIo::Missing(why) => Err(why.clone()),
+        }
+    }
+
+    async fn cap_gpu(&self, i: usize, w: f64) -> Result<(), String> {
+        let r = match &self.gpus[i] {
+            GpuIo::Remote(c) => c.set_power_limit(GpuTarget::All, w).await,
+            GpuIo::Local(s) => s.set_power_limit(GpuTarget::All, w).await,
+            GpuIo::Missing(why) => return Err(why.clone()),
+        };
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// Latest meter values per (node, meter) so a node with several meters sums them.
+#[derive(Default)]
+struct MeterCache {
+    /// `values[node][k]`: kW and time of meter `k` of `node`.
+    values: Vec<Vec<Option<(f64, Millis)>>>,
+}
+
+/// Which snapshot entries a Modbus device feeds.
+#[derive(Default, Clone)]
+struct DeviceUse {
+    meters: Vec<(usize, usize, String)>,
+    outlets: Vec<(usize, u32)>,
+    units: Vec<(usize, usize)>,
+}
+
+/// State shared by the collectors and the loop.
+struct Shared {
+    site: Arc<Site>,
+    clock: Clock,
+    snapshot: Mutex<Snapshot>,
+    meters: Mutex<MeterCache>,
+    uses: Vec<DeviceUse>,
+    io: Io,
+    events: broadcast::Sender<AgentEvent>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder cannot leave these half-written in a way that matters more than
+    // stopping the agent would: keep going with the data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn apply_device(&self, dev: usize, r: &DeviceReading, now: Millis) {
+        let uses = &self.uses[dev];
+        let site = &self.site;
+        let mut snap = lock(&self.snapshot);
+        if !uses.meters.is_empty() {
+            let mut cache = lock(&self.meters);
+            for (node, k, point) in &uses.meters {
+                let v = r.get(point, 1);
+                cache.values[*node][*k] = v.map(|kw| (kw, now));
+                let all: Option<Vec<(f64, Millis)>> = cache.values[*node].iter().copied().collect();
+                if let Some(all) = all {
+                    let kw: f64 = all.iter().map(|(v, _)| v).sum();
+                    let taken_at = all.iter().map(|(_, t)| *t).min().unwrap_or(now);
+                    let max_kw = snap.meters[*node].map_or(kw, |m| {
+                        if m.max_kw.is_finite() {
+                            m.max_kw.max(kw)
+                        } else {
+                            kw
+                        }
+                    });
+                    snap.meters[*node] = Some(MeterReading {
+                        kw,
+                        max_kw,
+                        taken_at,
+                    });
+                }
+            }
+        }
+        for (miner, outlet) in &uses.outlets {
+            if let Some(v) = r.get(Role::OutletState.name(), *outlet) {
+                snap.outlets[*miner] = Some(OutletReading {
+                    on: v >= 0.5,
+                    taken_at: now,
+                });
+            }
+        }
+        for (z, u) in &uses.units {
+            let flag = |role: Role| r.get(role.name(), 1).map(|v| v >= 0.5);
+            let state = if flag(Role::UnitMaintenance) == Some(true) {
+                UnitState::Maintenance
+            } else if flag(Role::UnitAlarm) == Some(true) {
+                UnitState::Alarmed
+            } else if flag(Role::UnitRunning) == Some(true) {
+                UnitState::Running
+            } else {
+                UnitState::Offline
+            };
+            let capacity_kw = r
+                .get(Role::CapacityKw.name(), 1)
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .map(|c| c.min(site.zones[*z].units[*u].capacity_kw));
+            snap.units[*z][*u] = Some(UnitReading {
+                state,
+                capacity_kw,
+                taken_at: now,
+            });
+        }
+    }
+
+    fn apply_miner(&self, i: usize, t: &MinerTelemetry, now: Millis) {
+        let m = &self.site.miners[i];
+        let mode = match t.mode {
+            rackwarden_protocols::miner::telemetry::MinerMode::Mining => MinerMode::Mining,
+            rackwarden_protocols::miner::telemetry::MinerMode::Sleeping => MinerMode::Sleeping,
+            rackwarden_protocols::miner::telemetry::MinerMode::Paused => MinerMode::Paused,
+            rackwarden_protocols::miner::telemetry::MinerMode::Unknown => MinerMode::Unknown,
+        };
+        // A miner that answers without a power figure is taken at nameplate.
+        let power_w = t.power_w.filter(|p| p.is_finite()).unwrap_or(m.nominal_w);
+        lock(&self.snapshot).miners[i] = Some(MinerReading {
+            power_w,
+            mode,
+            power_target_w: t.power_target_w,
+            taken_at: now,
+        });
+    }
+
+    fn apply_gpu(&self, i: usize, r: &gpu::GpuNodeReading, now: Millis) {
+        let gpus: Vec<GpuLimits> = r
+            .gpus
+            .iter()
+            .filter_map(|g| {
+                Some(GpuLimits {
+                    enforced_w: g.enforced_limit_w?,
+                    min_w: g.limit_min_w?,
+                    max_w: g.limit_max_w?,
+                    default_w: g.default_limit_w.or(g.limit_max_w)?,
+                })
+            })
+            .collect();
+        let complete = gpus.len() == r.gpus.len();
+        lock(&self.snapshot).gpus[i] = Some(GpuNodeReading {
+            power_w: r.power_w().unwrap_or(0.0),
+            power_taken_at: now,
+            nvml_available: r.nvml_available && complete,
+            gpus,
+            limits_taken_at: now,
+        });
+    }
+}
+
+/// Runs the agent until `cancel` fires. Returns the last control state (already on disk).
+pub async fn run(
+    site: Site,
+    opts: RunOptions,
+    events: broadcast::Sender<AgentEvent>,
+    cancel: CancellationToken,
+) -> anyhow::Result<ControlState> {
+    let site = Arc::new(site);
+    let persisted: Option<Persisted> = match persist::read(&opts.state_file) {
+        Ok(s) => s,
+        Err(e) => {
+            // A corrupt intent file must not stop the agent guarding the site, nor be
+            // overwritten: set it aside, start with every miner's state unknown-but-safe
+            // (no wake until the start-up hold is over and the policy allows it).
+            let aside = persist::quarantine(&opts.state_file);
+            alerts::log(
+                &Alert::new(
+                    alerts::STATE_CORRUPT,
+                    control::Severity::Critical,
+                    format!(
+                        "{e}; moved aside to {}",
+                        aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string())
+                    ),
+                ),
+                0,
+            );
+            None
+        }
+    };
+    let last_ms = persisted.as_ref().map(|s| s.last_now);
+    let persisted = persisted.map(|p| p.control);
+    let clock = Clock::resume(last_ms, opts.speed);
+    let now = clock.now_ms();
+    let mut state = match &persisted {
+        Some(old) => {
+            info!(
+                event = "state.resumed",
+                file = %opts.state_file.display(),
+                curtailed = old
+                    .miners
+                    .iter()
+                    .filter(|m| m.intent != control::Intent::Normal)
+                    .count(),
+                "resuming the persisted control intent"
+            );
+            ControlState::for_site(&site, old, now)
+        }
+        None => ControlState::new(&site, now),
+    };
+    let topo = Topology::new(&site);
+    let mut journal = Journal::open(&opts.journal_file)?;
+
+    let mut uses = vec![DeviceUse::default(); site.modbus_devices.len()];
+    let mut cache = MeterCache {
+        values: site
+            .nodes
+            .iter()
+            .map(|n| vec![None; n.meters.len()])
+            .collect(),
+    };
+    for (ni, n) in site.nodes.iter().enumerate() {
+        for (k, m) in n.meters.iter().enumerate() {
+            uses[m.device].meters.push((ni, k, m.point.clone()));
+        }
+    }
+    for (mi, m) in site.miners.iter().enumerate() {
+        if let Some(o) = &m.outlet {
+            uses[o.device].outlets.push((mi, o.outlet));
+        }
+    }
+    for (zi, z) in site.zones.iter().enumerate() {
+        for (ui, u) in z.units.iter().enumerate() {
+            if let Some(d) = u.device {
+                uses[d].units.push((zi, ui));
+            }
+        }
+    }
+    cache.values.shrink_to_fit();
+    let shared = Arc::new(Shared {
+        clock,
+        snapshot: Mutex::new(Snapshot::empty(&site)),
+        meters: Mutex::new(cache),
+        uses,
+        io: Io::new(&site),
+        events: events.clone(),
+        site: site.clone(),
+    });
+    info!(
+        event = "agent.started",
+        site = %site.id,
+        dry_run = opts.dry_run,
+        speed = opts.speed,
+        devices = site.modbus_devices.len(),
+        miners = site.miners.len(),
+        gpu_nodes = site.gpu_nodes.len(),
+        "agent started"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    spawn_collectors(&shared, &mut tasks, &cancel);
+
+    let p = &site.policy;
+    let mut ticker = tokio::time::interval(shared.clock.real(p.fast_loop_ms));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let slow_every = (p.slow_loop_ms / p.fast_loop_ms.max(1)).max(1);
+    let mut n: u64 = 0;
+    let mut last_persist = 0;
+    // The first decision waits for the first answers: a snapshot of "never read" would
+    // read as worst case everywhere and shed the whole site on every restart. The wait is
+    // bounded by the longest staleness limit, after which silence is taken for what it is.
+    let started = shared.clock.now_ms();
+    let grace_ms = p
+        .meter_stale_ms
+        .max(p.cooling_stale_ms)
+        .max(p.miner_stale_ms);
+    let mut warm = false;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if !warm {
+            let all_read = {
+                let g = lock(&shared.snapshot);
+                first_round_done(&site, &g)
+            };
+            if !all_read && shared.clock.now_ms().saturating_sub(started) < grace_ms {
+                continue;
+            }
+            warm = true;
+            info!(
+                event = "control.started",
+                all_inputs_read = all_read,
+                "first decision: {}",
+                if all_read {
+                    "every input has answered"
+                } else {
+                    "some inputs are still silent and count as worst case"
+                }
+            );
+        }
+        let tick = if n % slow_every == 0 {
+            Tick::Slow
+        } else {
+            Tick::Fast
+        };
+        n += 1;
+        let now = shared.clock.now_ms();
+        let snap = {
+            let mut g = lock(&shared.snapshot);
+            let s = g.clone();
+            // The safety net's peak restarts with every tick.
+            for m in g.meters.iter_mut().flatten() {
+                m.max_kw = m.kw;
+            }
+            s
+        };
+        let plan = control::decide(&site, &topo, &snap, &state, now, tick);
+        let _ = events.send(AgentEvent::Decision {
+            now,
+            tick,
+            nodes: Arc::new(plan.nodes.clone()),
+            zones: Arc::new(plan.zones.clone()),
+        });
+        for a in &plan.alerts {
+            alerts::log(a, now);
+            let _ = events.send(AgentEvent::Alert {
+                now,
+                alert: a.clone(),
+            });
+        }
+        journal_confirmations(&mut journal, &site, &state, &plan.state, now, opts.dry_run);
+        let changed = !plan.actions.is_empty() || plan.state.miners != state.miners;
+        state = plan.state;
+        if changed || now.saturating_sub(last_persist) >= 30_000 {
+            // Intent first, then the commands: a crash between the two never leaves
+            // a command the state file does not know about.
+            if let Err(e) = save(&opts, &state, now) {
+                warn!(error = %e, "control intent not persisted");
+            }
+            last_persist = now;
+        }
+        for a in plan.actions {
+            execute(&shared, &mut journal, a, now, opts.dry_run);
+        }
+    }
+    if let Err(e) = save(&opts, &state, shared.clock.now_ms()) {
+        warn!(error = %e, "control intent not persisted at shutdown");
+    }
+    tasks.shutdown().await;
+    info!(event = "agent.stopped", "agent stopped");
+    Ok(state)
+}
+
+/// Whether every input the site names has been read at least once.
+fn first_round_done(site: &Site, s: &Snapshot) -> bool {
+    let metered = site
+        .nodes
+        .iter()
+        .enumerate()
+        .all(|(i, n)| n.meters.is_empty() || s.meters.get(i).is_some_and(Option::is_some));
+    let units = site.zones.iter().enumerate().all(|(z, zone)| {
+        zone.units.iter().enumerate().all(|(u, unit)| {
+            unit.device.is_none()
+                || s.units
+                    .get(z)
+                    .and_then(|v| v.get(u))
+                    .is_some_and(Option::is_some)
+        })
+    });
+    metered && units && s.miners.iter().all(Option::is_some) && s.gpus.iter().all(Option::is_some)
+}
+
+fn save(opts: &RunOptions, state: &ControlState, now: Millis) -> Result<(), persist::PersistError> {
+    // Serialising a 30,000-miner state clones nothing: borrow it into the wrapper.
+    #[derive(Serialize)]
+    struct Out<'a> {
+        last_now: Millis,
+        control: &'a ControlState,
+    }
+    persist::write_atomic(
+        &opts.state_file,
+        &Out {
+            last_now: now,
+            control: state,
+        },
+    )
+}
+
+fn spawn_collectors(
+    shared: &Arc<Shared>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) {
+    let site = &shared.site;
+    let p = &site.policy;
+    for (d, dev) in site.modbus_devices.iter().enumerate() {
+        let use_ = &shared.uses[d];
+        if use_.meters.is_empty() && use_.outlets.is_empty() && use_.units.is_empty() {
+            continue;
+        }
+        let class_ms = if use_.meters.is_empty() && use_.outlets.is_empty() {
+            p.cooling_poll_ms
+        } else {
+            p.meter_poll_ms
+        };
+        let every = shared.clock.real(dev.poll_interval_ms.unwrap_or(class_ms));
+        let (sh, cancel) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = iv.tick() => {}
+                }
+                match sh.io.modbus.read_device(d).await {
+                    Ok(r) => {
+                        if std::mem::take(&mut failing) {
+                            info!(device = %sh.site.modbus_devices[d].id, "modbus device answers again");
+                        }
+                        sh.apply_device(d, &r, sh.clock.now_ms());
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            warn!(device = %sh.site.modbus_devices[d].id, error = %e, "modbus read failed; its readings go stale");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    if !site.miners.is_empty() {
+        let every = shared.clock.real(p.miner_poll_ms);
+        let (sh, cancel) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut failing = vec![false; sh.site.miners.len()];
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = iv.tick() => {}
+                }
+                let results: Vec<(usize, Option<Result<MinerTelemetry, String>>)> =
+                    futures::stream::iter(0..sh.site.miners.len())
+                        .map(|i| {
+                            let sh = &sh;
+                            async move {
+                                let r = match &sh.io.miners[i] {
+                                    Some(d) => Some(d.poll().await.map_err(|e| e.to_string())),
+                                    None => None,
+                                };
+                                (i, r)
+                            }
+                        })
+                        .buffer_unordered(512)
+                        .collect()
+                        .await;
+                let now = sh.clock.now_ms();
+                for (i, r) in results {
+                    match r {
+                        Some(Ok(t)) => {
+                            failing[i] = false;
+                            sh.apply_miner(i, &t, now);
+                        }
+                        Some(Err(e)) if !std::mem::replace(&mut failing[i], true) => {
+                            warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
+                        }
+                        Some(Err(_)) => {}
+                        None => {}
+                    }
+                }
+            }
+        });
+    }
+    for g in 0..site.gpu_nodes.len() {
+        let every = shared.clock.real(p.gpu_power_poll_ms);
+        let (sh, cancel) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = iv.tick() => {}
+                }
+                match sh.io.read_gpu(g).await {
+                    Ok(r) => {
+                        failing = false;
+                        sh.apply_gpu(g, &r, sh.clock.now_ms());
+                    }
+                    Err(e) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            warn!(device = %sh.site.gpu_nodes[g].id, error = %e, "gpu node read failed; it goes stale");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Journals commands that a later reading confirmed (or that escalated unconfirmed).
+fn journal_confirmations(
+    journal: &mut Journal,
+    site: &Site,
+    old: &ControlState,
+    new: &ControlState,
+    now: Millis,
+    dry_run: bool,
+) {
+    for (i, (o, n)) in old.miners.iter().zip(&new.miners).enumerate() {
+        let Some(p) = o.pending else { continue };
+        if n.pending.is_some_and(|np| np.issued_at == p.issued_at) {
+            continue;
+        }
+        let confirmed = n.failed != Some(p.lever);
+        let entry = JournalEntry {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            now_ms: now,
+            node: "",
+            device: &site.miners[i].id,
+            lever: p.lever.name(),
+            from: p.from_w,
+            to: p.to_w,
+            reason: if confirmed {
+                "confirmed by read-back".into()
+            } else {
+                "not confirmed in time: escalated".into()
+            },
+            confirmed,
+            dry_run,
+            result: None,
+        };
+        if let Err(e) = journal.append(&entry) {
+            warn!(error = %e, "journal write failed");
+        }
+    }
+}
+
+/// Carries out one action: journal, then (live) the command through its driver.
+fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, dry_run: bool) {
+    let entry = JournalEntry {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        now_ms: now,
+        node: &a.constraint,
+        device: &a.device_id,
+        lever: a.lever.name(),
+        from: a.from_w,
+        to: a.to_w,
+        reason: format!("{:?}", a.reason).to_lowercase(),
+        confirmed: false,
+        dry_run,
+        result: Some(if dry_run { "would" } else { "sent" }.into()),
+    };
+    if let Err(e) = journal.append(&entry) {
+        warn!(error = %e, "journal write failed");
+    }
+    if dry_run {
+        info!(
+            event = "action.would",
+            node = %a.constraint,
+            device = %a.device_id,
+            lever = a.lever.name(),
+            from_w = a.from_w,
+            to_w = a.to_w,
+            reason = ?a.reason,
+            "dry run: would {} {}", a.lever.name(), a.device_id
+        );
+    } else {
+        info!(
+            event = "action.sent",
+            node = %a.constraint,
+            device = %a.device_id,
+            lever = a.lever.name(),
+            from_w = a.from_w,
+            to_w = a.to_w,
+            reason = ?a.reason,
+            "{} {}", a.lever.name(), a.device_id
+        );
+    }
+    let _ = shared.events.send(AgentEvent::Action {
+        now,
+        action: a.clone(),
+        dry_run,
+    });
+    if dry_run {
+        return;
+    }
+    let sh = shared.clone();
+    tokio::spawn(async move {
+        let r = command(&sh, &a).await;
+        if let Err(e) = &r {
+            warn!(device = %a.device_id, lever = a.lever.name(), error = %e, "command failed; it stays unconfirmed and escalates");
+        } else if let Device::Miner(i) = a.device {
+            // Confirmation comes from readings, and the next regular poll may be up to
+            // a whole interval away: read the miner back a few times before the
+            // confirmation deadline so a slow ramp is not taken for a refusal.
+            if let Some(d) = sh.io.miners[i].clone() {
+                let step = sh.site.policy.confirm_timeout_s * 1000 / 5;
+                for _ in 0..4 {
+                    tokio::time::sleep(sh.clock.real(step)).await;
+                    if let Ok(t) = d.poll().await {
+                        sh.apply_miner(i, &t, sh.clock.now_ms());
+                    }
+                }
+            }
+        }
+        let _ = sh.events.send(AgentEvent::ActionResult {
+            now: sh.clock.now_ms(),
+            device_id: a.device_id.clone(),
+            lever: a.lever,
+            error: r.err(),
+        });
+    });
+}
+
+async fn command(sh: &Shared, a: &Action) -> Result<(), String> {
+    match a.device {
+        Device::Miner(i) => {
+            let m = &sh.site.miners[i];
+            match a.lever {
+                Lever::OutletOff | Lever::OutletOn => {
+                    let o = m
+                        .outlet
+                        .as_ref()
+                        .ok_or_else(|| format!("miner {} has no outlet configured", m.id))?;
+                    let on = if a.lever == Lever::OutletOn { 1.0 } else { 0.0 };
+                    sh.io
+                        .modbus
+                        .write_point(o.device, Role::OutletSwitch.name(), o.outlet, on)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                lever => {
+                    let d = sh.io.miners[i]
+                        .as_ref()
+                        .ok_or_else(|| format!("miner {} has no driver", m.id))?;
+                    let r = match lever {
+                        Lever::PowerTarget | Lever::PowerTargetRaise => {
+                            d.set_power_target(a.to_w).await
+                        }
+                        Lever::Sleep => d.sleep().await,
+                        Lever::Wake => d.wake().await,
+                        other => {
+                            return Err(format!("lever {} is not a miner lever", other.name()))
+                        }
+                    };
+                    r.map(|_| ()).map_err(|e| e.to_string())
+                }
+            }
+        }
+        Device::GpuNode(g) => sh.io.cap_gpu(g, a.to_w).await,
+    }
+}
+
+/// Id -> index maps the HTTP layer and tests use.
+pub fn miner_index(site: &Site) -> HashMap<&str, usize> {
+    site.miners
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.as_str(), i))
+        .collect()
+}

@@ -1,0 +1,581 @@
+//! The site simulator: every device a site file names, served on loopback, tied together
+//! by a small physics model.
+//!
+//! - Modbus TCP PDUs, meters and cooling units (one server per address; RTU-over-TCP
+//!   gateways serve all their unit ids), miners of every firmware family, GPU nodes.
+//! - Physics, every 100 ms of real time on the simulator's virtual clock: a rack draws the
+//!   sum of its miners (zero while their outlet is off) and its GPUs plus a fixed
+//!   overhead for GPU racks; rows and feeds draw the sum of their racks (a dual-corded
+//!   rack half on each cord); a zone's heat is its racks' power; cooling units trip and
+//!   recover as the scenario says.
+//! - Scenarios ([`scenario::Scenario`]) move GPU limits, trip units, silence meters and
+//!   make miners ignore commands at given virtual times.
+//!
+//! Serial RTU devices and local-NVML GPU hosts cannot be served over loopback: they are
+//! left out, with a warning.
+
+pub mod scenario;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rackwarden_config::profile::Role;
+use rackwarden_config::{GpuSource as GpuSourceKind, ModbusLink, NodeKind, Site};
+use rackwarden_protocols::gpu::node::Token;
+use rackwarden_protocols::gpu::sim::{LoadProfile, SimGpus, SimSpec};
+use rackwarden_protocols::gpu::{GpuSource, GpuTarget};
+use rackwarden_protocols::miner::sim::{self as msim, MinerSim, SimMiner};
+use rackwarden_protocols::modbus::sim::{Fault as MbFault, Framing, SimWrite, Simulator};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use scenario::{EventKind, Scenario};
+
+/// The password every simulated miner accepts; the demo and the hil-tests give the agent
+/// the same through the environment variables the site file names.
+pub const SIM_MINER_PASSWORD: &str = "rackwarden-sim";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("modbus simulator for {addr}: {message}")]
+    Modbus { addr: String, message: String },
+    #[error("miner simulator: {0}")]
+    Miners(String),
+    #[error("gpu node simulator {id} on {addr}: {message}")]
+    Gpu {
+        id: String,
+        addr: SocketAddr,
+        message: String,
+    },
+}
+
+/// Where one Modbus device lives in the simulator.
+#[derive(Clone, Copy)]
+struct DevAt {
+    server: usize,
+    unit: u8,
+}
+
+/// GPU load per GPU rack: its simulated hosts.
+struct GpuRack {
+    node: usize,
+    hosts: Vec<Arc<SimGpus>>,
+    overhead_kw: f64,
+}
+
+struct Model {
+    site: Arc<Site>,
+    servers: Vec<Simulator>,
+    dev_at: Vec<Option<DevAt>>,
+    miners: Vec<Arc<SimMiner>>,
+    gpu_racks: Vec<GpuRack>,
+    /// Units tripped by the scenario.
+    tripped: Vec<Vec<bool>>,
+    outlet_was_off: Vec<bool>,
+}
+
+/// A running simulated site.
+pub struct SiteSim {
+    model: Arc<std::sync::Mutex<Model>>,
+    miner_sim: Option<MinerSim>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    start: tokio::time::Instant,
+    speed: f64,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn tcp_addr(link: &ModbusLink) -> Option<(String, Framing)> {
+    match link {
+        ModbusLink::Tcp { addr, .. } => Some((addr.clone(), Framing::Tcp)),
+        ModbusLink::RtuOverTcp { addr, .. } => Some((addr.clone(), Framing::RtuOverTcp)),
+        ModbusLink::Rtu { .. } => None,
+    }
+}
+
+impl SiteSim {
+    /// Starts serving `site` on loopback, playing `scenario` at `speed` times real time.
+    pub async fn start(site: &Site, scenario: Scenario, speed: f64) -> Result<SiteSim, SimError> {
+        let site = Arc::new(site.clone());
+        let speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+        let start = tokio::time::Instant::now();
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        // Modbus: one server per address, each unit id its device's profile.
+        // (address, framing, [(unit id, device index)])
+        type Group = (String, Framing, Vec<(u8, usize)>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, d) in site.modbus_devices.iter().enumerate() {
+            let Some((addr, framing)) = tcp_addr(&d.link) else {
+                warn!(device = %d.id, "serial RTU device: not simulated");
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.0 == addr) {
+                Some(g) => g.2.push((d.link.unit_id(), i)),
+                None => groups.push((addr, framing, vec![(d.link.unit_id(), i)])),
+            }
+        }
+        let mut servers = Vec::new();
+        let mut dev_at = vec![None; site.modbus_devices.len()];
+        for (addr, framing, units) in groups {
+            let sa: SocketAddr = addr.parse().map_err(|_| SimError::Modbus {
+                addr: addr.clone(),
+                message: "the simulator serves ip:port addresses only".into(),
+            })?;
+            let profiles = units
+                .iter()
+                .map(|(u, d)| (*u, site.modbus_devices[*d].profile.clone()))
+                .collect();
+            let s =
+                Simulator::start(sa, framing, profiles)
+                    .await
+                    .map_err(|e| SimError::Modbus {
+                        addr: addr.clone(),
+                        message: e.to_string(),
+                    })?;
+            for (u, d) in units {
+                dev_at[d] = Some(DevAt {
+                    server: servers.len(),
+                    unit: u,
+                });
+            }
+            servers.push(s);
+        }
+
+        // Miners.
+        let specs = msim::specs_from_site(&site, SIM_MINER_PASSWORD)
+            .map_err(|e| SimError::Miners(e.to_string()))?;
+        let miner_sim = if specs.is_empty() {
+            None
+        } else {
+            Some(
+                MinerSim::start(specs, msim::SimOptions { time_scale: speed })
+                    .await
+                    .map_err(|e| SimError::Miners(e.to_string()))?,
+            )
+        };
+        let miners: Vec<Arc<SimMiner>> = match &miner_sim {
+            Some(ms) => site
+                .miners
+                .iter()
+                .filter_map(|m| ms.miner(&m.id).cloned())
+                .collect(),
+            None => Vec::new(),
+        };
+
+        // GPU nodes.
+        let profile = match scenario.gpu_profile.as_str() {
+            "idle" => LoadProfile::Idle,
+            "inference" => LoadProfile::Inference,
+            _ => LoadProfile::Training,
+        };
+        let mut gpu_racks: Vec<GpuRack> = Vec::new();
+        for (gi, g) in site.gpu_nodes.iter().enumerate() {
+            if g.source != GpuSourceKind::Remote {
+                warn!(device = %g.id, "local NVML host: not simulated");
+                continue;
+            }
+            let (Some(addr), Some(tf)) = (g.address, g.token_file.as_ref()) else {
+                continue;
+            };
+            let max_w = g.gpu_max_w.unwrap_or(700.0);
+            let spec = SimSpec {
+                gpus: g.gpus,
+                idle_w: max_w * 0.12,
+                min_limit_w: max_w / 3.0,
+                max_limit_w: max_w,
+                default_limit_w: max_w,
+                day_s: scenario.day_s.unwrap_or(600.0),
+                seed: site.policy.seed ^ u64::try_from(gi).unwrap_or(0),
+            };
+            let clock_start = start;
+            let gpus = Arc::new(SimGpus::with_clock(
+                g.id.clone(),
+                profile,
+                spec,
+                move || clock_start.elapsed().as_secs_f64() * speed,
+            ));
+            if let Some(l) = scenario.tenant_limit_w {
+                let l = l.clamp(spec.min_limit_w, spec.max_limit_w);
+                let _ = gpus.set_power_limit(GpuTarget::All, l).await;
+            }
+            let token = Token::from_file(&g.id, tf).map_err(|e| SimError::Gpu {
+                id: g.id.clone(),
+                addr,
+                message: e.to_string(),
+            })?;
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| SimError::Gpu {
+                        id: g.id.clone(),
+                        addr,
+                        message: e.to_string(),
+                    })?;
+            let source: Arc<dyn GpuSource> = gpus.clone();
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                let _ = rackwarden_protocols::gpu::node::serve_with_shutdown(
+                    listener,
+                    source,
+                    token,
+                    async move { c.cancelled().await },
+                )
+                .await;
+            });
+            match gpu_racks.iter_mut().find(|r| r.node == g.rack) {
+                Some(r) => r.hosts.push(gpus),
+                None => {
+                    let rated = site.nodes[g.rack].rated_max_kw.unwrap_or(0.0);
+                    // CPUs, switches, pumps: what a GPU rack draws besides its GPUs.
+                    let gpu_max_kw: f64 = site
+                        .gpu_nodes
+                        .iter()
+                        .filter(|o| o.rack == g.rack)
+                        .map(|o| f64::from(o.gpus) * o.gpu_max_w.unwrap_or(700.0) / 1000.0)
+                        .sum();
+                    gpu_racks.push(GpuRack {
+                        node: g.rack,
+                        hosts: vec![gpus],
+                        overhead_kw: (rated - gpu_max_kw).max(0.0) * 0.5,
+                    });
+                }
+            }
+        }
+
+        let model = Arc::new(std::sync::Mutex::new(Model {
+            tripped: site
+                .zones
+                .iter()
+                .map(|z| vec![false; z.units.len()])
+                .collect(),
+            outlet_was_off: vec![false; site.miners.len()],
+            site: site.clone(),
+            servers,
+            dev_at,
+            miners,
+            gpu_racks,
+        }));
+        // Outlets start on; cooling units start running.
+        {
+            let mut m = lock(&model);
+            for mi in &site.miners {
+                if let Some(o) = &mi.outlet {
+                    m.set(o.device, Role::OutletSwitch.name(), o.outlet, 1.0);
+                }
+            }
+            m.step(0.0);
+        }
+        let m2 = model.clone();
+        let c = cancel.clone();
+        let events = scenario.events.clone();
+        tasks.spawn(async move {
+            let mut next = 0;
+            let mut iv = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    () = c.cancelled() => return,
+                    _ = iv.tick() => {}
+                }
+                let t = start.elapsed().as_secs_f64() * speed;
+                while next < events.len() && events[next].at_s <= t {
+                    let ev = events[next].clone();
+                    next += 1;
+                    info!(event = "sim.scenario", at_s = ev.at_s, kind = ?ev.kind, "scenario event");
+                    apply_event(&m2, &ev.kind).await;
+                }
+                lock(&m2).step(t);
+            }
+        });
+        info!(
+            event = "sim.started",
+            site = %site.id,
+            scenario = %scenario.name,
+            speed,
+            modbus_servers = lock(&model).servers.len(),
+            miners = site.miners.len(),
+            gpu_nodes = site.gpu_nodes.len(),
+            "simulator serving the site on loopback"
+        );
+        Ok(SiteSim {
+            model,
+            miner_sim,
+            cancel,
+            tasks,
+            start,
+            speed,
+        })
+    }
+
+    /// Virtual seconds since the simulator started.
+    pub fn now_s(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * self.speed
+    }
+
+    /// Every write any Modbus client made, with the device id.
+    pub fn modbus_writes(&self) -> Vec<(String, SimWrite)> {
+        let m = lock(&self.model);
+        let mut out = Vec::new();
+        for (d, at) in m.dev_at.iter().enumerate() {
+            let Some(at) = at else { continue };
+            for w in m.servers[at.server].writes() {
+                if w.unit == at.unit {
+                    out.push((m.site.modbus_devices[d].id.clone(), w));
+                }
+            }
+        }
+        out
+    }
+
+    /// Commands each simulated miner received (firmware verbs), by miner id.
+    pub fn miner_commands(&self) -> Vec<(String, Vec<String>)> {
+        lock(&self.model)
+            .miners
+            .iter()
+            .map(|m| (m.spec.id.clone(), m.commands()))
+            .filter(|(_, c)| !c.is_empty())
+            .collect()
+    }
+
+    /// Current power of a node (kW) as the simulator's meters show it.
+    pub fn node_kw(&self, id: &str) -> Option<f64> {
+        let t = self.now_s();
+        let m = lock(&self.model);
+        let i = m.site.node_index(id)?;
+        Some(m.power_kw(t)[i])
+    }
+
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(ms) = self.miner_sim.take() {
+            ms.shutdown().await;
+        }
+        let servers = std::mem::take(&mut lock(&self.model).servers);
+        for s in servers {
+            s.shutdown().await;
+        }
+    }
+}
+
+async fn apply_event(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind) {
+    match kind {
+        EventKind::GpuLimits {
+            racks,
+            feed,
+            limit_w,
+        } => {
+            let hosts: Vec<Arc<SimGpus>> = {
+                let m = lock(model);
+                let site = &m.site;
+                let feed_idx = feed.as_deref().and_then(|f| site.node_index(f));
+                m.gpu_racks
+                    .iter()
+                    .filter(|r| {
+                        racks.iter().any(|id| site.nodes[r.node].id == *id)
+                            || feed_idx.is_some_and(|f| site.ancestors(r.node).contains(&f))
+                    })
+                    .flat_map(|r| r.hosts.iter().cloned())
+                    .collect()
+            };
+            for h in hosts {
+                let spec = *h.spec();
+                let l = limit_w.clamp(spec.min_limit_w, spec.max_limit_w);
+                if let Err(e) = h.set_power_limit(GpuTarget::All, l).await {
+                    warn!(error = %e, "scenario: gpu limit not applied");
+                }
+            }
+        }
+        EventKind::UnitTrip { unit } | EventKind::UnitRecover { unit } => {
+            let trip = matches!(kind, EventKind::UnitTrip { .. });
+            let mut m = lock(model);
+            let found = m.site.zones.iter().enumerate().find_map(|(z, zone)| {
+                zone.units
+                    .iter()
+                    .position(|u| u.id == *unit)
+                    .map(|u| (z, u))
+            });
+            match found {
+                Some((z, u)) => m.tripped[z][u] = trip,
+                None => warn!(unit = %unit, "scenario: no such cooling unit"),
+            }
+        }
+        EventKind::MeterSilent { device } | EventKind::MeterBack { device } => {
+            let m = lock(model);
+            let Some(d) = m.site.modbus_devices.iter().position(|d| d.id == *device) else {
+                warn!(device = %device, "scenario: no such device");
+                return;
+            };
+            if let Some(at) = m.dev_at[d] {
+                if matches!(kind, EventKind::MeterSilent { .. }) {
+                    m.servers[at.server].inject(at.unit, MbFault::NoAnswer, u32::MAX);
+                } else {
+                    m.servers[at.server].clear_fault(at.unit);
+                }
+            }
+        }
+        EventKind::MinerIgnores { prefix, ignore } => {
+            let m = lock(model);
+            for mi in m
+                .miners
+                .iter()
+                .filter(|x| x.spec.id.starts_with(prefix.as_str()))
+            {
+                mi.set_fault(if *ignore {
+                    msim::Fault::IgnoreCommands
+                } else {
+                    msim::Fault::None
+                });
+            }
+        }
+    }
+}
+
+impl Model {
+    fn set(&self, device: usize, point: &str, index: u32, value: f64) {
+        if let Some(at) = self.dev_at[device] {
+            let _ = self.servers[at.server].set(at.unit, point, index, value);
+        }
+    }
+
+    fn get(&self, device: usize, point: &str, index: u32) -> Option<f64> {
+        let at = self.dev_at[device]?;
+        self.servers[at.server].get(at.unit, point, index).ok()
+    }
+
+    /// Power of every node now, kW.
+    fn power_kw(&self, t: f64) -> Vec<f64> {
+        let site = &self.site;
+        let mut p = vec![0.0; site.nodes.len()];
+        let by_id: HashMap<&str, &Arc<SimMiner>> = self
+            .miners
+            .iter()
+            .map(|m| (m.spec.id.as_str(), m))
+            .collect();
+        for m in &site.miners {
+            let on = m.outlet.as_ref().is_none_or(|o| {
+                self.get(o.device, Role::OutletSwitch.name(), o.outlet)
+                    .is_none_or(|v| v >= 0.5)
+            });
+            if on {
+                if let Some(sm) = by_id.get(m.id.as_str()) {
+                    p[m.rack] += sm.power_w() / 1000.0;
+                }
+            }
+        }
+        for r in &self.gpu_racks {
+            let gpu_w: f64 = r
+                .hosts
+                .iter()
+                .map(|h| h.reading_at(t).power_w().unwrap_or(0.0))
+                .sum();
+            p[r.node] += gpu_w / 1000.0 + r.overhead_kw;
+        }
+        // Racks to rows to feeds: deepest first, so a row of rows adds up.
+        let mut order: Vec<usize> = (1..site.nodes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
+        for i in order {
+            let parents = &site.nodes[i].parents;
+            #[allow(clippy::cast_precision_loss)]
+            let share = p[i] / parents.len().max(1) as f64;
+            for &q in parents {
+                p[q] += share;
+            }
+        }
+        p
+    }
+
+    /// Advances the physics to virtual time `t` (seconds) and publishes every reading.
+    fn step(&mut self, t: f64) {
+        let site = self.site.clone();
+        // An outlet switched off powers its miner down; back on, it boots and mines.
+        for (i, m) in site.miners.iter().enumerate() {
+            let Some(o) = &m.outlet else { continue };
+            let off = self
+                .get(o.device, Role::OutletSwitch.name(), o.outlet)
+                .is_some_and(|v| v < 0.5);
+            if off != self.outlet_was_off[i] {
+                self.outlet_was_off[i] = off;
+                if let Some(sm) = self.miners.iter().find(|x| x.spec.id == m.id) {
+                    sm.set_fault(if off {
+                        msim::Fault::NoAnswer
+                    } else {
+                        msim::Fault::None
+                    });
+                }
+            }
+            let w = if off {
+                0.0
+            } else {
+                self.miners
+                    .iter()
+                    .find(|x| x.spec.id == m.id)
+                    .map_or(0.0, |x| x.power_w())
+            };
+            self.set(o.device, Role::OutletPowerKw.name(), o.outlet, w / 1000.0);
+            self.set(
+                o.device,
+                Role::OutletState.name(),
+                o.outlet,
+                if off { 0.0 } else { 1.0 },
+            );
+        }
+        let p = self.power_kw(t);
+        for (i, n) in site.nodes.iter().enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            let share = p[i] / n.meters.len().max(1) as f64;
+            for mr in &n.meters {
+                self.set(mr.device, &mr.point, 1, share);
+            }
+            if matches!(n.kind, NodeKind::Rack(_)) {
+                for mr in &n.meters {
+                    // Per-phase current at 415 V three-phase, for realism in probes.
+                    let amps = share * 1000.0 / (415.0 * 3f64.sqrt());
+                    for ph in 1..=3 {
+                        self.set(mr.device, Role::PhaseCurrentA.name(), ph, amps);
+                        self.set(mr.device, Role::PhaseVoltageV.name(), ph, 240.0);
+                    }
+                }
+            }
+        }
+        for (z, zone) in site.zones.iter().enumerate() {
+            let heat: f64 = zone.racks.iter().map(|&r| p[r]).sum();
+            let running: Vec<bool> = (0..zone.units.len()).map(|u| !self.tripped[z][u]).collect();
+            let n_run = running.iter().filter(|r| **r).count().max(1);
+            for (u, unit) in zone.units.iter().enumerate() {
+                let Some(d) = unit.device else { continue };
+                let on = running[u];
+                self.set(d, Role::UnitRunning.name(), 1, if on { 1.0 } else { 0.0 });
+                self.set(d, Role::UnitAlarm.name(), 1, if on { 0.0 } else { 1.0 });
+                self.set(d, Role::UnitMaintenance.name(), 1, 0.0);
+                self.set(d, Role::CapacityKw.name(), 1, unit.capacity_kw);
+                #[allow(clippy::cast_precision_loss)]
+                let out = if on { heat / n_run as f64 } else { 0.0 };
+                self.set(d, Role::OutputKw.name(), 1, out);
+                self.set(
+                    d,
+                    Role::SupplyTempC.name(),
+                    1,
+                    18.0 + out / unit.capacity_kw * 4.0,
+                );
+                self.set(
+                    d,
+                    Role::ReturnTempC.name(),
+                    1,
+                    28.0 + out / unit.capacity_kw * 8.0,
+                );
+            }
+        }
+    }
+}
