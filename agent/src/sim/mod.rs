@@ -70,11 +70,14 @@ struct Model {
     site: Arc<Site>,
     servers: Vec<Simulator>,
     dev_at: Vec<Option<DevAt>>,
-    miners: Vec<Arc<SimMiner>>,
+    /// Indexed like `site.miners`.
+    miners: Vec<Option<Arc<SimMiner>>>,
     gpu_racks: Vec<GpuRack>,
     /// Units tripped by the scenario.
     tripped: Vec<Vec<bool>>,
     outlet_was_off: Vec<bool>,
+    /// Nodes below the site, deepest first.
+    order: Vec<usize>,
 }
 
 /// A running simulated site.
@@ -165,13 +168,20 @@ impl SiteSim {
                     .map_err(|e| SimError::Miners(e.to_string()))?,
             )
         };
-        let miners: Vec<Arc<SimMiner>> = match &miner_sim {
-            Some(ms) => site
-                .miners
-                .iter()
-                .filter_map(|m| ms.miner(&m.id).cloned())
-                .collect(),
-            None => Vec::new(),
+        // The simulator starts its miners in site order; match by id all the same.
+        let miners: Vec<Option<Arc<SimMiner>>> = match &miner_sim {
+            Some(ms) => {
+                let by_id: HashMap<&str, &Arc<SimMiner>> = ms
+                    .miners()
+                    .iter()
+                    .map(|m| (m.spec.id.as_str(), m))
+                    .collect();
+                site.miners
+                    .iter()
+                    .map(|m| by_id.get(m.id.as_str()).map(|x| Arc::clone(x)))
+                    .collect()
+            }
+            None => vec![None; site.miners.len()],
         };
 
         // GPU nodes.
@@ -261,6 +271,11 @@ impl SiteSim {
                 .map(|z| vec![false; z.units.len()])
                 .collect(),
             outlet_was_off: vec![false; site.miners.len()],
+            order: {
+                let mut order: Vec<usize> = (1..site.nodes.len()).collect();
+                order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
+                order
+            },
             site: site.clone(),
             servers,
             dev_at,
@@ -343,6 +358,7 @@ impl SiteSim {
         lock(&self.model)
             .miners
             .iter()
+            .flatten()
             .map(|m| (m.spec.id.clone(), m.commands()))
             .filter(|(_, c)| !c.is_empty())
             .collect()
@@ -430,6 +446,7 @@ async fn apply_event(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind) {
             for mi in m
                 .miners
                 .iter()
+                .flatten()
                 .filter(|x| x.spec.id.starts_with(prefix.as_str()))
             {
                 mi.set_fault(if *ignore {
@@ -458,18 +475,13 @@ impl Model {
     fn power_kw(&self, t: f64) -> Vec<f64> {
         let site = &self.site;
         let mut p = vec![0.0; site.nodes.len()];
-        let by_id: HashMap<&str, &Arc<SimMiner>> = self
-            .miners
-            .iter()
-            .map(|m| (m.spec.id.as_str(), m))
-            .collect();
-        for m in &site.miners {
+        for (i, m) in site.miners.iter().enumerate() {
             let on = m.outlet.as_ref().is_none_or(|o| {
                 self.get(o.device, Role::OutletSwitch.name(), o.outlet)
                     .is_none_or(|v| v >= 0.5)
             });
             if on {
-                if let Some(sm) = by_id.get(m.id.as_str()) {
+                if let Some(sm) = &self.miners[i] {
                     p[m.rack] += sm.power_w() / 1000.0;
                 }
             }
@@ -483,9 +495,7 @@ impl Model {
             p[r.node] += gpu_w / 1000.0 + r.overhead_kw;
         }
         // Racks to rows to feeds: deepest first, so a row of rows adds up.
-        let mut order: Vec<usize> = (1..site.nodes.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
-        for i in order {
+        for &i in &self.order {
             let parents = &site.nodes[i].parents;
             #[allow(clippy::cast_precision_loss)]
             let share = p[i] / parents.len().max(1) as f64;
@@ -507,7 +517,7 @@ impl Model {
                 .is_some_and(|v| v < 0.5);
             if off != self.outlet_was_off[i] {
                 self.outlet_was_off[i] = off;
-                if let Some(sm) = self.miners.iter().find(|x| x.spec.id == m.id) {
+                if let Some(sm) = &self.miners[i] {
                     sm.set_fault(if off {
                         msim::Fault::NoAnswer
                     } else {
@@ -518,10 +528,7 @@ impl Model {
             let w = if off {
                 0.0
             } else {
-                self.miners
-                    .iter()
-                    .find(|x| x.spec.id == m.id)
-                    .map_or(0.0, |x| x.power_w())
+                self.miners[i].as_ref().map_or(0.0, |x| x.power_w())
             };
             self.set(o.device, Role::OutletPowerKw.name(), o.outlet, w / 1000.0);
             self.set(
