@@ -404,6 +404,7 @@ pub async fn run(
     });
     info!(
         event = "agent.started",
+        now_ms = now,
         site = %site.id,
         dry_run = opts.dry_run,
         speed = opts.speed,
@@ -719,6 +720,7 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
     if dry_run {
         info!(
             event = "action.would",
+            now_ms = now,
             node = %a.constraint,
             device = %a.device_id,
             lever = a.lever.name(),
@@ -730,6 +732,7 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
     } else {
         info!(
             event = "action.sent",
+            now_ms = now,
             node = %a.constraint,
             device = %a.device_id,
             lever = a.lever.name(),
