@@ -31,7 +31,7 @@ function nodeRow(n) {
     </div>
     <div class="fig"><span class="pct">${(n.utilization * 100).toFixed(0)}%</span>
       ${fig("node", n.id, "measured_kw", n.measured_kw)} / ${fig("node", n.id, "budget_kw", n.budget_kw)} kW
-      <span class="muted">(gpu ${fig("node", n.id, "gpu_kw", n.gpu_kw)}, eff ${fig("node", n.id, "effective_kw", n.effective_kw)})</span></div>
+      <span class="muted">gpu ${fig("node", n.id, "gpu_kw", n.gpu_kw)} · eff ${fig("node", n.id, "effective_kw", n.effective_kw)}</span></div>
   </div>`;
 }
 
@@ -73,7 +73,7 @@ function drawZones(zones) {
 function drawCurtailed(rows) {
   $("curtailed-count").textContent = rows.length;
   if (!rows.length) { $("curtailed").innerHTML = `<p class="muted">none: every miner runs at its own settings</p>`; return; }
-  const shown = rows.slice(0, 60);
+  const shown = rows.slice(0, 20);
   $("curtailed").innerHTML = `<table><tr><th>miner</th><th>rack</th><th>state</th><th>why</th></tr>${shown.map((r) =>
     `<tr data-miner="${esc(r.id)}"><td>${esc(r.id)}</td><td>${esc(r.rack)}</td><td>${esc(r.intent)}${r.target_w ? " " + Math.round(r.target_w) + " W" : ""}</td>
      <td>${r.operator ? "operator override" : r.reason ? esc(r.reason) + " @ " + esc(r.constraint || "") : "resumed from state file"}</td></tr>`).join("")}</table>
@@ -81,7 +81,7 @@ function drawCurtailed(rows) {
 }
 
 function drawAlerts(alerts) {
-  $("alerts").innerHTML = alerts.slice(0, 15).map((a) =>
+  $("alerts").innerHTML = alerts.slice(0, 8).map((a) =>
     `<li><span class="sev ${a.severity}">${esc(a.name)}</span>${esc(a.message)}</li>`).join("") || `<li class="muted">none since start</li>`;
 }
 
@@ -96,7 +96,10 @@ async function refresh() {
     $("ready").textContent = s.ready ? "ready" : "not ready";
     $("ready").className = "badge " + (s.ready ? "ok" : "crit");
     if (s.frame) {
-      $("now").textContent = `t=${(s.frame.now_ms / 1000).toFixed(0)} s`;
+      // The agent's clock: wall-clock milliseconds in production (virtual under --speed).
+      $("now").textContent = s.frame.now_ms > 1e12
+        ? new Date(s.frame.now_ms).toISOString().replace("T", " ").slice(0, 19) + " UTC"
+        : `t=${(s.frame.now_ms / 1000).toFixed(0)} s`;
       $("now").dataset.nowMs = String(s.frame.now_ms);
       drawTree(s.frame.nodes);
       drawZones(s.frame.zones);
