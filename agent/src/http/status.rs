@@ -183,11 +183,22 @@ enum Input {
 
 impl Layout {
     fn new(site: Arc<Site>) -> Layout {
-        let mut depth = vec![0; site.nodes.len()];
-        for (i, n) in site.nodes.iter().enumerate() {
-            depth[i] = site.ancestors(i).len().min(8);
-            let _ = n;
-        }
+        // Depth along the first parent (a dual-corded rack is drawn under its first
+        // feed); the tree is validated acyclic, the bound is only a guard.
+        let depth = (0..site.nodes.len())
+            .map(|i| {
+                let mut d = 0;
+                let mut at = i;
+                while let Some(&p) = site.nodes[at].parents.first() {
+                    d += 1;
+                    at = p;
+                    if d >= 16 {
+                        break;
+                    }
+                }
+                d
+            })
+            .collect();
         let racks_under = (0..site.nodes.len()).map(|i| site.racks_under(i)).collect();
         let mut collectors: Vec<(String, Vec<Input>)> = site
             .modbus_devices
@@ -527,7 +538,6 @@ impl StatusHub {
         let ov = &snap.overrides;
         let mut counts: HashMap<(&'static str, bool), u32> = HashMap::new();
         let mut curtailed = Vec::new();
-        let why = lock(&self.inner).why.clone();
         for (i, (m, s)) in site.miners.iter().zip(&state.miners).enumerate() {
             let operator = ov.curtailed_miners.contains(&i) || ov.curtailed_racks.contains(&m.rack);
             let (intent, target_w) = match s.intent {
@@ -538,17 +548,19 @@ impl StatusHub {
             };
             *counts.entry((intent, operator)).or_default() += 1;
             if s.intent != Intent::Normal {
-                let w = why.get(&i);
-                curtailed.push(CurtailedRow {
-                    id: m.id.clone(),
-                    rack: site.nodes[m.rack].id.clone(),
-                    intent,
-                    target_w,
-                    since_ms: s.since,
-                    reason: w.map(|w| w.0),
-                    constraint: w.map(|w| w.1.clone()),
-                    operator,
-                });
+                curtailed.push((
+                    i,
+                    CurtailedRow {
+                        id: m.id.clone(),
+                        rack: site.nodes[m.rack].id.clone(),
+                        intent,
+                        target_w,
+                        since_ms: s.since,
+                        reason: None,
+                        constraint: None,
+                        operator,
+                    },
+                ));
             }
         }
 
@@ -708,6 +720,17 @@ impl StatusHub {
         }));
         g.last_decision = Some(tokio::time::Instant::now());
         g.readiness_reasons = reasons;
+        // Why each was shed: looked up only for the curtailed ones, under the lock.
+        let curtailed = curtailed
+            .into_iter()
+            .map(|(i, mut row)| {
+                if let Some((reason, constraint)) = g.why.get(&i) {
+                    row.reason = Some(*reason);
+                    row.constraint = Some(constraint.clone());
+                }
+                row
+            })
+            .collect();
         g.curtailed = curtailed;
     }
 
