@@ -42,9 +42,16 @@ fn run_notifies_systemd_serves_http_and_stops_on_sigterm() {
         .local_addr()
         .unwrap()
         .port();
+    // Devices on loopback networks nothing serves (another simulator of the example may
+    // run on this machine at the example's own addresses).
+    let pid = std::process::id();
+    let (a, b) = (100 + pid % 50, 50 + pid % 50);
     let toml = std::fs::read_to_string(repo.join("examples/site.toml"))
         .unwrap()
-        .replace("127.0.0.1:9180", &format!("127.0.0.1:{port}"));
+        .replace("127.0.0.1:9180", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.", &format!("127.{a}.0."))
+        .replace("127.1.", &format!("127.{b}."))
+        .replace(&format!("127.{a}.0.1:{port}"), &format!("127.0.0.1:{port}"));
     std::fs::write(dir.join("site.toml"), toml).unwrap();
     std::fs::copy(
         repo.join("examples/gpu-node.token"),

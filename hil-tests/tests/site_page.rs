@@ -153,10 +153,16 @@ fn site_page_shows_the_status_figures_in_chromium() {
         .local_addr()
         .unwrap()
         .port();
+    // The simulated devices move to loopback networks of their own (the example's fixed
+    // addresses may be taken by another simulator on a shared machine).
+    let pid = std::process::id();
+    let (a, b) = (150 + pid % 50, 200 + pid % 50);
     let toml = std::fs::read_to_string(repo().join("examples/site.toml"))
         .unwrap()
+        .replace("127.0.0.", &format!("127.{a}.0."))
+        .replace("127.1.", &format!("127.{b}."))
         .replace(
-            "http_listen = \"127.0.0.1:9180\"",
+            &format!("http_listen = \"127.{a}.0.1:9180\""),
             &format!("http_listen = \"127.0.0.1:{port}\""),
         );
     assert!(toml.contains(&format!(":{port}\"")));
@@ -188,6 +194,7 @@ fn site_page_shows_the_status_figures_in_chromium() {
             hub: hub.clone(),
             token: None,
             journal: None,
+            overrides_file: None,
         };
         let server = tokio::spawn(http::serve(listener, state, cancel.clone()));
         let (events, _) = broadcast::channel(1024);

@@ -189,7 +189,13 @@ async fn start_http(
         .as_ref()
         .map(|f| rackwarden_config::validate::resolve(base, f));
     let opts = run_options(site, &args.config, args.dry_run, args.speed);
-    let state = HttpState::new(hub.clone(), token_file.as_deref(), &opts.journal_file)?;
+    let overrides_file = opts.state_file.with_file_name("overrides.json");
+    let state = HttpState::new(
+        hub.clone(),
+        token_file.as_deref(),
+        &opts.journal_file,
+        &overrides_file,
+    )?;
     // Validated by check-config; a parse failure here is a config error all the same.
     let addr: std::net::SocketAddr =
         site.agent

@@ -7,8 +7,9 @@
 //! Overrides (`PUT`/`DELETE /api/v1/overrides/{miner|rack|unit}/{id}`) need
 //! `Authorization: Bearer <token>` with the token of `agent.http_token_file`; without a
 //! token file they are off (403). Tokens are compared in constant time (over their
-//! SHA-256, so the length leaks nothing either). Accepted overrides are journaled and
-//! raised as alerts; the loop applies them from its next tick.
+//! SHA-256, so the length leaks nothing either). Accepted overrides are journaled,
+//! raised as alerts and written (atomically) to `overrides.json` next to the state file,
+//! so a restart keeps them; the loop applies them from its next tick.
 
 pub mod status;
 
@@ -30,7 +31,7 @@ pub use status::{OverrideKind, OverrideSet, StatusHub};
 
 use crate::alerts;
 use crate::control::{Alert, Severity};
-use crate::runtime::persist::Journal;
+use crate::runtime::persist::{self, Journal};
 
 /// Errors of the HTTP layer.
 #[derive(Debug, thiserror::Error)]
@@ -92,17 +93,38 @@ pub struct HttpState {
     pub token: Option<Token>,
     /// Accepted overrides are journaled here.
     pub journal: Option<Arc<Mutex<Journal>>>,
+    /// The overrides in force are kept here across restarts.
+    pub overrides_file: Option<PathBuf>,
 }
 
 impl HttpState {
     /// State for a site: token from `agent.http_token_file` (resolved against `base`),
     /// overrides journaled to `journal_file`.
+    /// Overrides left by a previous run are read from `overrides_file` into the hub.
     pub fn new(
         hub: Arc<StatusHub>,
         token_file: Option<&Path>,
         journal_file: &Path,
+        overrides_file: &Path,
     ) -> Result<HttpState, HttpError> {
         let token = token_file.map(Token::from_file).transpose()?;
+        match persist::read::<OverrideSet>(overrides_file) {
+            Ok(Some(set)) => {
+                info!(
+                    event = "override.resumed",
+                    file = %overrides_file.display(),
+                    miners = set.miners.len(),
+                    racks = set.racks.len(),
+                    units = set.units.len(),
+                    "operator overrides resumed"
+                );
+                hub.load_overrides(set);
+            }
+            Ok(None) => {}
+            // Unreadable overrides must not stop the agent guarding the site; they are
+            // named in the log and the file is left for the operator.
+            Err(e) => warn!(error = %e, "operator overrides not resumed"),
+        }
         let journal = if token.is_some() {
             Some(Arc::new(Mutex::new(
                 Journal::open(journal_file).map_err(HttpError::Journal)?,
@@ -114,6 +136,7 @@ impl HttpState {
             hub,
             token,
             journal,
+            overrides_file: Some(overrides_file.to_path_buf()),
         })
     }
 }
@@ -315,6 +338,11 @@ fn change_override(s: &HttpState, headers: &HeaderMap, kind: &str, id: &str, on:
     }
     let changed = s.hub.set_override(kind, id, on);
     if changed {
+        if let Some(f) = &s.overrides_file {
+            if let Err(e) = persist::write_atomic(f, &s.hub.override_set()) {
+                warn!(error = %e, "operator overrides not persisted: they end with the process");
+            }
+        }
         let now = s.hub.last_now();
         let what = match (kind, on) {
             (OverrideKind::Unit, true) => "put in maintenance (unavailable for N+1)",

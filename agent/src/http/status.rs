@@ -134,8 +134,9 @@ pub struct ActionRow {
     pub dry_run: bool,
 }
 
-/// Operator overrides by id (they survive a reload that renumbers the site).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+/// Operator overrides by id (they survive a reload that renumbers the site, and a
+/// restart through the overrides file).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct OverrideSet {
     pub miners: BTreeSet<String>,
     pub racks: BTreeSet<String>,
@@ -341,6 +342,21 @@ impl StatusHub {
 
     pub fn override_set(&self) -> OverrideSet {
         lock(&self.overrides).clone()
+    }
+
+    /// Replaces every override (at start, from the overrides file).
+    pub fn load_overrides(&self, set: OverrideSet) {
+        for (kind, n) in [
+            (OverrideKind::Miner, set.miners.len()),
+            (OverrideKind::Rack, set.racks.len()),
+            (OverrideKind::Unit, set.units.len()),
+        ] {
+            self.metrics
+                .overrides
+                .get_or_create(&vec![("kind", kind.name().to_owned())])
+                .set(f64::from(u32::try_from(n).unwrap_or(u32::MAX)));
+        }
+        *lock(&self.overrides) = set;
     }
 
     /// Adds (`on`) or removes an override; returns whether anything changed.

@@ -95,6 +95,7 @@ fn state_without_token(hub: Arc<StatusHub>) -> HttpState {
         hub,
         token: None,
         journal: None,
+        overrides_file: None,
     }
 }
 
@@ -301,7 +302,13 @@ async fn metrics_exposition_parses_and_holds_the_documented_series() {
 fn state_with_token(hub: Arc<StatusHub>, dir: &Path) -> HttpState {
     let tf = dir.join("http.token");
     std::fs::write(&tf, "s3cret-operator-token\n").unwrap();
-    HttpState::new(hub, Some(&tf), &dir.join("journal.jsonl")).unwrap()
+    HttpState::new(
+        hub,
+        Some(&tf),
+        &dir.join("journal.jsonl"),
+        &dir.join("overrides.json"),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -404,6 +411,13 @@ async fn overrides_need_the_token_and_are_journaled_and_alerted() {
     assert_eq!(text.lines().count(), 4);
     assert!(text.lines().last().unwrap().contains("override.cleared"));
     assert!(!hub.overrides_for(&site).curtailed_miners.contains(&0));
+
+    // Kept across a restart: a new hub reads the file.
+    let again = StatusHub::new();
+    let _ = state_with_token(again.clone(), &dir);
+    assert_eq!(again.override_set(), hub.override_set());
+    assert!(again.override_set().racks.contains(&rack));
+    assert!(!again.override_set().miners.contains(&miner));
 
     // Alerts reach the status document and the counters.
     decide_into(&hub, &site, &full_snapshot(&site, 1_000), 1_000, Tick::Slow);
