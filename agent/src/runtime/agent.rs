@@ -27,12 +27,12 @@ use tracing::{info, warn};
 use super::clock::{Clock, Millis};
 use super::persist::{self, Journal};
 use crate::alerts;
-// ---- issue 8 (operator surface): the status hub the HTTP layer reads ----
 use crate::control::{
     self, Action, Alert, ControlState, Device, GpuLimits, GpuNodeReading, Lever, MeterReading,
     MinerMode, MinerReading, NodeView, OutletReading, Snapshot, Tick, Topology, UnitReading,
     UnitState, ZoneView,
 };
+// Issue 8: the status hub the HTTP layer reads, and poll metrics.
 use crate::http::StatusHub;
 use crate::metrics::PollClass;
 
