@@ -513,7 +513,10 @@ pub async fn run_with_hub(
                 alert: a.clone(),
             });
         }
-        journal_confirmations(&mut journal, &site, &state, &plan.state, now, opts.dry_run);
+        if !opts.dry_run {
+            // Nothing was sent in a dry run: there is nothing to confirm or escalate.
+            journal_confirmations(&mut journal, &site, &state, &plan.state, now, false);
+        }
         let changed = !plan.actions.is_empty() || plan.state.miners != state.miners;
         state = plan.state;
         if changed || now.saturating_sub(last_persist) >= 30_000 {
