@@ -239,6 +239,9 @@ impl Shared {
                         max_kw,
                         taken_at,
                     });
+                    // For the reaction benchmark (bench/): when a reading reached the
+                    // snapshot. Disabled, a trace callsite costs one atomic load.
+                    tracing::trace!(target: "rackwarden::reading", node = *node, kw, "meter reading");
                 }
             }
         }
@@ -305,6 +308,12 @@ impl Shared {
             })
             .collect();
         let complete = gpus.len() == r.gpus.len();
+        tracing::trace!(
+            target: "rackwarden::reading",
+            gpu_node = i,
+            enforced_w = gpus.iter().map(|g| g.enforced_w).sum::<f64>(),
+            "gpu reading"
+        );
         lock(&self.snapshot).gpus[i] = Some(GpuNodeReading {
             power_w: r.power_w().unwrap_or(0.0),
             power_taken_at: now,
