@@ -156,9 +156,13 @@ def fig_decide(args, rows):
     out = run([os.path.join(REL, "examples", "bench_decide"), "examples/site-100mw.toml", ticks], timeout=300)
     med = num(r"all:\s+\d+ ticks\s+median\s+([\d.]+) ms", out)
     p99 = num(r"all:\s+\d+ ticks\s+median\s+[\d.]+ ms\s+p99\s+([\d.]+) ms", out)
-    rows.append(row("decide 100 MW: median per tick", med, "ms", goal="<= 2 ms", met=med <= 2))
-    rows.append(row("decide 100 MW: p99 per tick", p99, "ms", goal="<= 2 ms", met=p99 <= 2,
-                    note="30,000 miners; fast and slow ticks, with sheds and restores"))
+    cmed = num(r"cpu:\s+\d+ ticks\s+median\s+([\d.]+) ms", out)
+    cp99 = num(r"cpu:\s+\d+ ticks\s+median\s+[\d.]+ ms\s+p99\s+([\d.]+) ms", out)
+    rows.append(row("decide 100 MW: median per tick (wall)", med, "ms", goal="<= 2 ms", met=med <= 2))
+    rows.append(row("decide 100 MW: p99 per tick (wall)", p99, "ms", goal="<= 2 ms", met=p99 <= 2,
+                    note="30,000 miners; fast and slow ticks, GPU surges with sheds and restores; wall time includes other processes holding the core"))
+    rows.append(row("decide 100 MW: median per tick (thread CPU)", cmed, "ms", goal="<= 2 ms", met=cmed <= 2))
+    rows.append(row("decide 100 MW: p99 per tick (thread CPU)", cp99, "ms", goal="<= 2 ms", met=cp99 <= 2))
 
 
 def fig_reaction(args, rows):
@@ -186,12 +190,16 @@ def proc_cpu_s(pid):
     return (int(after[11]) + int(after[12])) / CLK_TCK
 
 
-def proc_hwm_mib(pid):
+def proc_status_mib(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def proc_hwm_mib(pid):
+    return proc_status_mib(pid, "VmHWM:")
 
 
 def wait_for(path, needle, proc, timeout):
@@ -256,6 +264,8 @@ def fig_site(args, rows):
         time.sleep(window)
         a1, s1, w1 = proc_cpu_s(agent.pid), sim_cpu(), time.monotonic()
         hwm, sim_hwm = proc_hwm_mib(agent.pid), sum(proc_hwm_mib(p.pid) for p in sims)
+        fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
+        rss_now = proc_status_mib(agent.pid, "VmRSS:")
         if agent.poll() is not None:
             raise RuntimeError("agent exited during the window")
         frac = (a1 - a0) / (w1 - w0)
@@ -266,7 +276,7 @@ def fig_site(args, rows):
                 f"simulator ({parts} processes) used {sim_frac * 100:.0f}% of a core, peak RSS {sim_hwm:.0f} MiB in all; agent log: {counts}")
         rows.append(row("100 MW site: agent CPU, share of one core", frac * 100, "%", goal="<= 50 %", met=frac <= 0.5, note=note))
         rows.append(row("100 MW site: agent peak RSS", hwm, "MiB", goal="<= 256 MiB", met=hwm <= 256,
-                        note="VmHWM of the agent process since start"))
+                        note=f"VmHWM of the agent process since start; at the end: VmRSS {rss_now:.0f} MiB, {fds} open descriptors"))
     finally:
         for p in [agent] + sims:
             if p and p.poll() is None:
