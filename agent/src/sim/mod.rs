@@ -70,16 +70,14 @@ struct Model {
     site: Arc<Site>,
     servers: Vec<Simulator>,
     dev_at: Vec<Option<DevAt>>,
-    miners: Vec<Arc<SimMiner>>,
-    /// `by_site[i]`: the simulated miner of `site.miners[i]`, an index into `miners`
-    /// (a 100 MW site has 30,000 miners: no search by id in the 100 ms physics step).
-    by_site: Vec<Option<usize>>,
+    /// Indexed like `site.miners`.
+    miners: Vec<Option<Arc<SimMiner>>>,
     gpu_racks: Vec<GpuRack>,
     /// Units tripped by the scenario.
     tripped: Vec<Vec<bool>>,
     outlet_was_off: Vec<bool>,
-    /// Nodes below their parents first (deepest first), computed once.
-    roll_up: Vec<usize>,
+    /// Nodes below the site, deepest first.
+    order: Vec<usize>,
     /// Last value published per miner outlet (power kW, state) and per node meter
     /// share: a register is written again only when its value changes, which keeps the
     /// step of a 30,000-miner site to a few milliseconds.
@@ -175,13 +173,20 @@ impl SiteSim {
                     .map_err(|e| SimError::Miners(e.to_string()))?,
             )
         };
-        let miners: Vec<Arc<SimMiner>> = match &miner_sim {
-            Some(ms) => site
-                .miners
-                .iter()
-                .filter_map(|m| ms.miner(&m.id).cloned())
-                .collect(),
-            None => Vec::new(),
+        // The simulator starts its miners in site order; match by id all the same.
+        let miners: Vec<Option<Arc<SimMiner>>> = match &miner_sim {
+            Some(ms) => {
+                let by_id: HashMap<&str, &Arc<SimMiner>> = ms
+                    .miners()
+                    .iter()
+                    .map(|m| (m.spec.id.as_str(), m))
+                    .collect();
+                site.miners
+                    .iter()
+                    .map(|m| by_id.get(m.id.as_str()).map(|x| Arc::clone(x)))
+                    .collect()
+            }
+            None => vec![None; site.miners.len()],
         };
 
         // GPU nodes.
@@ -264,30 +269,20 @@ impl SiteSim {
             }
         }
 
-        let by_site = {
-            let index: HashMap<&str, usize> = miners
-                .iter()
-                .enumerate()
-                .map(|(k, m)| (m.spec.id.as_str(), k))
-                .collect();
-            site.miners
-                .iter()
-                .map(|m| index.get(m.id.as_str()).copied())
-                .collect()
-        };
-        let mut roll_up: Vec<usize> = (1..site.nodes.len()).collect();
-        roll_up.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
         let model = Arc::new(std::sync::Mutex::new(Model {
-            by_site,
-            roll_up,
-            outlet_pub: vec![None; site.miners.len()],
-            node_pub: vec![None; site.nodes.len()],
             tripped: site
                 .zones
                 .iter()
                 .map(|z| vec![false; z.units.len()])
                 .collect(),
             outlet_was_off: vec![false; site.miners.len()],
+            outlet_pub: vec![None; site.miners.len()],
+            node_pub: vec![None; site.nodes.len()],
+            order: {
+                let mut order: Vec<usize> = (1..site.nodes.len()).collect();
+                order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
+                order
+            },
             site: site.clone(),
             servers,
             dev_at,
@@ -309,6 +304,7 @@ impl SiteSim {
         let events = scenario.events.clone();
         tasks.spawn(async move {
             let mut next = 0;
+            let mut next_report = 0.0;
             let mut iv = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
@@ -323,6 +319,17 @@ impl SiteSim {
                     apply_event(&m2, &ev.kind).await;
                 }
                 lock(&m2).step(t);
+                if t >= next_report {
+                    next_report = t + 5.0;
+                    // What the site's own meters show, for operators and the hil-tests.
+                    let m = lock(&m2);
+                    let p = m.power_kw(t);
+                    for (i, n) in m.site.nodes.iter().enumerate() {
+                        if n.kind == NodeKind::Feed {
+                            info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, "feed power");
+                        }
+                    }
+                }
             }
         });
         info!(
@@ -370,6 +377,7 @@ impl SiteSim {
         lock(&self.model)
             .miners
             .iter()
+            .flatten()
             .map(|m| (m.spec.id.clone(), m.commands()))
             .filter(|(_, c)| !c.is_empty())
             .collect()
@@ -384,6 +392,7 @@ impl SiteSim {
         let m = lock(&self.model);
         m.miners
             .iter()
+            .flatten()
             .filter_map(|sm| {
                 sm.commands_at()
                     .into_iter()
@@ -475,6 +484,7 @@ async fn apply_event(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind) {
             for mi in m
                 .miners
                 .iter()
+                .flatten()
                 .filter(|x| x.spec.id.starts_with(prefix.as_str()))
             {
                 mi.set_fault(if *ignore {
@@ -508,8 +518,8 @@ impl Model {
             if m.outlet.is_some() && self.outlet_was_off[i] {
                 continue;
             }
-            if let Some(k) = self.by_site[i] {
-                p[m.rack] += self.miners[k].power_w() / 1000.0;
+            if let Some(sm) = &self.miners[i] {
+                p[m.rack] += sm.power_w() / 1000.0;
             }
         }
         for r in &self.gpu_racks {
@@ -521,7 +531,7 @@ impl Model {
             p[r.node] += gpu_w / 1000.0 + r.overhead_kw;
         }
         // Racks to rows to feeds: deepest first, so a row of rows adds up.
-        for &i in &self.roll_up {
+        for &i in &self.order {
             let parents = &site.nodes[i].parents;
             #[allow(clippy::cast_precision_loss)]
             let share = p[i] / parents.len().max(1) as f64;
@@ -541,10 +551,9 @@ impl Model {
             let off = self
                 .get(o.device, Role::OutletSwitch.name(), o.outlet)
                 .is_some_and(|v| v < 0.5);
-            let sim = self.by_site[i].map(|k| self.miners[k].clone());
             if off != self.outlet_was_off[i] {
                 self.outlet_was_off[i] = off;
-                if let Some(sm) = &sim {
+                if let Some(sm) = &self.miners[i] {
                     sm.set_fault(if off {
                         msim::Fault::NoAnswer
                     } else {
@@ -555,7 +564,7 @@ impl Model {
             let w = if off {
                 0.0
             } else {
-                sim.map_or(0.0, |x| x.power_w())
+                self.miners[i].as_ref().map_or(0.0, |x| x.power_w())
             };
             let now = (w / 1000.0, if off { 0.0 } else { 1.0 });
             if self.outlet_pub[i] != Some(now) {
