@@ -15,8 +15,20 @@ pub const CONFIG_RELOAD_FAILED: &str = "config.reload.failed";
 /// A new config was validated and is in force.
 pub const CONFIG_RELOADED: &str = "config.reloaded";
 
+/// An operator override was set over the HTTP API (miner or rack held curtailed, unit in
+/// maintenance).
+pub const OPERATOR_OVERRIDE_SET: &str = "operator.override.set";
+/// An operator override was cleared.
+pub const OPERATOR_OVERRIDE_CLEARED: &str = "operator.override.cleared";
+
 /// Alerts raised by the runtime rather than by `decide`.
-pub const RUNTIME_ALERTS: &[&str] = &[STATE_CORRUPT, CONFIG_RELOAD_FAILED, CONFIG_RELOADED];
+pub const RUNTIME_ALERTS: &[&str] = &[
+    STATE_CORRUPT,
+    CONFIG_RELOAD_FAILED,
+    CONFIG_RELOADED,
+    OPERATOR_OVERRIDE_SET,
+    OPERATOR_OVERRIDE_CLEARED,
+];
 
 /// Every alert name the agent can emit.
 pub fn catalogue() -> Vec<&'static str> {

@@ -4,6 +4,8 @@
 pub mod alerts;
 pub mod cli;
 pub mod control;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod runtime;
 pub mod sim;

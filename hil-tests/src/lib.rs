@@ -1,2 +1,306 @@
-//! End-to-end scenarios live in `tests/`: they start the `rackwarden` binary as separate
-//! processes (simulator and agent) and talk to them over loopback sockets only.
+//! Harness for the end-to-end scenarios in `tests/`: the `rackwarden` binary runs as
+//! separate processes (the simulator and the agent) on a temporary copy of the example
+//! site, talking over loopback sockets only. Every process is killed when its handle
+//! drops, and every wait is bounded.
+//!
+//! The example site binds fixed loopback addresses, so the scenarios take [`serial`] and
+//! run one at a time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the report
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The password the simulated miners accept (the agent gets it through the environment
+/// variables the example site names).
+pub const SIM_PASSWORD: &str = "rackwarden-sim";
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `rackwarden` binary of this build, built first if `cargo test -p` skipped it.
+pub fn bin() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
+    let exe = target.join("debug").join("rackwarden");
+    if !exe.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "rackwarden", "--bin", "rackwarden"])
+            .current_dir(repo())
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot build the rackwarden binary");
+    }
+    exe
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One scenario at a time: they share the example site's loopback addresses.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A temporary copy of examples/site.toml (plus its token file), edited by `edit`.
+pub struct TempSite {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl TempSite {
+    pub fn new(name: &str, edit: impl FnOnce(String) -> String) -> TempSite {
+        let dir = std::env::temp_dir().join(format!("rw-hil-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = std::fs::read_to_string(repo().join("examples/site.toml")).unwrap();
+        std::fs::write(dir.join("site.toml"), edit(text)).unwrap();
+        std::fs::copy(
+            repo().join("examples/gpu-node.token"),
+            dir.join("gpu-node.token"),
+        )
+        .unwrap();
+        TempSite {
+            config: dir.join("site.toml"),
+            dir,
+        }
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state/state.json")
+    }
+
+    pub fn journal(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("state/journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for TempSite {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process whose stdout and stderr lines are collected as they come.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info");
+        for var in [
+            "RACKWARDEN_WHATSMINER_PASSWORD",
+            "RACKWARDEN_ANTMINER_STOCK_PASSWORD",
+            "RACKWARDEN_VNISH_PASSWORD",
+        ] {
+            cmd.env(var, SIM_PASSWORD);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Log lines that parse as JSON objects.
+    pub fn json(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// Alert events (`fields.alert`), in order.
+    pub fn alerts(&self) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["fields"]["alert"].is_string())
+            .collect()
+    }
+
+    pub fn alert_names(&self) -> Vec<String> {
+        self.alerts()
+            .iter()
+            .map(|v| v["fields"]["alert"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Events with `fields.event == name`.
+    pub fn events(&self, name: &str) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["fields"]["event"] == name)
+            .collect()
+    }
+
+    /// Waits until `pred` holds for some line, up to `timeout`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal(Signal::SIGTERM);
+        self.wait(Duration::from_secs(20))
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(200));
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// SIGKILL: no goodbye, no final state write.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Everything it printed, for failure messages.
+    pub fn dump(&self) -> String {
+        let l = self.lines();
+        let tail = l.len().saturating_sub(60);
+        format!(
+            "--- {} (last {} lines)\n{}",
+            self.name,
+            l.len() - tail,
+            l[tail..].join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The simulator on `site` playing `scenario` at `speed`.
+pub fn sim(site: &TempSite, scenario: &str, speed: f64) -> Proc {
+    let p = Proc::spawn(
+        "sim",
+        &[
+            "--log-format",
+            "json",
+            "sim",
+            "--config",
+            site.config.to_str().unwrap(),
+            "--scenario",
+            scenario,
+            "--speed",
+            &speed.to_string(),
+        ],
+    );
+    assert!(
+        p.wait_for(Duration::from_secs(30), |l| l.contains("sim.started"))
+            .is_some(),
+        "simulator did not start\n{}",
+        p.dump()
+    );
+    p
+}
+
+/// The agent on `site` at `speed` (`extra`: e.g. `--dry-run`).
+pub fn agent(site: &TempSite, speed: f64, extra: &[&str]) -> Proc {
+    let speed = speed.to_string();
+    let mut args = vec![
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        site.config.to_str().unwrap(),
+        "--speed",
+        &speed,
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn("agent", &args);
+    assert!(
+        p.wait_for(Duration::from_secs(30), |l| l.contains("agent.started"))
+            .is_some(),
+        "agent did not start\n{}",
+        p.dump()
+    );
+    p
+}
+
+/// `now_ms` of a JSON log event (the agent's virtual clock).
+pub fn now_ms(v: &Value) -> u64 {
+    v["fields"]["now_ms"].as_u64().unwrap_or(0)
+}
+
+/// Miner ids of the `action.sent` / `action.would` events with a given lever.
+pub fn actions(p: &Proc, event: &str) -> Vec<(String, String, String)> {
+    p.events(event)
+        .iter()
+        .map(|v| {
+            (
+                v["fields"]["device"].as_str().unwrap_or("").to_owned(),
+                v["fields"]["lever"].as_str().unwrap_or("").to_owned(),
+                v["fields"]["node"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}

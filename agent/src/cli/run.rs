@@ -4,6 +4,12 @@
 //! state last commanded: curtailed miners stay curtailed). SIGHUP: validate the file
 //! again; if valid, restart the agent on it (the intent carries over through the state
 //! file); if not, log `config.reload.failed` and keep running on the old one.
+//!
+//! HTTP (metrics, health, status, site page, overrides) listens on `agent.http_listen`
+//! from start to exit, across reloads (a reload keeps the address and token it started
+//! with). Under systemd (`Type=notify`) the agent says READY once the port is bound and
+//! the loop started, pings the watchdog while the control loop decides, and says
+//! RELOADING / STOPPING around a reload and at exit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +22,7 @@ use tracing::{error, info};
 
 use crate::alerts;
 use crate::control::{Alert, Severity};
+use crate::http::{self, HttpState, StatusHub};
 use crate::runtime::agent::{self, RunOptions};
 
 #[derive(Debug, Args)]
@@ -72,11 +79,47 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
         error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    // ---- issue 8: HTTP and systemd, bound before the agent starts ----
+    let hub = StatusHub::new();
+    let http_cancel = CancellationToken::new();
+    let _stop_http = http_cancel.clone().drop_guard();
+    let _http_task = match start_http(&site, &args, &hub, &http_cancel).await {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, source = ?std::error::Error::source(&e), "cannot start http");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(every) = sd_notify::watchdog_enabled() {
+        let (hub, cancel) = (hub.clone(), http_cancel.clone());
+        tokio::spawn(async move {
+            // Ping at half the period, and only while the loop decides: a wedged loop
+            // gets the process restarted by systemd.
+            let mut iv = tokio::time::interval(every / 2);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = iv.tick() => {}
+                }
+                if hub.loop_alive() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
     loop {
         let cancel = CancellationToken::new();
         let (events, _) = broadcast::channel(1024);
         let opts = run_options(&site, &args.config, args.dry_run, args.speed);
-        let mut task = tokio::spawn(agent::run(site.clone(), opts, events, cancel.clone()));
+        let mut task = tokio::spawn(agent::run_with_hub(
+            site.clone(),
+            opts,
+            events,
+            cancel.clone(),
+            hub.clone(),
+        ));
+        // READY after the port is bound and the loop started; again after each reload.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         // Wait for a signal (or the agent's own end) while this instance runs.
         let next = loop {
             tokio::select! {
@@ -84,7 +127,14 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 _ = int.recv() => break None,
                 r = &mut task => return finished(r),
                 _ = hup.recv() => match rackwarden_config::load(&args.config) {
-                    Ok(new) => break Some(new),
+                    Ok(new) => {
+                        let mut st = vec![sd_notify::NotifyState::Reloading];
+                        if let Ok(t) = sd_notify::NotifyState::monotonic_usec_now() {
+                            st.push(t);
+                        }
+                        let _ = sd_notify::notify(&st);
+                        break Some(new);
+                    }
                     Err(e) => alerts::log(
                         &Alert::new(
                             alerts::CONFIG_RELOAD_FAILED,
@@ -114,6 +164,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 site = new;
             }
             None => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                 info!(
                     event = "agent.stopped",
                     "stopped on signal; control intent persisted"
@@ -122,6 +173,45 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             }
         }
     }
+}
+
+/// Binds `agent.http_listen` and serves the HTTP layer until `cancel` fires.
+async fn start_http(
+    site: &Site,
+    args: &RunArgs,
+    hub: &std::sync::Arc<StatusHub>,
+    cancel: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, http::HttpError> {
+    let base = args.config.parent().unwrap_or(Path::new("."));
+    let token_file = site
+        .agent
+        .http_token_file
+        .as_ref()
+        .map(|f| rackwarden_config::validate::resolve(base, f));
+    let opts = run_options(site, &args.config, args.dry_run, args.speed);
+    let overrides_file = opts.state_file.with_file_name("overrides.json");
+    let state = HttpState::new(
+        hub.clone(),
+        token_file.as_deref(),
+        &opts.journal_file,
+        &overrides_file,
+    )?;
+    // Validated by check-config; a parse failure here is a config error all the same.
+    let addr: std::net::SocketAddr =
+        site.agent
+            .http_listen
+            .parse()
+            .map_err(|e| http::HttpError::Bind {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
+    let listener = http::bind(addr).await?;
+    let cancel = cancel.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = http::serve(listener, state, cancel).await {
+            error!(error = %e, "http server stopped");
+        }
+    }))
 }
 
 fn finished(

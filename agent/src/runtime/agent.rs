@@ -32,6 +32,9 @@ use crate::control::{
     MinerMode, MinerReading, NodeView, OutletReading, Snapshot, Tick, Topology, UnitReading,
     UnitState, ZoneView,
 };
+// Issue 8: the status hub the HTTP layer reads, and poll metrics.
+use crate::http::StatusHub;
+use crate::metrics::PollClass;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -205,6 +208,8 @@ struct Shared {
     uses: Vec<DeviceUse>,
     io: Io,
     events: broadcast::Sender<AgentEvent>,
+    /// What the HTTP layer reads (status, readiness, metrics) and the overrides it sets.
+    hub: Arc<StatusHub>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -322,6 +327,18 @@ pub async fn run(
     events: broadcast::Sender<AgentEvent>,
     cancel: CancellationToken,
 ) -> anyhow::Result<ControlState> {
+    run_with_hub(site, opts, events, cancel, StatusHub::new()).await
+}
+
+/// [`run`], publishing status, readiness and metrics to `hub` and taking the operator
+/// overrides from it (the HTTP layer holds the other end).
+pub async fn run_with_hub(
+    site: Site,
+    opts: RunOptions,
+    events: broadcast::Sender<AgentEvent>,
+    cancel: CancellationToken,
+    hub: Arc<StatusHub>,
+) -> anyhow::Result<ControlState> {
     let site = Arc::new(site);
     let persisted: Option<Persisted> = match persist::read(&opts.state_file) {
         Ok(s) => s,
@@ -401,9 +418,16 @@ pub async fn run(
         io: Io::new(&site),
         events: events.clone(),
         site: site.clone(),
+        hub: hub.clone(),
     });
+    hub.set_site(
+        site.clone(),
+        opts.dry_run,
+        shared.clock.real(site.policy.fast_loop_ms),
+    );
     info!(
         event = "agent.started",
+        now_ms = now,
         site = %site.id,
         dry_run = opts.dry_run,
         speed = opts.speed,
@@ -463,7 +487,7 @@ pub async fn run(
         };
         n += 1;
         let now = shared.clock.now_ms();
-        let snap = {
+        let mut snap = {
             let mut g = lock(&shared.snapshot);
             let s = g.clone();
             // The safety net's peak restarts with every tick.
@@ -472,7 +496,9 @@ pub async fn run(
             }
             s
         };
+        snap.overrides = hub.overrides_for(&site);
         let plan = control::decide(&site, &topo, &snap, &state, now, tick);
+        hub.record_decision(now, tick, &snap, &plan.state, &plan.nodes, &plan.zones);
         let _ = events.send(AgentEvent::Decision {
             now,
             tick,
@@ -481,6 +507,7 @@ pub async fn run(
         });
         for a in &plan.alerts {
             alerts::log(a, now);
+            hub.record_alert(now, a);
             let _ = events.send(AgentEvent::Alert {
                 now,
                 alert: a.clone(),
@@ -572,7 +599,10 @@ fn spawn_collectors(
                     () = cancel.cancelled() => return,
                     _ = iv.tick() => {}
                 }
-                match sh.io.modbus.read_device(d).await {
+                let t0 = tokio::time::Instant::now();
+                let r = sh.io.modbus.read_device(d).await;
+                sh.hub.poll(PollClass::Modbus, t0.elapsed(), r.is_ok());
+                match r {
                     Ok(r) => {
                         if std::mem::take(&mut failing) {
                             info!(device = %sh.site.modbus_devices[d].id, "modbus device answers again");
@@ -606,7 +636,12 @@ fn spawn_collectors(
                             let sh = &sh;
                             async move {
                                 let r = match &sh.io.miners[i] {
-                                    Some(d) => Some(d.poll().await.map_err(|e| e.to_string())),
+                                    Some(d) => {
+                                        let t0 = tokio::time::Instant::now();
+                                        let r = d.poll().await.map_err(|e| e.to_string());
+                                        sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
+                                        Some(r)
+                                    }
                                     None => None,
                                 };
                                 (i, r)
@@ -644,7 +679,10 @@ fn spawn_collectors(
                     () = cancel.cancelled() => return,
                     _ = iv.tick() => {}
                 }
-                match sh.io.read_gpu(g).await {
+                let t0 = tokio::time::Instant::now();
+                let r = sh.io.read_gpu(g).await;
+                sh.hub.poll(PollClass::Gpu, t0.elapsed(), r.is_ok());
+                match r {
                     Ok(r) => {
                         failing = false;
                         sh.apply_gpu(g, &r, sh.clock.now_ms());
@@ -719,6 +757,7 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
     if dry_run {
         info!(
             event = "action.would",
+            now_ms = now,
             node = %a.constraint,
             device = %a.device_id,
             lever = a.lever.name(),
@@ -730,6 +769,7 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
     } else {
         info!(
             event = "action.sent",
+            now_ms = now,
             node = %a.constraint,
             device = %a.device_id,
             lever = a.lever.name(),
@@ -739,6 +779,7 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
             "{} {}", a.lever.name(), a.device_id
         );
     }
+    shared.hub.record_action(now, &a, dry_run);
     let _ = shared.events.send(AgentEvent::Action {
         now,
         action: a.clone(),

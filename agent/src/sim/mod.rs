@@ -297,6 +297,7 @@ impl SiteSim {
         let events = scenario.events.clone();
         tasks.spawn(async move {
             let mut next = 0;
+            let mut next_report = 0.0;
             let mut iv = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tokio::select! {
@@ -311,6 +312,17 @@ impl SiteSim {
                     apply_event(&m2, &ev.kind).await;
                 }
                 lock(&m2).step(t);
+                if t >= next_report {
+                    next_report = t + 5.0;
+                    // What the site's own meters show, for operators and the hil-tests.
+                    let m = lock(&m2);
+                    let p = m.power_kw(t);
+                    for (i, n) in m.site.nodes.iter().enumerate() {
+                        if n.kind == NodeKind::Feed {
+                            info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, "feed power");
+                        }
+                    }
+                }
             }
         });
         info!(

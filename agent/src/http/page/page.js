@@ -1,0 +1,117 @@
+// rackwarden site page: fetches /api/v1/status every 2 s and draws it. No build step,
+// no dependencies. Every figure carries data-node/data-zone and data-field attributes so
+// a test (and a curious operator) can match it against the API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const fmt = (v) => (v === null || v === undefined || Number.isNaN(v)) ? "—" : Number(v).toFixed(1);
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const pct = (x) => Math.max(0, Math.min(100, x * 100));
+
+function fig(kind, id, field, value) {
+  return `<span data-${kind}="${esc(id)}" data-field="${field}">${fmt(value)}</span>`;
+}
+
+function nodeRow(n) {
+  // The bar's full width is 125% of budget so overloads stay visible; the red line is the budget.
+  const scale = n.budget_kw > 0 ? 1 / (1.25 * n.budget_kw) : 0;
+  const measured = n.measured_kw === null ? n.projected_kw : n.measured_kw;
+  const gpu = n.gpu_kw * scale, mining = n.mining_kw * scale;
+  const other = Math.max(0, measured - n.gpu_kw - n.mining_kw) * scale;
+  const eff = n.effective_kw * scale;
+  const kind = n.rack_kind ? `${n.rack_kind} rack` : n.kind;
+  return `<div class="node d${Math.min(n.depth, 3)} band-${n.band}" data-node-row="${esc(n.id)}">
+    <div class="name" style="padding-left:${n.depth * 14}px" title="${esc(n.id)}">${esc(n.id)}<span class="kind">${esc(kind)}${n.frozen ? " · frozen" : ""}</span></div>
+    <div class="bar">
+      <div class="seg gpu" style="left:0;width:${pct(gpu)}%"></div>
+      <div class="seg mining" style="left:${pct(gpu)}%;width:${pct(mining)}%"></div>
+      <div class="seg other" style="left:${pct(gpu + mining)}%;width:${pct(other)}%"></div>
+      <div class="budget" style="left:80%"></div>
+      <div class="eff" style="left:calc(${pct(eff)}% - 1px)"></div>
+    </div>
+    <div class="fig"><span class="pct">${(n.utilization * 100).toFixed(0)}%</span>
+      ${fig("node", n.id, "measured_kw", n.measured_kw)} / ${fig("node", n.id, "budget_kw", n.budget_kw)} kW
+      <span class="muted">gpu ${fig("node", n.id, "gpu_kw", n.gpu_kw)} · eff ${fig("node", n.id, "effective_kw", n.effective_kw)}</span></div>
+  </div>`;
+}
+
+function drawTree(nodes) {
+  // Depth-first from the site, each node under its first parent (a dual-corded rack
+  // shows once).
+  const children = new Map();
+  const roots = [];
+  for (const n of nodes) {
+    if (n.parents.length === 0) roots.push(n);
+    else {
+      const p = n.parents[0];
+      if (!children.has(p)) children.set(p, []);
+      children.get(p).push(n);
+    }
+  }
+  const out = [];
+  const walk = (n) => { out.push(nodeRow(n)); for (const c of children.get(n.id) || []) walk(c); };
+  roots.forEach(walk);
+  $("tree").innerHTML = out.join("");
+}
+
+function drawZones(zones) {
+  if (!zones.length) return;
+  $("zones").innerHTML = zones.map((z) => {
+    const state = z.redundancy === "none" ? (z.n ? ["ok", "N"] : ["crit", "below N"])
+      : z.n_plus_1 ? ["ok", "N+1"] : z.n ? ["warn", "N only"] : ["crit", "below N"];
+    const units = z.units.map((u) => `<span class="unit ${u.maintenance_override ? "maintenance" : u.state}" data-unit="${esc(u.id)}">${esc(u.id)} ${fmt(u.capacity_kw)} kW · ${u.maintenance_override ? "maintenance (operator)" : u.state}</span>`).join("");
+    return `<div class="zone" data-zone-row="${esc(z.id)}">
+      <div class="top"><b>${esc(z.id)}</b> <span class="muted">${esc(z.medium)}</span>
+        <span class="badge ${state[0]}" data-zone="${esc(z.id)}" data-field="state">${state[1]}</span></div>
+      <div class="fig" style="text-align:left">heat ${fig("zone", z.id, "heat_kw", z.heat_kw)} kW ·
+        available ${fig("zone", z.id, "available_kw", z.available_kw)} kW ·
+        largest unit ${fig("zone", z.id, "largest_kw", z.largest_kw)} kW</div>
+      <div class="units">${units}</div></div>`;
+  }).join("");
+}
+
+function drawCurtailed(rows) {
+  $("curtailed-count").textContent = rows.length;
+  if (!rows.length) { $("curtailed").innerHTML = `<p class="muted">none: every miner runs at its own settings</p>`; return; }
+  const shown = rows.slice(0, 20);
+  $("curtailed").innerHTML = `<table><tr><th>miner</th><th>rack</th><th>state</th><th>why</th></tr>${shown.map((r) =>
+    `<tr data-miner="${esc(r.id)}"><td>${esc(r.id)}</td><td>${esc(r.rack)}</td><td>${esc(r.intent)}${r.target_w ? " " + Math.round(r.target_w) + " W" : ""}</td>
+     <td>${r.operator ? "operator override" : r.reason ? esc(r.reason) + " @ " + esc(r.constraint || "") : "resumed from state file"}</td></tr>`).join("")}</table>
+    ${rows.length > shown.length ? `<p class="muted">and ${rows.length - shown.length} more (see /api/v1/status)</p>` : ""}`;
+}
+
+function drawAlerts(alerts) {
+  $("alerts").innerHTML = alerts.slice(0, 8).map((a) =>
+    `<li><span class="sev ${a.severity}">${esc(a.name)}</span>${esc(a.message)}</li>`).join("") || `<li class="muted">none since start</li>`;
+}
+
+async function refresh() {
+  try {
+    const r = await fetch("/api/v1/status", { cache: "no-store" });
+    if (!r.ok) throw new Error(`status ${r.status}`);
+    const s = await r.json();
+    $("site").textContent = s.site_name ? `${s.site} · ${s.site_name}` : s.site;
+    $("mode").textContent = s.dry_run ? "DRY RUN" : "LIVE";
+    $("mode").className = "badge " + (s.dry_run ? "warn" : "ok");
+    $("ready").textContent = s.ready ? "ready" : "not ready";
+    $("ready").className = "badge " + (s.ready ? "ok" : "crit");
+    if (s.frame) {
+      // The agent's clock: wall-clock milliseconds in production (virtual under --speed).
+      $("now").textContent = s.frame.now_ms > 1e12
+        ? new Date(s.frame.now_ms).toISOString().replace("T", " ").slice(0, 19) + " UTC"
+        : `t=${(s.frame.now_ms / 1000).toFixed(0)} s`;
+      $("now").dataset.nowMs = String(s.frame.now_ms);
+      drawTree(s.frame.nodes);
+      drawZones(s.frame.zones);
+    }
+    drawCurtailed(s.curtailed);
+    drawAlerts(s.alerts);
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    document.body.dataset.loaded = "1";
+  } catch (e) {
+    $("updated").textContent = "no answer from the agent: " + e.message;
+  }
+}
+
+refresh();
+setInterval(refresh, 2000);

@@ -1,0 +1,504 @@
+//! Tests of the HTTP layer through its router (no socket): readiness, status, metrics
+//! exposition, overrides and their token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use rackwarden_config::Site;
+use tower::ServiceExt;
+
+use super::*;
+use crate::control::{
+    self, ControlState, GpuLimits, MinerMode, Snapshot, Tick, Topology, UnitState,
+};
+
+fn site() -> Site {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site.toml");
+    rackwarden_config::load(&p).unwrap()
+}
+
+/// A snapshot where every input the site names was read at `at`.
+fn full_snapshot(site: &Site, at: u64) -> Snapshot {
+    let mut s = Snapshot::empty(site);
+    for (i, n) in site.nodes.iter().enumerate() {
+        if !n.meters.is_empty() {
+            s.set_meter(i, n.budget_kw * 0.5, at);
+        }
+    }
+    for (i, m) in site.miners.iter().enumerate() {
+        s.set_miner(i, m.nominal_w, MinerMode::Mining, at);
+        if m.outlet.is_some() {
+            s.set_outlet(i, true, at);
+        }
+    }
+    for (i, g) in site.gpu_nodes.iter().enumerate() {
+        let lim = GpuLimits {
+            enforced_w: 700.0,
+            min_w: 200.0,
+            max_w: 700.0,
+            default_w: 700.0,
+        };
+        s.set_gpu_node(i, 4000.0, g.gpus as usize, lim, true, at);
+    }
+    for (z, zone) in site.zones.iter().enumerate() {
+        for (u, unit) in zone.units.iter().enumerate() {
+            if unit.device.is_some() {
+                s.set_unit(z, u, UnitState::Running, at);
+            }
+        }
+    }
+    s
+}
+
+/// Runs one real decision on `snap` and records it in `hub`.
+fn decide_into(hub: &StatusHub, site: &Site, snap: &Snapshot, now: u64, tick: Tick) {
+    let topo = Topology::new(site);
+    let state = ControlState::new(site, 0);
+    let plan = control::decide(site, &topo, snap, &state, now, tick);
+    hub.record_decision(now, tick, snap, &plan.state, &plan.nodes, &plan.zones);
+}
+
+async fn call(
+    r: &axum::Router,
+    method: Method,
+    uri: &str,
+    auth: Option<&str>,
+) -> (StatusCode, String) {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    let resp = r
+        .clone()
+        .oneshot(b.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let code = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (code, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rackwarden-http-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn state_without_token(hub: Arc<StatusHub>) -> HttpState {
+    HttpState {
+        hub,
+        token: None,
+        journal: None,
+        overrides_file: None,
+    }
+}
+
+#[tokio::test]
+async fn healthz_answers_and_page_is_served() {
+    let r = router(state_without_token(StatusHub::new()));
+    assert_eq!(
+        call(&r, Method::GET, "/healthz", None).await.0,
+        StatusCode::OK
+    );
+    let (c, html) = call(&r, Method::GET, "/", None).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(html.contains("/page.js") && html.contains("id=\"tree\""));
+    let (c, js) = call(&r, Method::GET, "/page.js", None).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(js.contains("/api/v1/status"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn readyz_waits_for_fresh_data_from_every_collector() {
+    let site = site();
+    let hub = StatusHub::new();
+    let r = router(state_without_token(hub.clone()));
+    // No site yet.
+    let (c, body) = call(&r, Method::GET, "/readyz", None).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    hub.set_site(Arc::new(site.clone()), true, Duration::from_secs(1));
+    let (c, body) = call(&r, Method::GET, "/readyz", None).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no decision yet"), "{body}");
+
+    // A decision on an empty snapshot: every collector is named as not fresh.
+    decide_into(&hub, &site, &Snapshot::empty(&site), 10_000, Tick::Slow);
+    let (c, body) = call(&r, Method::GET, "/readyz", None).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("miners: no fresh reading"), "{body}");
+    assert!(body.contains("gpu node"), "{body}");
+    assert!(body.contains("modbus device"), "{body}");
+
+    // Everything read, but long ago: still not ready.
+    decide_into(
+        &hub,
+        &site,
+        &full_snapshot(&site, 1_000),
+        120_000,
+        Tick::Slow,
+    );
+    assert_eq!(
+        call(&r, Method::GET, "/readyz", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Everything fresh: ready.
+    decide_into(
+        &hub,
+        &site,
+        &full_snapshot(&site, 130_000),
+        130_500,
+        Tick::Slow,
+    );
+    let (c, body) = call(&r, Method::GET, "/readyz", None).await;
+    assert_eq!(c, StatusCode::OK, "{body}");
+    assert!(hub.loop_alive());
+
+    // The loop goes silent: not ready again once its deadline passes.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let (c, body) = call(&r, Method::GET, "/readyz", None).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("control loop silent"), "{body}");
+    assert!(!hub.loop_alive());
+}
+
+#[tokio::test]
+async fn status_shows_the_tree_zones_and_frames_by_time() {
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let r = router(state_without_token(hub.clone()));
+    decide_into(&hub, &site, &full_snapshot(&site, 5_000), 5_000, Tick::Slow);
+    decide_into(&hub, &site, &full_snapshot(&site, 6_000), 6_000, Tick::Fast);
+    let (c, body) = call(&r, Method::GET, "/api/v1/status", None).await;
+    assert_eq!(c, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["site"], site.id.as_str());
+    assert_eq!(v["frame"]["now_ms"], 6_000);
+    let nodes = v["frame"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), site.nodes.len());
+    for (n, row) in site.nodes.iter().zip(nodes) {
+        assert_eq!(row["id"], n.id.as_str());
+        assert_eq!(
+            row["budget_kw"].as_f64().unwrap(),
+            (n.budget_kw * 10.0).round() / 10.0
+        );
+    }
+    // GPU power lands on GPU racks and their ancestors; the site carries all of it.
+    let gpu_total: f64 = site.gpu_nodes.len() as f64 * 4.0;
+    assert!((nodes[0]["gpu_kw"].as_f64().unwrap() - gpu_total).abs() < 0.11);
+    // Zones come from the slow tick and are carried by the fast one.
+    let zones = v["frame"]["zones"].as_array().unwrap();
+    assert_eq!(zones.len(), site.zones.len());
+    assert!(zones.iter().all(|z| z["units"].as_array().is_some()));
+    // An older frame by its time; an unknown one is 404.
+    let (c, body) = call(&r, Method::GET, "/api/v1/status?at_ms=5000", None).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(body.contains("\"now_ms\":5000"));
+    assert_eq!(
+        call(&r, Method::GET, "/api/v1/status?at_ms=4999", None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn metrics_exposition_parses_and_holds_the_documented_series() {
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let r = router(state_without_token(hub.clone()));
+    decide_into(&hub, &site, &full_snapshot(&site, 5_000), 5_000, Tick::Slow);
+    hub.poll(
+        crate::metrics::PollClass::Modbus,
+        Duration::from_millis(4),
+        true,
+    );
+    hub.poll(
+        crate::metrics::PollClass::Miner,
+        Duration::from_millis(9),
+        false,
+    );
+    let (c, text) = call(&r, Method::GET, "/metrics", None).await;
+    assert_eq!(c, StatusCode::OK);
+
+    // Every line is a comment or a sample an independent parser accepts.
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(
+            matches!(
+                prometheus_parse::LineInfo::parse(line),
+                prometheus_parse::LineInfo::Sample { .. }
+            ),
+            "not a sample: {line}"
+        );
+    }
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let find = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| s.value.clone())
+    };
+    for n in &site.nodes {
+        let Some(prometheus_parse::Value::Gauge(b)) =
+            find("rackwarden_node_budget_watts", ("node", &n.id))
+        else {
+            panic!("no budget for {}", n.id);
+        };
+        assert!((b - n.budget_kw * 1000.0).abs() < 1e-6);
+        assert!(find("rackwarden_node_utilization_ratio", ("node", &n.id)).is_some());
+        assert!(find("rackwarden_node_projected_watts", ("node", &n.id)).is_some());
+    }
+    for z in &site.zones {
+        assert!(find("rackwarden_zone_redundant", ("zone", &z.id)).is_some());
+        assert!(find("rackwarden_zone_capacity_watts", ("zone", &z.id)).is_some());
+        assert!(find("rackwarden_zone_heat_load_watts", ("zone", &z.id)).is_some());
+    }
+    for g in &site.gpu_nodes {
+        assert_eq!(
+            find("rackwarden_gpu_node_power_watts", ("gpu_node", &g.id)),
+            Some(prometheus_parse::Value::Gauge(4000.0))
+        );
+        assert_eq!(
+            find("rackwarden_gpu_power_limit_watts", ("gpu_node", &g.id)),
+            Some(prometheus_parse::Value::Gauge(700.0))
+        );
+    }
+    assert_eq!(
+        find("rackwarden_miners", ("state", "normal")).map(|_| scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "rackwarden_miners")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()),
+        Some(site.miners.len() as f64)
+    );
+    assert_eq!(
+        find("rackwarden_poll_errors_total", ("class", "miner")),
+        Some(prometheus_parse::Value::Untyped(1.0)),
+        "OpenMetrics counters: TYPE names the family, the sample ends in _total"
+    );
+    assert!(find("rackwarden_poll_duration_seconds", ("class", "modbus")).is_some());
+    assert!(find("rackwarden_decisions_total", ("tick", "slow")).is_some());
+    assert!(text.contains("rackwarden_host_memory_total_bytes "));
+    assert!(text.contains("rackwarden_host_cpu_usage_ratio "));
+}
+
+/// State with a token and a journal in `dir`.
+fn state_with_token(hub: Arc<StatusHub>, dir: &Path) -> HttpState {
+    let tf = dir.join("http.token");
+    std::fs::write(&tf, "s3cret-operator-token\n").unwrap();
+    HttpState::new(
+        hub,
+        Some(&tf),
+        &dir.join("journal.jsonl"),
+        &dir.join("overrides.json"),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn overrides_need_the_token_and_are_journaled_and_alerted() {
+    let site = site();
+    let miner = site.miners[0].id.clone();
+    let rack = site.nodes[site.miners[0].rack].id.clone();
+    let unit = site.zones[0].units[0].id.clone();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let dir = temp_dir("overrides");
+    let journal = dir.join("journal.jsonl");
+
+    // Without a token file, overrides are off.
+    let off = router(state_without_token(hub.clone()));
+    let uri = format!("/api/v1/overrides/miner/{miner}");
+    assert_eq!(
+        call(&off, Method::PUT, &uri, Some("Bearer x")).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let r = router(state_with_token(hub.clone(), &dir));
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-operator-token-and-more"),
+        Some("Bearer "),
+        Some("Basic s3cret-operator-token"),
+        Some("s3cret-operator-token"),
+    ] {
+        let (c, _) = call(&r, Method::PUT, &uri, auth).await;
+        assert_eq!(c, StatusCode::UNAUTHORIZED, "auth {auth:?}");
+    }
+    assert_eq!(hub.override_set(), OverrideSet::default());
+    assert!(std::fs::read_to_string(&journal)
+        .unwrap_or_default()
+        .is_empty());
+
+    let ok = Some("Bearer s3cret-operator-token");
+    assert_eq!(call(&r, Method::PUT, &uri, ok).await.0, StatusCode::OK);
+    let (c, _) = call(
+        &r,
+        Method::PUT,
+        &format!("/api/v1/overrides/rack/{rack}"),
+        ok,
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let (c, _) = call(
+        &r,
+        Method::PUT,
+        &format!("/api/v1/overrides/unit/{unit}"),
+        ok,
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    // Unknown targets and kinds are refused.
+    assert_eq!(
+        call(&r, Method::PUT, "/api/v1/overrides/miner/no-such-miner", ok)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &r,
+            Method::PUT,
+            &format!("/api/v1/overrides/feed/{rack}"),
+            ok
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The loop gets them as indices.
+    let o = hub.overrides_for(&site);
+    assert!(o.curtailed_miners.contains(&0));
+    assert!(o.curtailed_racks.contains(&site.miners[0].rack));
+    assert!(o.units_in_maintenance.contains(&(0, 0)));
+
+    // Journaled, one line each.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["event"], "override.set");
+    assert_eq!(lines[0]["kind"], "miner");
+    assert_eq!(lines[0]["device"], miner.as_str());
+    assert_eq!(lines[2]["kind"], "unit");
+
+    // Release: journaled and alerted too; a repeat changes nothing and journals nothing.
+    assert_eq!(call(&r, Method::DELETE, &uri, ok).await.0, StatusCode::OK);
+    let (c, body) = call(&r, Method::DELETE, &uri, ok).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(body.contains("\"changed\":false"));
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(text.lines().count(), 4);
+    assert!(text.lines().last().unwrap().contains("override.cleared"));
+    assert!(!hub.overrides_for(&site).curtailed_miners.contains(&0));
+
+    // Kept across a restart: a new hub reads the file.
+    let again = StatusHub::new();
+    let _ = state_with_token(again.clone(), &dir);
+    assert_eq!(again.override_set(), hub.override_set());
+    assert!(again.override_set().racks.contains(&rack));
+    assert!(!again.override_set().miners.contains(&miner));
+
+    // Alerts reach the status document and the counters.
+    decide_into(&hub, &site, &full_snapshot(&site, 1_000), 1_000, Tick::Slow);
+    let st = hub.status(None).unwrap();
+    let names: Vec<&str> = st.alerts.iter().map(|a| a.name).collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == crate::alerts::OPERATOR_OVERRIDE_SET)
+            .count(),
+        3
+    );
+    assert!(names.contains(&crate::alerts::OPERATOR_OVERRIDE_CLEARED));
+    assert!(hub.metrics.encode().contains(
+        "rackwarden_alerts_total{alert=\"operator.override.set\",severity=\"warning\"} 3"
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_override_holds_a_rack_curtailed_in_the_decision() {
+    // The loop copies the overrides into the snapshot; decide then sheds the rack's
+    // miners with reason `operator`, and the status says so.
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let rack = site.miners[0].rack;
+    assert!(hub.set_override(OverrideKind::Rack, &site.nodes[rack].id, true));
+    let topo = Topology::new(&site);
+    let mut state = ControlState::new(&site, 0);
+    let mut now = 0;
+    let mut operator_actions = 0;
+    for k in 0..5u64 {
+        now = 100_000 + k * 5_000;
+        let mut snap = full_snapshot(&site, now);
+        snap.overrides = hub.overrides_for(&site);
+        let plan = control::decide(&site, &topo, &snap, &state, now, Tick::Slow);
+        for a in &plan.actions {
+            hub.record_action(now, a, true);
+            if a.reason == control::Reason::Operator {
+                operator_actions += 1;
+            }
+        }
+        hub.record_decision(
+            now,
+            Tick::Slow,
+            &snap,
+            &plan.state,
+            &plan.nodes,
+            &plan.zones,
+        );
+        state = plan.state;
+    }
+    let in_rack = site.miners.iter().filter(|m| m.rack == rack).count();
+    assert!(
+        operator_actions >= in_rack,
+        "{operator_actions} < {in_rack}"
+    );
+    let st = hub.status(None).unwrap();
+    let held: Vec<_> = st.curtailed.iter().filter(|c| c.operator).collect();
+    assert_eq!(held.len(), in_rack, "now {now}");
+    assert!(held.iter().all(|c| c.rack == site.nodes[rack].id));
+}
+
+#[test]
+fn token_comparison_is_exact() {
+    let t = Token::new("abc\n");
+    assert!(t.matches("abc"));
+    assert!(!t.matches("abd"));
+    assert!(!t.matches("ab"));
+    assert!(!t.matches(""));
+    let dir = temp_dir("token");
+    let p = dir.join("empty");
+    std::fs::write(&p, "  \n").unwrap();
+    assert!(matches!(
+        Token::from_file(&p),
+        Err(HttpError::TokenEmpty { .. })
+    ));
+    assert!(matches!(
+        Token::from_file(&dir.join("missing")),
+        Err(HttpError::TokenFile { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
