@@ -5,7 +5,8 @@ Polls the same simulated devices with the same requests as rackwarden's client
 (generic-pdu: holding 0..10, holding 100..148, coils 0..48, one TCP connection per
 device) through pymodbus's async client, one collector coroutine per device polling
 once per second for --seconds (all together, or spread with --spread), decodes the values
-the same way, and prints one JSON line: reads, errors, wall_s, cpu_s (user + system), sys_s, rss_kb.
+the same way, and prints one JSON line: reads, errors, wall_s, cpu_s (user + system), sys_s, rss_kb,
+p99_ms (one device read, successful reads).
 """
 
 import argparse
@@ -68,6 +69,7 @@ async def main():
     ]
     await asyncio.gather(*(c.connect() for c in clients))
     counts = {"reads": 0, "errors": 0}
+    lat = []
     cpu0 = time.process_time()
     sys0 = os.times().system
     t0 = time.monotonic()
@@ -77,8 +79,10 @@ async def main():
         offset = i / len(clients) if args.spread else 0.0
         for tick in range(args.seconds):
             await asyncio.sleep(max(0.0, t0 + offset + tick - time.monotonic()))
+            t = time.monotonic()
             try:
                 values = await read_device(client, unit)
+                lat.append(time.monotonic() - t)
                 ok = len(values) == 104 and values["inlet_power"] == 12.5
             except Exception:  # a timeout or a broken connection counts as an error
                 ok = False
@@ -94,6 +98,8 @@ async def main():
     for c in clients:
         c.close()
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    lat.sort()
+    p99_ms = lat[(len(lat) - 1) * 99 // 100] * 1e3 if lat else float("nan")
     print(
         json.dumps(
             {
@@ -104,6 +110,7 @@ async def main():
                 "cpu_s": cpu,
                 "sys_s": sys_s,
                 "rss_kb": rss_kb,
+                "p99_ms": p99_ms,
             }
         ),
         flush=True,

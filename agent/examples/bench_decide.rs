@@ -7,7 +7,8 @@
 //! the run alternates calm stretches with GPU surges (a feed's GPU limits raised to their
 //! maximum, which makes the controller shed and later restore mining), so the timed ticks
 //! include sheds, restores and their confirmations, not only idle ticks. Prints median,
-//! p99 and maximum of the time per tick, fast and slow ticks apart.
+//! p99 and maximum of the wall time per tick, fast and slow ticks apart, and of the
+//! thread's CPU time per tick (`cpu`: unaffected by other processes on a busy machine).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,6 +149,14 @@ fn main() -> ExitCode {
     let mut snap = Snapshot::empty(&site);
     let mut state = ControlState::new(&site, 0);
     let (mut fast, mut slow) = (Vec::new(), Vec::new());
+    // CPU time of this thread per tick: on a shared machine, wall time includes the
+    // time other processes held the core.
+    let mut cpu = Vec::new();
+    let thread_cpu_ms = || {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(|t| t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6)
+            .unwrap_or(f64::NAN)
+    };
     let (mut actions, mut sheds, mut restores) = (0usize, 0usize, 0usize);
     let warmup = 65;
     // Miner commands take effect 3 s later: (due, miner, lever, watts).
@@ -188,10 +197,13 @@ fn main() -> ExitCode {
         });
         observe(&site, &topo, &world, &mut snap, now);
         let tick = if k % 5 == 0 { Tick::Slow } else { Tick::Fast };
+        let c0 = thread_cpu_ms();
         let t = Instant::now();
         let plan = decide_owned(&site, &topo, &snap, state, now, tick);
         let ms = t.elapsed().as_secs_f64() * 1000.0;
+        let cpu_ms = thread_cpu_ms() - c0;
         if k > warmup {
+            cpu.push(cpu_ms);
             match tick {
                 Tick::Fast => fast.push(ms),
                 Tick::Slow => slow.push(ms),
@@ -219,6 +231,7 @@ fn main() -> ExitCode {
     report("fast", fast);
     report("slow", slow);
     report("all", all);
+    report("cpu", cpu);
     println!("{actions} actions in the timed ticks ({sheds} sheds, {restores} restores overall)");
     ExitCode::SUCCESS
 }

@@ -105,7 +105,7 @@ fn valid_files_print_the_summary() {
         stdout.contains("zones       2 (7 cooling units"),
         "{stdout}"
     );
-    assert!(stdout.contains("budget      1040.0 kW"), "{stdout}");
+    assert!(stdout.contains("budget      1200.0 kW"), "{stdout}");
     let (code, stdout, _) = check_config(&repo().join("config/tests/data/valid/minimal.toml"));
     assert_eq!(code, 0);
     assert!(

@@ -8,6 +8,8 @@ w('''# rackwarden example site: a converted mining site that now hosts four GB20
 [site]
 id = "example-site"
 name = "Example converted mining site"
+# The utility service: its own limit, above either feed (the feeds are the tighter limits).
+rating_kw = 1500
 derate = 1.0
 
 [agent]

@@ -67,7 +67,7 @@ impl TempSite {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let text = std::fs::read_to_string(repo().join("examples/site.toml")).unwrap();
-        std::fs::write(dir.join("site.toml"), edit(text)).unwrap();
+        std::fs::write(dir.join("site.toml"), edit(relocate(&text))).unwrap();
         std::fs::copy(
             repo().join("examples/gpu-node.token"),
             dir.join("gpu-node.token"),
@@ -96,6 +96,16 @@ impl Drop for TempSite {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Moves the example site off its fixed loopback addresses onto a network of this test
+/// process (127.K.x.y), so a simulator left running elsewhere on the machine cannot take
+/// its ports: miners `127.1.x.y` -> `127.K.x.y`, devices and GPU nodes `127.0.0.1` ->
+/// `127.K.250.1`.
+pub fn relocate(site: &str) -> String {
+    let k = 2 + std::process::id() % 250;
+    site.replace("\"127.1.", &format!("\"127.{k}."))
+        .replace("\"127.0.0.1", &format!("\"127.{k}.250.1"))
 }
 
 /// A child process whose stdout and stderr lines are collected as they come.

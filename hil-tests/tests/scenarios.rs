@@ -78,12 +78,22 @@ fn gpu_surge_sheds_feed_a_only_before_its_budget_and_restores_without_cycling() 
     let sheds: Vec<_> = acts.iter().filter(|x| is_shed(&x.2)).collect();
     assert!(!sheds.is_empty(), "no shed at all\n{}", a.dump());
     for (t, dev, lever, node) in &sheds {
+        // A cooling zone may shed on its own account (a CRAH reading late on a loaded
+        // machine counts as unavailable); every power shed is feed A's.
+        if matches!(node.as_str(), "air-mining" | "liquid-gpu") {
+            continue;
+        }
         assert!(
-            dev.starts_with("mine-a"),
-            "shed outside feed A: {dev} {lever} on {node} at {t:.0} s"
+            dev.starts_with("mine-a") && *t >= 115.0,
+            "power shed outside feed A or before the surge: {dev} {lever} on {node} at {t:.0} s"
         );
-        assert!(*t >= 115.0, "shed before the surge: {dev} at {t:.0} s");
     }
+    // Mining was there to shed: no GPU was capped (CONTROL.md invariant 2).
+    assert!(
+        !acts.iter().any(|x| x.2 == "gpu_cap"),
+        "a GPU cap while miners could be shed\n{}",
+        a.dump()
+    );
     assert!(
         alerts.iter().any(|n| n == "power.budget.shed"),
         "{alerts:?}"

@@ -159,6 +159,8 @@ struct Outcome {
     cpu_s: f64,
     sys_s: f64,
     rss_kib: u64,
+    /// 99th percentile of one device read (request to decoded values), ms.
+    p99_ms: f64,
 }
 
 async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
@@ -217,9 +219,13 @@ async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
             };
             let mut tick = tokio::time::interval_at(start + offset, Duration::from_secs(1));
             let (mut ok, mut bad) = (0u64, Vec::<String>::new());
+            let mut lat = Vec::with_capacity(usize::try_from(rounds).unwrap_or(0));
             for round in 0..rounds {
                 tick.tick().await;
-                match pool.read_device(d).await {
+                let t = std::time::Instant::now();
+                let r = pool.read_device(d).await;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                match r {
                     Ok(r) if r.values.len() == 152 && r.get("inlet_power", 1) == Some(12.5) => {
                         ok += 1;
                     }
@@ -227,13 +233,15 @@ async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
                     Err(e) => bad.push(format!("round {round}: {}", kind(&e))),
                 }
             }
-            (ok, bad)
+            (ok, bad, lat)
         });
     }
     let (mut reads, mut errors) = (0, 0);
+    let mut lat_all: Vec<f64> = Vec::new();
     let mut kinds: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     while let Some(r) = set.join_next().await {
-        let (ok, bad) = r.unwrap_or_else(|_| (0, vec!["task failed".into()]));
+        let (ok, bad, lat) = r.unwrap_or_else(|_| (0, vec!["task failed".into()], vec![]));
+        lat_all.extend(lat);
         reads += ok;
         errors += bad.len() as u64;
         for b in bad {
@@ -254,7 +262,17 @@ async fn rust_client(a: &Args, ports: &[u16]) -> Outcome {
         cpu_s: (cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1),
         sys_s: cpu1.1 - cpu0.1,
         rss_kib,
+        p99_ms: p99(lat_all),
     }
+}
+
+/// Nearest-rank 99th percentile.
+fn p99(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) * 99 / 100]
 }
 
 fn python_client(a: &Args, ports: &[u16]) -> Result<Outcome, String> {
@@ -290,6 +308,7 @@ fn python_client(a: &Args, ports: &[u16]) -> Result<Outcome, String> {
         cpu_s: num("cpu_s"),
         sys_s: num("sys_s"),
         rss_kib: int("rss_kb"),
+        p99_ms: num("p99_ms"),
     })
 }
 
@@ -314,12 +333,20 @@ fn per_read(o: &Outcome) -> f64 {
 #[allow(clippy::cast_precision_loss)]
 fn report(rows: &[Outcome], seconds: u64) {
     println!(
-        "{:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>12} {:>13}",
-        "client", "reads", "errors", "reads/s", "cpu_s", "(sys_s)", "cpu_us/read", "peak_rss_MiB"
+        "{:<26} {:>7} {:>6} {:>9} {:>8} {:>8} {:>12} {:>8} {:>13}",
+        "client",
+        "reads",
+        "errors",
+        "reads/s",
+        "cpu_s",
+        "(sys_s)",
+        "cpu_us/read",
+        "p99_ms",
+        "peak_rss_MiB"
     );
     for o in rows {
         println!(
-            "{:<26} {:>7} {:>6} {:>9.1} {:>8.3} {:>8.3} {:>12.1} {:>13.1}",
+            "{:<26} {:>7} {:>6} {:>9.1} {:>8.3} {:>8.3} {:>12.1} {:>8.2} {:>13.1}",
             o.name,
             o.reads,
             o.errors,
@@ -327,7 +354,26 @@ fn report(rows: &[Outcome], seconds: u64) {
             o.cpu_s,
             o.sys_s,
             per_read(o) * 1e6,
+            o.p99_ms,
             o.rss_kib as f64 / 1024.0
+        );
+    }
+    // One machine-readable line per client (bench/run.py reads them).
+    for o in rows {
+        println!(
+            "{}",
+            serde_json::json!({
+                "client": o.name,
+                "reads": o.reads,
+                "errors": o.errors,
+                "wall_s": o.wall_s,
+                "reads_per_s": o.reads as f64 / o.wall_s.max(seconds as f64).max(1e-9),
+                "cpu_s": o.cpu_s,
+                "cpu_us_per_read": per_read(o) * 1e6,
+                "core_fraction": o.cpu_s / o.wall_s.max(seconds as f64).max(1e-9),
+                "p99_ms": o.p99_ms,
+                "rss_kib": o.rss_kib,
+            })
         );
     }
 }

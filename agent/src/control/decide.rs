@@ -163,6 +163,7 @@ pub fn decide_owned(
     for (i, ns) in st.nodes.iter_mut().enumerate() {
         ns.other_kw = loads.other_kw[i];
         ns.other_at = loads.other_at[i];
+        ns.other_reserve_kw = loads.other_reserve_kw[i];
     }
     let frozen = cx.frozen();
     let nodes = site

@@ -96,6 +96,8 @@ pub struct Loads {
     /// Per node (racks only): peak other load and when that peak was set.
     pub other_kw: Vec<f64>,
     pub other_at: Vec<Millis>,
+    /// Per rack: the GPU reserve the held `other_kw` was measured against.
+    pub other_reserve_kw: Vec<f64>,
     /// Per node: projected load, kW.
     pub proj_kw: Vec<f64>,
     /// Per node: GPU reserve under it, kW.
@@ -132,6 +134,7 @@ impl Loads {
             rack_reserve_kw: vec![0.0; n],
             other_kw: vec![0.0; n],
             other_at: vec![now; n],
+            other_reserve_kw: vec![0.0; n],
             proj_kw: vec![0.0; n],
             reserve_kw: vec![0.0; n],
             miners_kw: vec![0.0; n],
@@ -204,10 +207,12 @@ impl Loads {
                 .map_or(0.0, |r| {
                     (r.kw - reserve - miners - pending_rack[i]).max(0.0)
                 });
-            let (prev, prev_at) = st
-                .nodes
-                .get(i)
-                .map_or((0.0, now), |s| (s.other_kw, s.other_at));
+            let (prev, prev_at, prev_reserve) = st.nodes.get(i).map_or((0.0, now, reserve), |s| {
+                (s.other_kw, s.other_at, s.other_reserve_kw)
+            });
+            // A held peak measured while the limits were lower partly is GPU load the
+            // reserve now counts: take the reserve's rise off it.
+            let prev = (prev - (reserve - prev_reserve).max(0.0)).max(0.0);
             let held = now.saturating_sub(prev_at) < p.restore_hold_s.saturating_mul(1000);
             let (other, other_at) = if now_other >= prev || !held {
                 (now_other, now)
@@ -217,6 +222,7 @@ impl Loads {
             loads.rack_reserve_kw[i] = reserve;
             loads.other_kw[i] = other;
             loads.other_at[i] = other_at;
+            loads.other_reserve_kw[i] = reserve;
             let total = reserve + miners + other;
             for &a in &topo.ancestors[i] {
                 loads.proj_kw[a] += total;

@@ -125,6 +125,11 @@ pub struct NodeState {
     /// held for `restore_hold_s` so GPU swings cannot make it flicker.
     pub other_kw: f64,
     pub other_at: Millis,
+    /// The rack's GPU reserve when `other_kw` was last computed: when the reserve rises
+    /// (limits raised after the meter already showed the load), the held peak is lowered
+    /// by as much, so the same kilowatts are not counted twice.
+    #[serde(default)]
+    pub other_reserve_kw: f64,
     pub meter_stale_alerted: bool,
     pub silent_alerted: bool,
     pub unmet_alerted: bool,

@@ -147,6 +147,8 @@ struct SimState {
     ramp: Ramp,
     fault: Fault,
     log: Vec<String>,
+    /// When each logged command arrived (benchmarks measure reaction times from it).
+    log_at: Vec<Instant>,
     session: Option<String>,
     wm_token: Option<(String, String, String)>,
     http_token: Option<String>,
@@ -180,6 +182,7 @@ impl SimMiner {
             },
             fault: Fault::None,
             log: Vec::new(),
+            log_at: Vec::new(),
             session: None,
             wm_token: None,
             http_token: None,
@@ -235,6 +238,16 @@ impl SimMiner {
         self.st().log.clone()
     }
 
+    /// Control commands received with the instant each arrived, in order.
+    pub fn commands_at(&self) -> Vec<(Instant, String)> {
+        let st = self.st();
+        st.log_at
+            .iter()
+            .copied()
+            .zip(st.log.iter().cloned())
+            .collect()
+    }
+
     /// The site-model miner that points at this simulated one (factory login: set
     /// `credentials` when the spec's password differs).
     pub fn to_config(&self) -> Miner {
@@ -276,6 +289,7 @@ impl SimMiner {
     fn control(&self, what: &str, mode: Option<MinerMode>, target: Option<f64>) {
         let mut st = self.st();
         st.log.push(what.to_owned());
+        st.log_at.push(Instant::now());
         if st.fault == Fault::IgnoreCommands {
             return;
         }
