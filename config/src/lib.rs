@@ -133,7 +133,75 @@ pub fn load(file: &Path) -> Result<Site, ConfigErrors> {
     let base = file
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    load_str(&text, file, &base)
+    let site = load_str(&text, file, &base)?;
+    for e in exposed_files(file, &site, &base) {
+        tracing::warn!(
+            path = %e.path.display(),
+            what = e.what,
+            mode = format!("{:o}", e.mode),
+            "file is readable by group or others; chmod 600 it"
+        );
+    }
+    Ok(site)
+}
+
+/// A file the agent reads that others on the host can read too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    pub path: PathBuf,
+    /// `site file`, `miner password file`, `gpu node token file`, `http token file`.
+    pub what: &'static str,
+    /// Permission bits (`0o644`).
+    pub mode: u32,
+}
+
+/// The site file and every secret file it names (miner password files, GPU node token
+/// files, the HTTP override token file) that group or others may read: the site file
+/// maps every breaker and miner of the site, the others hold credentials. Files that
+/// cannot be read are left to the code that reads them (it reports them as errors).
+/// [`load`] logs each as a warning; `check-config` and start-up both go through it.
+pub fn exposed_files(file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
+    let mut files: Vec<(PathBuf, &'static str)> = vec![(file.to_path_buf(), "site file")];
+    for m in &site.miners {
+        if let Some(p) = m
+            .credentials
+            .as_ref()
+            .and_then(|c| c.password_file.as_ref())
+        {
+            files.push((validate::resolve(base, p), "miner password file"));
+        }
+    }
+    for g in &site.gpu_nodes {
+        if let Some(p) = &g.token_file {
+            files.push((p.clone(), "gpu node token file"));
+        }
+    }
+    if let Some(p) = &site.agent.http_token_file {
+        files.push((validate::resolve(base, p), "http token file"));
+    }
+    // Miner groups and GPU nodes share files: one warning each.
+    files.sort();
+    files.dedup_by(|a, b| a.0 == b.0);
+    files
+        .into_iter()
+        .filter_map(|(path, what)| {
+            let mode = shared_mode(&path)?;
+            Some(Exposure { path, what, mode })
+        })
+        .collect()
+}
+
+/// The permission bits of a file readable (or writable) by group or others.
+#[cfg(unix)]
+fn shared_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn shared_mode(_: &Path) -> Option<u32> {
+    None
 }
 
 fn first_line(s: &str) -> String {
