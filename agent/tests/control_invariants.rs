@@ -14,6 +14,9 @@
 
 mod control_support;
 
+use control_support::checks::{
+    controllable, is_miner_restore, rack_of, restore_kw, scope_miners, window_count,
+};
 use control_support::{gen_site, load, Sim, Step};
 use proptest::prelude::*;
 use rackwarden::control::decide::has_target;
@@ -175,49 +178,6 @@ fn config() -> ProptestConfig {
     }
 }
 
-fn scope_miners(sim: &Sim, scope: Scope) -> &[usize] {
-    match scope {
-        Scope::Node(n) => &sim.topo.miners_under[n],
-        Scope::Zone(z) => &sim.topo.zone_miners[z],
-        Scope::Device => &[],
-    }
-}
-
-/// A miner that draws above idle with a lever left.
-fn controllable(sim: &Sim, st: &ControlState, m: usize) -> bool {
-    let miner = &sim.site.miners[m];
-    matches!(st.miners[m].intent, Intent::Normal | Intent::Target { .. })
-        && (miner.firmware.levers().sleep || sim.topo.outlet_ok[m])
-}
-
-fn is_miner_restore(a: &Action) -> bool {
-    matches!(
-        a.lever,
-        Lever::Wake | Lever::OutletOn | Lever::PowerTargetRaise
-    )
-}
-
-fn rack_of(sim: &Sim, a: &Action) -> usize {
-    match a.device {
-        Device::Miner(i) => sim.site.miners[i].rack,
-        Device::GpuNode(g) => sim.site.gpu_nodes[g].rack,
-    }
-}
-
-fn restore_kw(step: &Step, a: &Action) -> f64 {
-    match a.device {
-        Device::Miner(_) => (a.to_w - a.from_w) / 1000.0,
-        Device::GpuNode(g) => {
-            let count = step.snap.gpu(g).map_or(0, |r| r.gpus.len()) as f64;
-            (a.to_w - a.from_w) * count / 1000.0
-        }
-    }
-}
-
-fn hour_count(times: &[u64], now: u64, window: u64) -> usize {
-    times.iter().filter(|&&t| now - t < window).count()
-}
-
 proptest! {
     #![proptest_config(config())]
 
@@ -303,10 +263,10 @@ proptest! {
                 let pre = &step.pre.miners[i];
                 let ok = match a.lever {
                     Lever::Sleep => pre.woke_at.is_none_or(|t| now - t >= p.min_on_s * 1000)
-                        && hour_count(&pre.sleep_cycles, now, 3_600_000) < p.max_sleep_cycles_per_hour as usize,
+                        && window_count(&pre.sleep_cycles, now, 3_600_000) < p.max_sleep_cycles_per_hour as usize,
                     Lever::Wake => pre.slept_at.is_none_or(|t| now - t >= p.min_off_s * 1000),
                     Lever::OutletOn => now - pre.since >= p.min_off_s * 1000,
-                    Lever::OutletOff => hour_count(&pre.power_cycles, now, 86_400_000) < p.max_power_cycles_per_day as usize,
+                    Lever::OutletOff => window_count(&pre.power_cycles, now, 86_400_000) < p.max_power_cycles_per_day as usize,
                     _ => true,
                 };
                 if !ok {

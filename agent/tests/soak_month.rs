@@ -33,6 +33,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::Path;
 
+use control_support::checks::{
+    controllable, is_miner_restore, rack_of, restore_kw, scope_miners, window_count,
+};
 use control_support::{Sim, Step};
 use rackwarden::control::decide::has_target;
 use rackwarden::control::{
@@ -333,49 +336,6 @@ fn day_curve(now: u64) -> f64 {
 }
 
 // ---- The invariants of docs/control.md, as in control_invariants.rs, on one step. ----
-
-fn scope_miners(sim: &Sim, scope: Scope) -> &[usize] {
-    match scope {
-        Scope::Node(n) => &sim.topo.miners_under[n],
-        Scope::Zone(z) => &sim.topo.zone_miners[z],
-        Scope::Device => &[],
-    }
-}
-
-/// A miner that draws above idle with a lever left.
-fn controllable(sim: &Sim, st: &ControlState, m: usize) -> bool {
-    let miner = &sim.site.miners[m];
-    matches!(st.miners[m].intent, Intent::Normal | Intent::Target { .. })
-        && (miner.firmware.levers().sleep || sim.topo.outlet_ok[m])
-}
-
-fn is_miner_restore(a: &Action) -> bool {
-    matches!(
-        a.lever,
-        Lever::Wake | Lever::OutletOn | Lever::PowerTargetRaise
-    )
-}
-
-fn rack_of(sim: &Sim, a: &Action) -> usize {
-    match a.device {
-        Device::Miner(i) => sim.site.miners[i].rack,
-        Device::GpuNode(g) => sim.site.gpu_nodes[g].rack,
-    }
-}
-
-fn restore_kw(step: &Step, a: &Action) -> f64 {
-    match a.device {
-        Device::Miner(_) => (a.to_w - a.from_w) / 1000.0,
-        Device::GpuNode(g) => {
-            let count = step.snap.gpu(g).map_or(0, |r| r.gpus.len()) as f64;
-            (a.to_w - a.from_w) * count / 1000.0
-        }
-    }
-}
-
-fn window_count(times: &[u64], now: u64, window: u64) -> usize {
-    times.iter().filter(|&&t| now - t < window).count()
-}
 
 /// Memory the invariants need across ticks.
 #[derive(Default)]

@@ -667,3 +667,53 @@ impl Sim {
             .collect()
     }
 }
+
+/// Helpers the invariant checks share (control_invariants.rs and soak_month.rs).
+pub mod checks {
+    use rackwarden::control::{Action, ControlState, Device, Intent, Lever, Scope};
+
+    use super::{Sim, Step};
+
+    pub fn scope_miners(sim: &Sim, scope: Scope) -> &[usize] {
+        match scope {
+            Scope::Node(n) => &sim.topo.miners_under[n],
+            Scope::Zone(z) => &sim.topo.zone_miners[z],
+            Scope::Device => &[],
+        }
+    }
+
+    /// A miner that draws above idle with a lever left.
+    pub fn controllable(sim: &Sim, st: &ControlState, m: usize) -> bool {
+        let miner = &sim.site.miners[m];
+        matches!(st.miners[m].intent, Intent::Normal | Intent::Target { .. })
+            && (miner.firmware.levers().sleep || sim.topo.outlet_ok[m])
+    }
+
+    pub fn is_miner_restore(a: &Action) -> bool {
+        matches!(
+            a.lever,
+            Lever::Wake | Lever::OutletOn | Lever::PowerTargetRaise
+        )
+    }
+
+    pub fn rack_of(sim: &Sim, a: &Action) -> usize {
+        match a.device {
+            Device::Miner(i) => sim.site.miners[i].rack,
+            Device::GpuNode(g) => sim.site.gpu_nodes[g].rack,
+        }
+    }
+
+    pub fn restore_kw(step: &Step, a: &Action) -> f64 {
+        match a.device {
+            Device::Miner(_) => (a.to_w - a.from_w) / 1000.0,
+            Device::GpuNode(g) => {
+                let count = step.snap.gpu(g).map_or(0, |r| r.gpus.len()) as f64;
+                (a.to_w - a.from_w) * count / 1000.0
+            }
+        }
+    }
+
+    pub fn window_count(times: &[u64], now: u64, window: u64) -> usize {
+        times.iter().filter(|&&t| now - t < window).count()
+    }
+}
