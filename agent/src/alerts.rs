@@ -21,6 +21,20 @@ pub const OPERATOR_OVERRIDE_SET: &str = "operator.override.set";
 /// An operator override was cleared.
 pub const OPERATOR_OVERRIDE_CLEARED: &str = "operator.override.cleared";
 
+/// HA (issue 11): this agent won the election and acts from now on.
+pub const HA_LEADER_ACQUIRED: &str = "ha.leader.acquired";
+/// HA: this agent stopped acting (lease not renewed in time, etcd unreachable, another
+/// leader's key in place, shutdown).
+pub const HA_LEADER_LOST: &str = "ha.leader.lost";
+/// HA: an action decided under a leadership that has since ended was refused before
+/// the wire (fencing).
+pub const HA_ACTION_FENCED: &str = "ha.action.fenced";
+/// HA: the etcd cluster cannot be reached; this agent cannot lead (it keeps polling).
+pub const HA_ETCD_UNREACHABLE: &str = "ha.etcd.unreachable";
+/// HA: the leader could not store its control intent in etcd (it keeps acting while its
+/// lease holds; a takeover would start from the last stored intent).
+pub const HA_INTENT_UNSAVED: &str = "ha.intent.unsaved";
+
 /// Alerts raised by the runtime rather than by `decide`.
 pub const RUNTIME_ALERTS: &[&str] = &[
     STATE_CORRUPT,
@@ -28,6 +42,11 @@ pub const RUNTIME_ALERTS: &[&str] = &[
     CONFIG_RELOADED,
     OPERATOR_OVERRIDE_SET,
     OPERATOR_OVERRIDE_CLEARED,
+    HA_LEADER_ACQUIRED,
+    HA_LEADER_LOST,
+    HA_ACTION_FENCED,
+    HA_ETCD_UNREACHABLE,
+    HA_INTENT_UNSAVED,
 ];
 
 /// Every alert name the agent can emit.

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod cli;
 pub mod control;
+pub mod ha;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -228,8 +228,21 @@ pub struct Site {
     pub gpu_nodes: Vec<GpuNode>,
     pub policy: Policy,
     pub agent: AgentSettings,
+    /// Active/standby through etcd (`[ha]`); None: the agent runs alone.
+    pub ha: Option<Ha>,
     #[serde(skip)]
     index: HashMap<String, Ref>,
+}
+
+/// The validated `[ha]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ha {
+    pub etcd_endpoints: Vec<String>,
+    /// This agent's name (the host name unless set).
+    pub node: String,
+    /// Key prefix without a trailing slash.
+    pub prefix: String,
+    pub lease_ttl_s: u64,
 }
 
 /// What an id names.
@@ -287,6 +300,7 @@ impl Site {
             gpu_nodes,
             policy,
             agent,
+            ha: None,
             index,
         }
     }

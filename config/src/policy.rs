@@ -138,3 +138,26 @@ impl Default for AgentSettings {
         }
     }
 }
+
+/// High availability (`[ha]`, issue 11): an active/standby pair of agents that elect
+/// their leader through etcd. Without the section the agent runs alone.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSettings {
+    /// etcd client URLs (`http://host:2379`) of the site's cluster (three members).
+    pub etcd_endpoints: Vec<String>,
+    /// This agent's name in the pair; unique per host. Default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Key prefix of the election and the shared intent. Default: `/rackwarden/<site id>`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Lease TTL, seconds: a dead leader is replaced within it. The leader stops acting
+    /// a third of it before the lease can expire.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+}
+
+fn default_lease_ttl_s() -> u64 {
+    10
+}

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::policy::{AgentSettings, Policy};
+use crate::policy::{AgentSettings, HaSettings, Policy};
 
 /// The whole site file.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +16,9 @@ pub struct RawConfig {
     pub agent: AgentSettings,
     #[serde(default)]
     pub policy: Policy,
+    /// Active/standby through etcd; absent: the agent runs alone.
+    #[serde(default)]
+    pub ha: Option<HaSettings>,
     #[serde(default)]
     pub feeds: Vec<RawNode>,
     #[serde(default)]

@@ -806,10 +806,15 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     );
     let gpu_nodes = build_gpu_nodes(&mut errs, raw, &nodes, &node_idx, base);
 
+    let ha = raw
+        .ha
+        .as_ref()
+        .and_then(|h| check_ha(&mut errs, h, &raw.site.id));
+
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
-    Ok(Site::new(
+    let mut site = Site::new(
         raw.site.id.clone(),
         raw.site.name.clone(),
         derate,
@@ -820,7 +825,76 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         gpu_nodes,
         raw.policy.clone(),
         raw.agent.clone(),
-    ))
+    );
+    site.ha = ha;
+    Ok(site)
+}
+
+/// `[ha]`: endpoints that parse as `http(s)://host:port` (or `host:port`), a lease TTL
+/// long enough for the leader's own deadline to sit a second or more inside it.
+fn check_ha(errs: &mut Errors, h: &crate::policy::HaSettings, site_id: &str) -> Option<crate::Ha> {
+    let before = errs.0.len();
+    if h.etcd_endpoints.is_empty() {
+        errs.push(
+            "ha.etcd_endpoints",
+            "no etcd endpoint: give the client URLs of the site's etcd members".to_owned(),
+        );
+    }
+    for (i, e) in h.etcd_endpoints.iter().enumerate() {
+        let hostport = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
+            .unwrap_or(e);
+        let ok = hostport.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            errs.push(
+                format!("ha.etcd_endpoints[{i}]"),
+                format!("`{e}` is not an etcd client URL (http://host:port)"),
+            );
+        }
+    }
+    if !(3..=120).contains(&h.lease_ttl_s) {
+        errs.push(
+            "ha.lease_ttl_s",
+            format!(
+                "{} s is outside 3..=120 (the leader stops acting a third of it before the lease expires)",
+                h.lease_ttl_s
+            ),
+        );
+    }
+    let node = match &h.node {
+        Some(n) if n.trim().is_empty() || n.contains('/') => {
+            errs.push(
+                "ha.node",
+                format!("`{n}` is not a node name (non-empty, no `/`)"),
+            );
+            String::new()
+        }
+        Some(n) => n.clone(),
+        None => sysinfo::System::host_name().unwrap_or_default(),
+    };
+    if h.node.is_none() && node.is_empty() {
+        errs.push(
+            "ha.node",
+            "the host name cannot be read: name this agent with `node`".to_owned(),
+        );
+    }
+    let prefix = match &h.prefix {
+        Some(p) if !p.starts_with('/') || p.len() < 2 => {
+            errs.push("ha.prefix", format!("`{p}` must start with `/`"));
+            String::new()
+        }
+        Some(p) => p.trim_end_matches('/').to_owned(),
+        None => format!("/rackwarden/{site_id}"),
+    };
+    (errs.0.len() == before).then(|| crate::Ha {
+        etcd_endpoints: h.etcd_endpoints.clone(),
+        node,
+        prefix,
+        lease_ttl_s: h.lease_ttl_s,
+    })
 }
 
 fn build_devices(

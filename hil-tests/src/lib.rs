@@ -103,9 +103,14 @@ impl Drop for TempSite {
 /// its ports: miners `127.1.x.y` -> `127.K.x.y`, devices and GPU nodes `127.0.0.1` ->
 /// `127.K.250.1`.
 pub fn relocate(site: &str) -> String {
-    let k = 2 + std::process::id() % 250;
+    let k = net_k();
     site.replace("\"127.1.", &format!("\"127.{k}."))
         .replace("\"127.0.0.1", &format!("\"127.{k}.250.1"))
+}
+
+/// The second octet of this test process's loopback network (`127.K.*`).
+pub fn net_k() -> u32 {
+    2 + std::process::id() % 250
 }
 
 /// A child process whose stdout and stderr lines are collected as they come.

@@ -18,7 +18,7 @@ use clap::Args;
 use rackwarden_config::Site;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::alerts;
 use crate::control::{Alert, Severity};
@@ -107,16 +107,34 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             }
         });
     }
+    // ---- issue 11: the election lives across reloads (a reload is no reason to hand
+    // the site over); a changed `[ha]` section takes a restart.
+    let ha_cancel = CancellationToken::new();
+    let mut ha_task = None;
+    let ha = site.ha.clone().map(|cfg| {
+        let (h, t) = crate::ha::Ha::start(cfg, hub.clone(), ha_cancel.clone());
+        ha_task = Some(t);
+        h
+    });
+    // Ends the term (if leading) and gives the lease back so the other agent takes over
+    // at once rather than after the TTL. Bounded: etcd may be what failed.
+    let stop_ha = || async {
+        ha_cancel.cancel();
+        if let Some(t) = ha_task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+    };
     loop {
         let cancel = CancellationToken::new();
         let (events, _) = broadcast::channel(1024);
         let opts = run_options(&site, &args.config, args.dry_run, args.speed);
-        let mut task = tokio::spawn(agent::run_with_hub(
+        let mut task = tokio::spawn(agent::run_with_ha(
             site.clone(),
             opts,
             events,
             cancel.clone(),
             hub.clone(),
+            ha.clone(),
         ));
         // READY after the port is bound and the loop started; again after each reload.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -125,7 +143,11 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             tokio::select! {
                 _ = term.recv() => break None,
                 _ = int.recv() => break None,
-                r = &mut task => return finished(r),
+                r = &mut task => {
+                    let code = finished(r);
+                    stop_ha().await;
+                    return code;
+                }
                 _ = hup.recv() => match rackwarden_config::load(&args.config) {
                     Ok(new) => {
                         let mut st = vec![sd_notify::NotifyState::Reloading];
@@ -161,6 +183,12 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                     ),
                     0,
                 );
+                if new.ha != site.ha {
+                    warn!(
+                        event = "config.reload.ha_ignored",
+                        "the [ha] section changed: it takes effect at the next restart"
+                    );
+                }
                 site = new;
             }
             None => {
@@ -169,7 +197,9 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                     event = "agent.stopped",
                     "stopped on signal; control intent persisted"
                 );
-                return finished(r);
+                let code = finished(r);
+                stop_ha().await;
+                return code;
             }
         }
     }

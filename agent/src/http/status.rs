@@ -147,6 +147,9 @@ pub struct OverrideSet {
 #[derive(Debug, Clone, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// With `[ha]`: `leader` (acts) or `standby` (polls, never writes). Absent alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
     /// Why not (empty when ready); at most 20 lines.
     pub reasons: Vec<String>,
 }
@@ -158,6 +161,9 @@ pub struct Status {
     pub site_name: Option<String>,
     pub dry_run: bool,
     pub ready: bool,
+    /// With `[ha]`: `leader` or `standby`. Absent when the agent runs alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
     pub frame: Option<Frame>,
     pub curtailed: Vec<CurtailedRow>,
     pub alerts: Vec<AlertRow>,
@@ -246,6 +252,7 @@ struct Inner {
     why: HashMap<usize, (Reason, String)>,
     alerts: VecDeque<AlertRow>,
     actions: VecDeque<ActionRow>,
+    role: Option<&'static str>,
 }
 
 /// Shared between the control loop, the collectors and the HTTP handlers.
@@ -832,7 +839,20 @@ impl StatusHub {
         if !ready {
             self.metrics.ready.set(0.0);
         }
-        Readiness { ready, reasons }
+        Readiness {
+            ready,
+            role: g.role,
+            reasons,
+        }
+    }
+
+    /// HA role (`leader` / `standby`), or None when the agent runs alone.
+    pub fn set_role(&self, role: Option<&'static str>) {
+        lock(&self.inner).role = role;
+    }
+
+    pub fn role(&self) -> Option<&'static str> {
+        lock(&self.inner).role
     }
 
     /// Whether the control loop decided recently (the systemd watchdog's condition).
@@ -860,6 +880,7 @@ impl StatusHub {
             site_name: site.name.clone(),
             dry_run: g.dry_run,
             ready,
+            role: g.role,
             frame,
             curtailed: g.curtailed.clone(),
             alerts: g.alerts.iter().rev().cloned().collect(),

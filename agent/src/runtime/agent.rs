@@ -32,6 +32,7 @@ use crate::control::{
     MinerMode, MinerReading, NodeView, OutletReading, Snapshot, Tick, Topology, UnitReading,
     UnitState, ZoneView,
 };
+use crate::ha::Ha;
 // Issue 8: the status hub the HTTP layer reads, and poll metrics.
 use crate::http::StatusHub;
 use crate::metrics::PollClass;
@@ -213,6 +214,8 @@ struct Shared {
     in_flight: tokio::sync::Semaphore,
     /// What the HTTP layer reads (status, readiness, metrics) and the overrides it sets.
     hub: Arc<StatusHub>,
+    /// With `[ha]`: the election; the actuator asks it before every write (fencing).
+    ha: Option<Arc<Ha>>,
 }
 
 /// Commands and read-back polls in flight at once (as many as the poll loop's).
@@ -354,6 +357,29 @@ pub async fn run_with_hub(
     cancel: CancellationToken,
     hub: Arc<StatusHub>,
 ) -> anyhow::Result<ControlState> {
+    run_with_ha(site, opts, events, cancel, hub, None).await
+}
+
+/// Who may act this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acting {
+    /// No `[ha]`: this agent is the only one.
+    Alone,
+    /// HA leader of the term with this fence.
+    Leader(i64),
+    /// HA standby: polls and decides for its status views, never writes.
+    Standby,
+}
+
+/// [`run_with_hub`] as one agent of an active/standby pair (`ha`), or alone (`None`).
+pub async fn run_with_ha(
+    site: Site,
+    opts: RunOptions,
+    events: broadcast::Sender<AgentEvent>,
+    cancel: CancellationToken,
+    hub: Arc<StatusHub>,
+    ha: Option<Arc<Ha>>,
+) -> anyhow::Result<ControlState> {
     let site = Arc::new(site);
     let persisted: Option<Persisted> = match persist::read(&opts.state_file) {
         Ok(s) => s,
@@ -435,6 +461,7 @@ pub async fn run_with_hub(
         site: site.clone(),
         in_flight: tokio::sync::Semaphore::new(COMMANDS_IN_FLIGHT),
         hub: hub.clone(),
+        ha: ha.clone(),
     });
     hub.set_site(
         site.clone(),
@@ -478,6 +505,8 @@ pub async fn run_with_hub(
         .max(p.cooling_stale_ms)
         .max(p.miner_stale_ms);
     let mut warm = false;
+    // HA: the term whose intent this agent has taken over (None: standing by).
+    let mut term: Option<i64> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -520,6 +549,30 @@ pub async fn run_with_hub(
             s
         };
         snap.overrides = hub.overrides_for(&site);
+        let acting = match &ha {
+            None => Acting::Alone,
+            Some(h) => match h.leadership() {
+                Some(l) if term == Some(l.fence) => Acting::Leader(l.fence),
+                Some(l) => {
+                    // A new term: take over the intent the last leader stored before
+                    // the first action, or stand by another tick if it cannot be read.
+                    match take_over(h, &site, &mut state, now).await {
+                        Ok(()) => {
+                            term = Some(l.fence);
+                            Acting::Leader(l.fence)
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "elected, but the stored intent cannot be read: not acting yet");
+                            Acting::Standby
+                        }
+                    }
+                }
+                None => {
+                    term = None;
+                    Acting::Standby
+                }
+            },
+        };
         let plan = control::decide(&site, &topo, &snap, &state, now, tick);
         hub.record_decision(now, tick, &snap, &plan.state, &plan.nodes, &plan.zones);
         let _ = events.send(AgentEvent::Decision {
@@ -528,6 +581,11 @@ pub async fn run_with_hub(
             nodes: Arc::new(plan.nodes.clone()),
             zones: Arc::new(plan.zones.clone()),
         });
+        if acting == Acting::Standby {
+            // The leader alerts, journals, stores the intent and acts; the standby keeps
+            // its views fresh and its state as it was (it carries out nothing).
+            continue;
+        }
         for a in &plan.alerts {
             alerts::log(a, now);
             hub.record_alert(now, a);
@@ -549,17 +607,102 @@ pub async fn run_with_hub(
                 warn!(error = %e, "control intent not persisted");
             }
             last_persist = now;
+            if let (Some(h), Acting::Leader(fence)) = (&ha, acting) {
+                if let Err(e) = store(h, fence, &state, now).await {
+                    if matches!(e, crate::ha::HaError::NotLeader { .. }) {
+                        // Another agent may lead: carry out nothing of this plan.
+                        continue;
+                    }
+                }
+            }
         }
+        let fence = match acting {
+            Acting::Leader(f) => Some(f),
+            Acting::Alone | Acting::Standby => None,
+        };
         for a in plan.actions {
-            execute(&shared, &mut journal, a, now, opts.dry_run);
+            execute(&shared, &mut journal, a, now, opts.dry_run, fence);
         }
     }
     if let Err(e) = save(&opts, &state, shared.clock.now_ms()) {
         warn!(error = %e, "control intent not persisted at shutdown");
     }
+    if let (Some(h), Some(fence)) = (&ha, term) {
+        if h.may_act(fence) {
+            let _ = store(h, fence, &state, shared.clock.now_ms()).await;
+        }
+    }
     tasks.shutdown().await;
     info!(event = "agent.stopped", "agent stopped");
     Ok(state)
+}
+
+/// A new leader's first step: the intent the last leader stored in etcd replaces this
+/// agent's own (a start-up hold follows, as after a restart: no wake until it is over).
+async fn take_over(
+    h: &Ha,
+    site: &Site,
+    state: &mut ControlState,
+    now: Millis,
+) -> Result<(), crate::ha::HaError> {
+    match h.read_intent().await? {
+        Some(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) => {
+                *state = ControlState::for_site(site, &p.control, now);
+                info!(
+                    event = "ha.intent.taken",
+                    node = h.node(),
+                    curtailed = state
+                        .miners
+                        .iter()
+                        .filter(|m| m.intent != control::Intent::Normal)
+                        .count(),
+                    "taking over the control intent stored by the last leader"
+                );
+            }
+            Err(e) => {
+                // Not ours to throw away: keep this agent's own intent and say so.
+                alerts::log(
+                    &Alert::new(
+                        alerts::STATE_CORRUPT,
+                        control::Severity::Critical,
+                        format!("intent stored in etcd unreadable ({e}); keeping this agent's own"),
+                    ),
+                    now,
+                );
+                *state = ControlState::for_site(site, state, now);
+            }
+        },
+        None => {
+            info!(
+                event = "ha.intent.none",
+                node = h.node(),
+                "no intent stored in etcd yet: starting from this agent's own"
+            );
+            *state = ControlState::for_site(site, state, now);
+        }
+    }
+    Ok(())
+}
+
+/// Stores the intent in etcd under the term's fence.
+async fn store(
+    h: &Ha,
+    fence: i64,
+    state: &ControlState,
+    now: Millis,
+) -> Result<(), crate::ha::HaError> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        last_now: Millis,
+        control: &'a ControlState,
+    }
+    let bytes = serde_json::to_vec(&Out {
+        last_now: now,
+        control: state,
+    })
+    .unwrap_or_default();
+    h.store_intent(fence, bytes).await
 }
 
 /// Whether every input the site names has been read at least once.
@@ -763,7 +906,14 @@ fn journal_confirmations(
 }
 
 /// Carries out one action: journal, then (live) the command through its driver.
-fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, dry_run: bool) {
+fn execute(
+    shared: &Arc<Shared>,
+    journal: &mut Journal,
+    a: Action,
+    now: Millis,
+    dry_run: bool,
+    fence: Option<i64>,
+) {
     let entry = JournalEntry {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         now_ms: now,
@@ -818,7 +968,25 @@ fn execute(shared: &Arc<Shared>, journal: &mut Journal, a: Action, now: Millis, 
     tokio::spawn(async move {
         // The semaphore is never closed; a closed one would only lift the bound.
         let permit = sh.in_flight.acquire().await.ok();
-        let r = command(&sh, &a).await;
+        // Fencing: the last check before the wire. An action decided under a term
+        // that has ended (or whose deadline passed while it waited) is refused.
+        let r = match (&sh.ha, fence) {
+            (Some(h), Some(f)) if !h.may_act(f) => {
+                let mut alert = Alert::new(
+                    alerts::HA_ACTION_FENCED,
+                    control::Severity::Warning,
+                    format!(
+                        "{} {} refused: decided in term {f}, which has ended",
+                        a.lever.name(),
+                        a.device_id
+                    ),
+                );
+                alert.device = Some(a.device_id.clone());
+                alerts::log(&alert, sh.clock.now_ms());
+                Err("fenced: leadership ended before the command went out".to_owned())
+            }
+            _ => command(&sh, &a).await,
+        };
         drop(permit);
         if let Err(e) = &r {
             warn!(device = %a.device_id, lever = a.lever.name(), error = %e, "command failed; it stays unconfirmed and escalates");

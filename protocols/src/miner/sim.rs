@@ -290,6 +290,14 @@ impl SimMiner {
         let mut st = self.st();
         st.log.push(what.to_owned());
         st.log_at.push(Instant::now());
+        // The simulator's write log, as the hil-tests read it (who was told what, when).
+        tracing::info!(
+            event = "sim.command",
+            miner = %self.spec.id,
+            command = what,
+            ignored = st.fault == Fault::IgnoreCommands,
+            "miner command"
+        );
         if st.fault == Fault::IgnoreCommands {
             return;
         }

@@ -1,0 +1,429 @@
+//! High availability (issue 11): an active/standby pair of agents, one per management
+//! host, elect their leader through etcd (crate `etcd-client`); no consensus of our own.
+//!
+//! - Each agent holds a lease (`[ha] lease_ttl_s`) and campaigns with it on the election
+//!   `<prefix>/leader` (etcd's election service). The holder of the oldest key leads.
+//! - Only the leader acts. The standby polls every device like the leader (hot: its
+//!   snapshot is fresh the moment it takes over) but never writes to one.
+//! - The leader keeps its own deadline: a keep-alive sent at `t` and answered extends
+//!   it to `t + 2/3 TTL`. etcd counts the TTL from when it *received* that keep-alive,
+//!   later than `t`, so the leader stops acting at least a third of the TTL before its
+//!   lease can expire and the standby can be elected: a partitioned leader has gone
+//!   quiet before anyone else starts. The margin also covers a command already on the
+//!   wire (miner commands time out in seconds).
+//! - Fencing: an action carries the revision of the leader key it was decided under
+//!   ([`Leadership::fence`]). Just before the wire the actuator asks [`Ha::may_act`],
+//!   which refuses it when that leadership has ended or its deadline passed.
+//! - The control intent (who is shed, since when, the cycle history) lives beside the
+//!   lease in `<prefix>/intent`, written in a transaction that only succeeds while this
+//!   agent's leader key is the one with that revision: a stale leader cannot overwrite
+//!   its successor's intent. A new leader reads it before its first action, so a
+//!   takeover neither wakes the miners its predecessor shed nor forgets when.
+//!
+//! Time here is real time (`tokio::time`), whatever the agent's virtual clock speed: the
+//! lease is counted by etcd in real seconds.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::alerts;
+use crate::control::{Alert, Severity};
+use crate::http::StatusHub;
+
+/// Errors of the etcd side; each names the endpoints or the key.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error("etcd at {endpoints}: {source}")]
+    Etcd {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoints}: no answer within {ms} ms ({what})")]
+    Timeout {
+        endpoints: String,
+        ms: u128,
+        what: &'static str,
+    },
+    #[error("not the leader (any more): the intent at {key} was not written")]
+    NotLeader { key: String },
+    #[error("no etcd connection yet")]
+    NotConnected,
+}
+
+/// One term of leadership: the fence its actions carry and the deadline it acts until.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// Revision at which this agent's leader key was created: unique per term, growing.
+    pub fence: i64,
+    /// Acting stops at this instant unless a keep-alive extends it.
+    pub until: Instant,
+    key: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Inner {
+    leader: Option<Leadership>,
+    client: Option<Client>,
+    etcd_down_alerted: bool,
+    unsaved_alerted: bool,
+}
+
+/// The agent's side of the election. Shared by the control loop and the actuator.
+pub struct Ha {
+    cfg: rackwarden_config::Ha,
+    hub: Arc<StatusHub>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Ha {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ha")
+            .field("node", &self.cfg.node)
+            .field("prefix", &self.cfg.prefix)
+            .field("role", &self.role())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn raise(hub: &StatusHub, name: &'static str, severity: Severity, node: &str, message: String) {
+    let mut a = Alert::new(name, severity, message);
+    a.device = Some(node.to_owned());
+    let now = hub.last_now();
+    alerts::log(&a, now);
+    hub.record_alert(now, &a);
+}
+
+impl Ha {
+    /// Starts campaigning; the returned handle says whether this agent may act. The task
+    /// ends when `cancel` fires, revoking the lease so the other agent takes over at once.
+    pub fn start(
+        cfg: rackwarden_config::Ha,
+        hub: Arc<StatusHub>,
+        cancel: CancellationToken,
+    ) -> (Arc<Ha>, tokio::task::JoinHandle<()>) {
+        hub.set_role(Some("standby"));
+        let ha = Arc::new(Ha {
+            cfg,
+            hub,
+            inner: Mutex::new(Inner::default()),
+        });
+        let task = tokio::spawn(election(ha.clone(), cancel));
+        (ha, task)
+    }
+
+    /// This agent's name in the pair.
+    pub fn node(&self) -> &str {
+        &self.cfg.node
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.cfg.lease_ttl_s)
+    }
+
+    /// How long a single etcd call may take before it counts as a failure.
+    fn call_timeout(&self) -> Duration {
+        self.ttl() / 3
+    }
+
+    fn endpoints(&self) -> String {
+        self.cfg.etcd_endpoints.join(",")
+    }
+
+    fn intent_key(&self) -> String {
+        format!("{}/intent", self.cfg.prefix)
+    }
+
+    fn election_name(&self) -> String {
+        format!("{}/leader", self.cfg.prefix)
+    }
+
+    /// The current term, if this agent leads and its deadline has not passed.
+    pub fn leadership(&self) -> Option<Leadership> {
+        let g = lock(&self.inner);
+        g.leader
+            .as_ref()
+            .filter(|l| Instant::now() < l.until)
+            .cloned()
+    }
+
+    /// `leader` or `standby`.
+    pub fn role(&self) -> &'static str {
+        if self.leadership().is_some() {
+            "leader"
+        } else {
+            "standby"
+        }
+    }
+
+    /// Fencing: whether an action decided under `fence` may still go on the wire.
+    pub fn may_act(&self, fence: i64) -> bool {
+        self.leadership().is_some_and(|l| l.fence == fence)
+    }
+
+    /// Ends the current term (the deadline passed, the lease is gone, or another
+    /// agent's key is in place). Idempotent.
+    pub fn step_down(&self, why: &str) {
+        let was = lock(&self.inner).leader.take();
+        if let Some(l) = was {
+            self.hub.set_role(Some("standby"));
+            raise(
+                &self.hub,
+                alerts::HA_LEADER_LOST,
+                Severity::Critical,
+                &self.cfg.node,
+                format!("{} stops acting (term {}): {why}", self.cfg.node, l.fence),
+            );
+        }
+    }
+
+    fn client(&self) -> Result<Client, HaError> {
+        lock(&self.inner)
+            .client
+            .clone()
+            .ok_or(HaError::NotConnected)
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, HaError> {
+        let limit = self.call_timeout();
+        match tokio::time::timeout(limit, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(source)) => Err(HaError::Etcd {
+                endpoints: self.endpoints(),
+                source,
+            }),
+            Err(_) => Err(HaError::Timeout {
+                endpoints: self.endpoints(),
+                ms: limit.as_millis(),
+                what,
+            }),
+        }
+    }
+
+    /// The intent the last leader stored (`None`: no leader ever stored one).
+    pub async fn read_intent(&self) -> Result<Option<Vec<u8>>, HaError> {
+        let mut c = self.client()?;
+        let key = self.intent_key();
+        let r = self.timed("read intent", c.get(key, None)).await?;
+        Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Stores the intent under `fence`; refused (and the term ended) if this agent's
+    /// leader key is no longer the one created at `fence`.
+    pub async fn store_intent(&self, fence: i64, bytes: Vec<u8>) -> Result<(), HaError> {
+        let Some(l) = lock(&self.inner)
+            .leader
+            .clone()
+            .filter(|l| l.fence == fence)
+        else {
+            return Err(HaError::NotLeader {
+                key: self.intent_key(),
+            });
+        };
+        let mut c = self.client()?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                l.key.clone(),
+                CompareOp::Equal,
+                fence,
+            )])
+            .and_then([TxnOp::put(self.intent_key(), bytes, None)]);
+        let r = self.timed("store intent", c.txn(txn)).await;
+        match r {
+            Ok(r) if r.succeeded() => {
+                if std::mem::take(&mut lock(&self.inner).unsaved_alerted) {
+                    info!(
+                        event = "ha.intent.saved",
+                        "control intent stored in etcd again"
+                    );
+                }
+                Ok(())
+            }
+            Ok(_) => {
+                self.step_down("its leader key is gone: another agent may lead");
+                Err(HaError::NotLeader {
+                    key: self.intent_key(),
+                })
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
+                    raise(
+                        &self.hub,
+                        alerts::HA_INTENT_UNSAVED,
+                        Severity::Warning,
+                        &self.cfg.node,
+                        format!("control intent not stored in etcd: {e}"),
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn etcd_trouble(&self, e: &HaError) {
+        let first = !std::mem::replace(&mut lock(&self.inner).etcd_down_alerted, true);
+        if first {
+            raise(
+                &self.hub,
+                alerts::HA_ETCD_UNREACHABLE,
+                Severity::Warning,
+                &self.cfg.node,
+                format!("{e}; this agent cannot lead until etcd answers"),
+            );
+        } else {
+            warn!(node = %self.cfg.node, error = %e, "etcd still unreachable");
+        }
+    }
+
+    fn etcd_fine(&self) {
+        if std::mem::take(&mut lock(&self.inner).etcd_down_alerted) {
+            info!(event = "ha.etcd.reachable", node = %self.cfg.node, "etcd answers again");
+        }
+    }
+}
+
+/// The election task: connect, hold a lease, campaign, keep the lease and the deadline
+/// alive; on any failure end the term and start over with a new lease.
+async fn election(ha: Arc<Ha>, cancel: CancellationToken) {
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        match term(&ha, &cancel).await {
+            Ok(()) => return,
+            Err(e) => {
+                // `term` has already ended any leadership, before giving the lease back.
+                ha.step_down(&e.to_string());
+                ha.etcd_trouble(&e);
+            }
+        }
+        // Retry at a third of the TTL: soon enough to stand by again well inside one
+        // TTL, slow enough not to hammer a cluster that is down.
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(ha.call_timeout()) => {}
+        }
+    }
+}
+
+/// One lease's life. Ok(()) on cancel (lease revoked), Err on any etcd failure.
+async fn term(ha: &Arc<Ha>, cancel: &CancellationToken) -> Result<(), HaError> {
+    let timeout = ha.call_timeout();
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_keep_alive(timeout, timeout);
+    let client = ha
+        .timed(
+            "connect",
+            Client::connect(ha.cfg.etcd_endpoints.clone(), Some(opts)),
+        )
+        .await?;
+    lock(&ha.inner).client = Some(client.clone());
+    let ttl_s = i64::try_from(ha.cfg.lease_ttl_s).unwrap_or(10);
+    let mut lease_c = client.lease_client();
+    let granted_at = Instant::now();
+    let grant = ha.timed("grant lease", lease_c.grant(ttl_s, None)).await?;
+    let lease = grant.id();
+    // The TTL etcd actually granted (it may raise a short one to its minimum).
+    let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(ha.cfg.lease_ttl_s));
+    let hold = ttl * 2 / 3;
+    ha.etcd_fine();
+    info!(event = "ha.campaign", node = %ha.cfg.node, lease, ttl_s = ttl.as_secs(), "standing for leader");
+    let (mut keeper, mut stream) = ha
+        .timed("keep-alive stream", lease_c.keep_alive(lease))
+        .await?;
+    let mut last_ok = granted_at;
+    let mut election_c = client.election_client();
+    let name = ha.election_name();
+    let node = ha.cfg.node.clone();
+    let campaign = election_c.campaign(name, node, lease);
+    tokio::pin!(campaign);
+    let mut campaigning = true;
+    let mut renew = tokio::time::interval(ttl / 4);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<(), HaError> = loop {
+        // Leader or standby, a lease not renewed within 2/3 of its TTL ends the term:
+        // the leader stops acting, the standby starts over with a new lease.
+        let deadline = last_ok + hold;
+        tokio::select! {
+            () = cancel.cancelled() => break Ok(()),
+            () = tokio::time::sleep_until(deadline) => {
+                break Err(HaError::Timeout {
+                    endpoints: ha.endpoints(),
+                    ms: hold.as_millis(),
+                    what: "lease renewal (own deadline passed)",
+                });
+            }
+            _ = renew.tick() => {
+                let sent = Instant::now();
+                let ok = async {
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                };
+                match ha.timed("keep-alive", ok).await {
+                    Ok(Some(r)) if r.ttl() > 0 => {
+                        last_ok = sent;
+                        if let Some(l) = lock(&ha.inner).leader.as_mut() {
+                            l.until = l.until.max(sent + hold);
+                        }
+                    }
+                    Ok(_) => {
+                        break Err(HaError::Timeout {
+                            endpoints: ha.endpoints(),
+                            ms: ttl.as_millis(),
+                            what: "lease expired",
+                        })
+                    }
+                    // One missed renewal is not the end: the deadline decides.
+                    Err(e) => warn!(node = %ha.cfg.node, error = %e, "lease keep-alive failed"),
+                }
+            }
+            r = &mut campaign, if campaigning => {
+                campaigning = false;
+                let key = match r {
+                    Ok(r) => r.leader().map(|k| (k.rev(), k.key().to_vec())),
+                    Err(source) => break Err(HaError::Etcd { endpoints: ha.endpoints(), source }),
+                };
+                let Some((fence, key)) = key else {
+                    break Err(HaError::Timeout { endpoints: ha.endpoints(), ms: 0, what: "campaign answered without a leader key" });
+                };
+                let until = last_ok + hold;
+                if Instant::now() >= until {
+                    // Elected on a lease we can no longer vouch for: start over.
+                    break Err(HaError::Timeout { endpoints: ha.endpoints(), ms: hold.as_millis(), what: "elected after own deadline" });
+                }
+                lock(&ha.inner).leader = Some(Leadership { fence, until, key });
+                ha.hub.set_role(Some("leader"));
+                raise(
+                    &ha.hub,
+                    alerts::HA_LEADER_ACQUIRED,
+                    Severity::Info,
+                    &ha.cfg.node,
+                    format!("{} leads (term {fence}, lease ttl {} s)", ha.cfg.node, ttl.as_secs()),
+                );
+            }
+        }
+    };
+    // Whatever ended the term: stop acting first, then give the lease back so the other
+    // agent need not wait for it to expire (best effort: etcd may be the problem).
+    match &result {
+        Ok(()) => ha.step_down("shutting down"),
+        Err(e) => ha.step_down(&e.to_string()),
+    }
+    let mut lease_c = client.lease_client();
+    let _ = tokio::time::timeout(timeout, lease_c.revoke(lease)).await;
+    result
+}
