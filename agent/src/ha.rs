@@ -427,3 +427,72 @@ async fn term(ha: &Arc<Ha>, cancel: &CancellationToken) -> Result<(), HaError> {
     let _ = tokio::time::timeout(timeout, lease_c.revoke(lease)).await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ha() -> Ha {
+        Ha {
+            cfg: rackwarden_config::Ha {
+                etcd_endpoints: vec!["http://127.0.0.1:1".into()],
+                node: "mgmt-a".into(),
+                prefix: "/rackwarden/t".into(),
+                lease_ttl_s: 3,
+            },
+            hub: StatusHub::new(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lead(h: &Ha, fence: i64, for_ms: u64) {
+        lock(&h.inner).leader = Some(Leadership {
+            fence,
+            until: Instant::now() + Duration::from_millis(for_ms),
+            key: b"/rackwarden/t/leader/1".to_vec(),
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_current_term_may_act_and_only_until_its_deadline() {
+        let h = ha();
+        assert!(!h.may_act(7), "a standby never acts");
+        assert_eq!(h.role(), "standby");
+        lead(&h, 7, 2_000);
+        assert!(h.may_act(7));
+        assert!(!h.may_act(6), "an action of an earlier term is fenced");
+        assert_eq!(h.role(), "leader");
+        tokio::time::sleep(Duration::from_millis(1_999)).await;
+        assert!(h.may_act(7));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The deadline passed with no renewal: acting stops by itself, before any
+        // task notices (the lease still has a third of its TTL to run in etcd).
+        assert!(!h.may_act(7));
+        assert_eq!(h.role(), "standby");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stepping_down_ends_the_term_and_tells_the_status_hub() {
+        let h = ha();
+        lead(&h, 9, 10_000);
+        h.hub.set_role(Some("leader"));
+        h.step_down("test");
+        assert!(!h.may_act(9));
+        assert_eq!(h.hub.role(), Some("standby"));
+        h.step_down("again");
+        assert_eq!(h.hub.role(), Some("standby"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_leader_cannot_store_intent() {
+        let h = ha();
+        let e = h.store_intent(3, b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(e, HaError::NotLeader { .. }), "{e}");
+        lead(&h, 4, 1_000);
+        let e = h.store_intent(3, b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(e, HaError::NotLeader { .. }), "term 3 is over: {e}");
+        // Term 4 is current, but no etcd connection exists: a clear error, not a write.
+        let e = h.store_intent(4, b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(e, HaError::NotConnected), "{e}");
+    }
+}

@@ -266,6 +266,17 @@ fn is_wake(cmd: &str) -> bool {
     .any(|w| cmd.contains(w))
 }
 
+/// `GET path` on an agent's HTTP port (loopback, bounded), the body as JSON.
+fn get_json(addr: &str, path: &str) -> Value {
+    let mut c = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
 fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr) -> TempSite {
     TempSite::new(name, |s| {
         let s = s.replace(":9180\"", &format!(":{http_port}\""));
@@ -333,11 +344,10 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
         b.dump()
     );
     assert!(alerts_named(&b, "ha.leader.acquired").is_empty());
-    let ready = b
-        .json()
-        .iter()
-        .any(|v| v["fields"]["event"] == "ha.campaign");
-    assert!(ready);
+    let (http_a, http_b) = (format!("127.{k}.250.1:9181"), format!("127.{k}.250.1:9182"));
+    assert_eq!(get_json(&http_a, "/readyz")["role"], "leader");
+    assert_eq!(get_json(&http_b, "/readyz")["role"], "standby");
+    assert_eq!(get_json(&http_b, "/api/v1/status")["role"], "standby");
 
     // 2. SIGKILL A: B takes over within TTL + one tick (+ etcd's expiry scan).
     let killed_at = SystemTime::now();
@@ -385,6 +395,8 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
             );
         }
     }
+    assert_eq!(get_json(&http_b, "/readyz")["role"], "leader");
+    assert_eq!(get_json(&http_b, "/api/v1/status")["role"], "leader");
     let b_sent = sent(&b);
     assert!(
         b_sent.iter().all(|(t, _, _)| *t >= stamp(&acq)),
@@ -427,6 +439,8 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
         .filter(|(t, _, _)| *t >= stamp(&lost))
         .collect();
     assert!(late.is_empty(), "B acted after it stopped: {late:?}");
+    assert_eq!(get_json(&http_b, "/readyz")["role"], "standby");
+    assert_eq!(get_json(&http_a, "/readyz")["role"], "leader");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !b.lines().iter().any(|l| l.contains("panicked")),
