@@ -54,6 +54,36 @@ pub enum HaError {
     NotLeader { key: String },
     #[error("no etcd connection yet")]
     NotConnected,
+    #[error("the intent is {bytes} bytes compressed, over the {max} bytes etcd takes")]
+    TooLarge { bytes: usize, max: usize },
+}
+
+/// The largest intent value stored (compressed): etcd refuses requests over 1.5 MiB by
+/// default (`--max-request-bytes`); this leaves room for the transaction around it.
+pub const MAX_INTENT_BYTES: usize = 1024 * 1024;
+
+/// The intent as stored in etcd: gzipped JSON (the state of most miners is the same
+/// few dozen bytes, so a 100 MW site's intent shrinks ~40x).
+pub fn encode_intent(json: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(json)?;
+    z.finish()
+}
+
+/// The JSON of a stored intent (gzipped, or plain JSON as an operator may have put it).
+pub fn decode_intent(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        // Bounded: a corrupt or hostile value must not inflate without end.
+        flate2::read::GzDecoder::new(bytes)
+            .take(256 * 1024 * 1024)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    } else {
+        Ok(bytes.to_vec())
+    }
 }
 
 /// One term of leadership: the fence its actions carry and the deadline it acts until.
@@ -233,6 +263,22 @@ impl Ha {
                 key: self.intent_key(),
             });
         };
+        if bytes.len() > MAX_INTENT_BYTES {
+            let e = HaError::TooLarge {
+                bytes: bytes.len(),
+                max: MAX_INTENT_BYTES,
+            };
+            if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
+                raise(
+                    &self.hub,
+                    alerts::HA_INTENT_UNSAVED,
+                    Severity::Warning,
+                    &self.cfg.node,
+                    format!("control intent not stored in etcd: {e}"),
+                );
+            }
+            return Err(e);
+        }
         let mut c = self.client()?;
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -490,7 +536,10 @@ mod tests {
         assert!(matches!(e, HaError::NotLeader { .. }), "{e}");
         lead(&h, 4, 1_000);
         let e = h.store_intent(3, b"{}".to_vec()).await.unwrap_err();
-        assert!(matches!(e, HaError::NotLeader { .. }), "term 3 is over: {e}");
+        assert!(
+            matches!(e, HaError::NotLeader { .. }),
+            "term 3 is over: {e}"
+        );
         // Term 4 is current, but no etcd connection exists: a clear error, not a write.
         let e = h.store_intent(4, b"{}".to_vec()).await.unwrap_err();
         assert!(matches!(e, HaError::NotConnected), "{e}");

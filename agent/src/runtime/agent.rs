@@ -646,7 +646,10 @@ async fn take_over(
     now: Millis,
 ) -> Result<(), crate::ha::HaError> {
     match h.read_intent().await? {
-        Some(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+        Some(bytes) => match crate::ha::decode_intent(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|json| serde_json::from_slice::<Persisted>(&json).map_err(|e| e.to_string()))
+        {
             Ok(p) => {
                 *state = ControlState::for_site(site, &p.control, now);
                 info!(
@@ -697,12 +700,19 @@ async fn store(
         last_now: Millis,
         control: &'a ControlState,
     }
-    let bytes = serde_json::to_vec(&Out {
+    let json = serde_json::to_vec(&Out {
         last_now: now,
         control: state,
     })
     .unwrap_or_default();
-    h.store_intent(fence, bytes).await
+    match crate::ha::encode_intent(&json) {
+        Ok(bytes) => h.store_intent(fence, bytes).await,
+        // Compressing into memory cannot fail short of allocation failure; say so.
+        Err(e) => {
+            warn!(error = %e, "control intent not compressed; not stored in etcd");
+            Ok(())
+        }
+    }
 }
 
 /// Whether every input the site names has been read at least once.
