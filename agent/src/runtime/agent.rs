@@ -924,6 +924,13 @@ fn execute(
     dry_run: bool,
     fence: Option<i64>,
 ) {
+    if let (Some(h), Some(f)) = (&shared.ha, fence) {
+        if !h.may_act(f) {
+            // The term ended between the decision and now: journal nothing as sent.
+            fenced(shared, &a, f);
+            return;
+        }
+    }
     let entry = JournalEntry {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         now_ms: now,
@@ -982,17 +989,7 @@ fn execute(
         // that has ended (or whose deadline passed while it waited) is refused.
         let r = match (&sh.ha, fence) {
             (Some(h), Some(f)) if !h.may_act(f) => {
-                let mut alert = Alert::new(
-                    alerts::HA_ACTION_FENCED,
-                    control::Severity::Warning,
-                    format!(
-                        "{} {} refused: decided in term {f}, which has ended",
-                        a.lever.name(),
-                        a.device_id
-                    ),
-                );
-                alert.device = Some(a.device_id.clone());
-                alerts::log(&alert, sh.clock.now_ms());
+                fenced(&sh, &a, f);
                 Err("fenced: leadership ended before the command went out".to_owned())
             }
             _ => command(&sh, &a).await,
@@ -1022,6 +1019,23 @@ fn execute(
             error: r.err(),
         });
     });
+}
+
+/// Says that `a`, decided in term `fence`, was refused: that term has ended.
+fn fenced(sh: &Shared, a: &Action, fence: i64) {
+    let mut alert = Alert::new(
+        alerts::HA_ACTION_FENCED,
+        control::Severity::Warning,
+        format!(
+            "{} {} refused: decided in term {fence}, which has ended",
+            a.lever.name(),
+            a.device_id
+        ),
+    );
+    alert.device = Some(a.device_id.clone());
+    let now = sh.clock.now_ms();
+    alerts::log(&alert, now);
+    sh.hub.record_alert(now, &alert);
 }
 
 async fn command(sh: &Shared, a: &Action) -> Result<(), String> {
