@@ -73,6 +73,8 @@ pub struct Metrics {
     pub gpu_node_capped: Family<Labels, GaugeF>,
     pub inputs: Family<Labels, GaugeF>,
     pub ready: GaugeF,
+    /// Issue 11: 1 while this agent leads its HA pair, 0 while it stands by (absent alone).
+    pub ha_leader: Family<Labels, GaugeF>,
     pub overrides: Family<Labels, GaugeF>,
     pub poll_duration_seconds: HistFamily,
     pub poll_errors: Family<Labels, Counter>,
@@ -207,6 +209,11 @@ impl Metrics {
                 "ready",
                 "1 when /readyz answers ready (config loaded, loop deciding, every collector fresh)",
                 GaugeF::default()
+            ),
+            ha_leader: reg!(
+                "ha_leader",
+                "With [ha]: 1 while this agent leads its active/standby pair, 0 while it stands by",
+                Family::default()
             ),
             overrides: reg!(
                 "overrides",

@@ -266,15 +266,28 @@ fn is_wake(cmd: &str) -> bool {
     .any(|w| cmd.contains(w))
 }
 
-/// `GET path` on an agent's HTTP port (loopback, bounded), the body as JSON.
-fn get_json(addr: &str, path: &str) -> Value {
+/// `GET path` on an agent's HTTP port (loopback, bounded): the body.
+fn get(addr: &str, path: &str) -> String {
     let mut c = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     let _ = c.read_to_string(&mut text);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(Value::Null)
+    text.split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned()
+}
+
+fn get_json(addr: &str, path: &str) -> Value {
+    serde_json::from_str(&get(addr, path)).unwrap_or(Value::Null)
+}
+
+/// The `rackwarden_ha_leader` sample of an agent's /metrics.
+fn ha_leader_metric(addr: &str) -> Option<f64> {
+    get(addr, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("rackwarden_ha_leader "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr) -> TempSite {
@@ -348,6 +361,8 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     assert_eq!(get_json(&http_a, "/readyz")["role"], "leader");
     assert_eq!(get_json(&http_b, "/readyz")["role"], "standby");
     assert_eq!(get_json(&http_b, "/api/v1/status")["role"], "standby");
+    assert_eq!(ha_leader_metric(&http_a), Some(1.0));
+    assert_eq!(ha_leader_metric(&http_b), Some(0.0));
 
     // 2. SIGKILL A: B takes over within TTL + one tick (+ etcd's expiry scan).
     let killed_at = SystemTime::now();

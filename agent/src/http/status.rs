@@ -849,6 +849,14 @@ impl StatusHub {
     /// HA role (`leader` / `standby`), or None when the agent runs alone.
     pub fn set_role(&self, role: Option<&'static str>) {
         lock(&self.inner).role = role;
+        // Labelled by nothing but present only with `[ha]`: a pair's dashboard sums it
+        // over both agents and alerts when the sum is not 1.
+        if let Some(r) = role {
+            self.metrics
+                .ha_leader
+                .get_or_create(&Vec::new())
+                .set(if r == "leader" { 1.0 } else { 0.0 });
+        }
     }
 
     pub fn role(&self) -> Option<&'static str> {
