@@ -136,9 +136,14 @@ fn raise(hub: &StatusHub, name: &'static str, severity: Severity, node: &str, me
 impl Ha {
     /// Starts campaigning; the returned handle says whether this agent may act. The task
     /// ends when `cancel` fires, revoking the lease so the other agent takes over at once.
+    ///
+    /// Operator overrides are kept the same on both agents through `<prefix>/overrides`
+    /// (an override set on either holds after a takeover); `overrides_file` is where
+    /// this agent keeps its local copy.
     pub fn start(
         cfg: rackwarden_config::Ha,
         hub: Arc<StatusHub>,
+        overrides_file: std::path::PathBuf,
         cancel: CancellationToken,
     ) -> (Arc<Ha>, tokio::task::JoinHandle<()>) {
         hub.set_role(Some("standby"));
@@ -147,6 +152,7 @@ impl Ha {
             hub,
             inner: Mutex::new(Inner::default()),
         });
+        tokio::spawn(sync_overrides(ha.clone(), overrides_file, cancel.clone()));
         let task = tokio::spawn(election(ha.clone(), cancel));
         (ha, task)
     }
@@ -337,6 +343,84 @@ impl Ha {
     fn etcd_fine(&self) {
         if std::mem::take(&mut lock(&self.inner).etcd_down_alerted) {
             info!(event = "ha.etcd.reachable", node = %self.cfg.node, "etcd answers again");
+        }
+    }
+}
+
+/// Keeps the operator overrides the same on both agents: a change made here (over this
+/// agent's HTTP API) is published to `<prefix>/overrides`; a change published by the
+/// other agent is loaded here and written to the local overrides file. Polled every
+/// second; when both change within the same second, the last writer wins.
+async fn sync_overrides(ha: Arc<Ha>, file: std::path::PathBuf, cancel: CancellationToken) {
+    use crate::http::status::OverrideSet;
+    let key = format!("{}/overrides", ha.cfg.prefix);
+    // What etcd held at the last sync (None: not synced yet: etcd's copy wins over a
+    // local file that may be older than the other agent's changes).
+    let mut synced: Option<OverrideSet> = None;
+    let mut iv = tokio::time::interval(Duration::from_secs(1));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = iv.tick() => {}
+        }
+        let Ok(mut c) = ha.client() else { continue };
+        let local = ha.hub.override_set();
+        if synced.as_ref().is_some_and(|s| *s != local) {
+            let Ok(bytes) = serde_json::to_vec(&local) else {
+                continue;
+            };
+            if ha
+                .timed("store overrides", c.put(key.clone(), bytes, None))
+                .await
+                .is_ok()
+            {
+                info!(event = "ha.overrides.published", node = %ha.cfg.node, "operator overrides published to the pair");
+                synced = Some(local);
+            }
+            continue;
+        }
+        let Ok(r) = ha.timed("read overrides", c.get(key.clone(), None)).await else {
+            // The election reports etcd trouble; try again next second.
+            continue;
+        };
+        match r
+            .kvs()
+            .first()
+            .map(|kv| serde_json::from_slice::<OverrideSet>(kv.value()))
+        {
+            Some(Ok(remote)) => {
+                if remote != local {
+                    ha.hub.load_overrides(remote.clone());
+                    if let Err(e) = crate::runtime::persist::write_atomic(&file, &remote) {
+                        warn!(file = %file.display(), error = %e, "overrides from the pair not saved locally");
+                    }
+                    info!(
+                        event = "ha.overrides.synced",
+                        node = %ha.cfg.node,
+                        miners = remote.miners.len(),
+                        racks = remote.racks.len(),
+                        units = remote.units.len(),
+                        "operator overrides taken from the pair"
+                    );
+                }
+                synced = Some(remote);
+            }
+            Some(Err(e)) => {
+                warn!(key = %key, error = %e, "overrides stored in etcd unreadable; keeping this agent's");
+            }
+            None => {
+                // Nobody published yet: ours become the pair's.
+                if let Ok(bytes) = serde_json::to_vec(&local) {
+                    if ha
+                        .timed("store overrides", c.put(key.clone(), bytes, None))
+                        .await
+                        .is_ok()
+                    {
+                        synced = Some(local);
+                    }
+                }
+            }
         }
     }
 }

@@ -278,6 +278,23 @@ fn get(addr: &str, path: &str) -> String {
         .to_owned()
 }
 
+/// `PUT path` with the override token: the status line.
+fn put(addr: &str, path: &str) -> String {
+    let mut c = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "PUT {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+/// The operator-override token of both agents.
+const TOKEN: &str = "hil-override-token";
+
 fn get_json(addr: &str, path: &str) -> Value {
     serde_json::from_str(&get(addr, path)).unwrap_or(Value::Null)
 }
@@ -291,12 +308,17 @@ fn ha_leader_metric(addr: &str) -> Option<f64> {
 }
 
 fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr) -> TempSite {
-    TempSite::new(name, |s| {
-        let s = s.replace(":9180\"", &format!(":{http_port}\""));
+    let site = TempSite::new(name, |s| {
+        let s = s.replace(":9180\"", &format!(":{http_port}\"")).replace(
+            "[agent]\n",
+            "[agent]\nhttp_token_file = \"override.token\"\n",
+        );
         format!(
             "{s}\n[ha]\netcd_endpoints = [\"http://{etcd}\"]\nnode = \"{node}\"\nprefix = \"/rackwarden/hil\"\nlease_ttl_s = {TTL_S}\n"
         )
-    })
+    });
+    std::fs::write(site.dir.join("override.token"), TOKEN).unwrap();
+    site
 }
 
 #[test]
@@ -363,6 +385,26 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     assert_eq!(get_json(&http_b, "/api/v1/status")["role"], "standby");
     assert_eq!(ha_leader_metric(&http_a), Some(1.0));
     assert_eq!(ha_leader_metric(&http_b), Some(0.0));
+    // An operator override set on the leader holds on the standby too (and so after a
+    // takeover).
+    let held = "mine-b1-avalon-001";
+    let st = put(&http_a, &format!("/api/v1/overrides/miner/{held}"));
+    assert!(
+        st.contains(" 200") || st.contains(" 204"),
+        "override refused: {st}"
+    );
+    let end = Instant::now() + Duration::from_secs(5);
+    while !get_json(&http_b, "/api/v1/overrides")["miners"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|v| v == held))
+    {
+        assert!(
+            Instant::now() < end,
+            "the override never reached the standby\n{}",
+            b.dump()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // 2. SIGKILL A: B takes over within TTL + one tick (+ etcd's expiry scan).
     let killed_at = SystemTime::now();
@@ -412,6 +454,12 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     }
     assert_eq!(get_json(&http_b, "/readyz")["role"], "leader");
     assert_eq!(get_json(&http_b, "/api/v1/status")["role"], "leader");
+    assert!(
+        get_json(&http_b, "/api/v1/status")["overrides"]["miners"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|v| v == held)),
+        "the override did not survive the takeover"
+    );
     let b_sent = sent(&b);
     assert!(
         b_sent.iter().all(|(t, _, _)| *t >= stamp(&acq)),

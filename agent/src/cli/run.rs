@@ -111,8 +111,11 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
     // the site over); a changed `[ha]` section takes a restart.
     let ha_cancel = CancellationToken::new();
     let mut ha_task = None;
+    let overrides_file = run_options(&site, &args.config, args.dry_run, args.speed)
+        .state_file
+        .with_file_name("overrides.json");
     let ha = site.ha.clone().map(|cfg| {
-        let (h, t) = crate::ha::Ha::start(cfg, hub.clone(), ha_cancel.clone());
+        let (h, t) = crate::ha::Ha::start(cfg, hub.clone(), overrides_file, ha_cancel.clone());
         ha_task = Some(t);
         h
     });
