@@ -149,3 +149,246 @@ fn gpu_nodes_refusing_the_agent_go_stale_and_no_gpu_lever_is_used() {
     assert_eq!(a.stop(), Some(0), "agent exit\n{}", a.dump());
     assert_eq!(s.stop(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------
+// The rest of the fault matrix: scenarios written as TOML files into the site's
+// temporary directory, events at the simulator's virtual seconds.
+
+/// Seconds since midnight (UTC) of a JSON log line's `timestamp`.
+fn wall_s(v: &serde_json::Value) -> f64 {
+    let ts = v["timestamp"].as_str().unwrap_or("");
+    // 2026-11-25T20:52:12.747467Z
+    let time = ts.split('T').nth(1).unwrap_or("").trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let m: f64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    let s: f64 = parts.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// Maps log lines of both processes onto the simulator's virtual clock (the one the
+/// scenario's `at_s` use), through their wall-clock timestamps.
+struct SimClock {
+    start_wall: f64,
+}
+
+impl SimClock {
+    fn of(sim: &Proc) -> SimClock {
+        let started = sim.events("sim.started");
+        SimClock {
+            start_wall: wall_s(&started[0]),
+        }
+    }
+
+    /// Virtual seconds of the simulator when `v` was logged.
+    fn at(&self, v: &serde_json::Value) -> f64 {
+        let mut w = wall_s(v) - self.start_wall;
+        if w < -43_200.0 {
+            w += 86_400.0; // the run crossed midnight
+        }
+        w * SPEED
+    }
+}
+
+/// One `action.sent`: simulator time, device, lever, constraint.
+#[derive(Debug, Clone)]
+struct Act {
+    t: f64,
+    dev: String,
+    lever: String,
+}
+
+fn acts(a: &Proc, clock: &SimClock) -> Vec<Act> {
+    a.events("action.sent")
+        .iter()
+        .map(|v| Act {
+            t: clock.at(v),
+            dev: v["fields"]["device"].as_str().unwrap_or("").to_owned(),
+            lever: v["fields"]["lever"].as_str().unwrap_or("").to_owned(),
+        })
+        .collect()
+}
+
+/// Simulator time of the first alert `name` about `device` (at or after `after`).
+fn alert_at(a: &Proc, clock: &SimClock, name: &str, device: &str, after: f64) -> Option<f64> {
+    alerts_named(a, name)
+        .iter()
+        .filter(|v| v["fields"]["device"].as_str() == Some(device))
+        .map(|v| clock.at(v))
+        .find(|t| *t >= after)
+}
+
+fn write_scenario(site: &TempSite, name: &str, toml: &str) -> String {
+    let path = site.dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\n{toml}")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The feeds' meters as the simulator showed them never reached their budgets.
+fn feeds_within_budget(s: &Proc) {
+    let meters = s.events("sim.meter");
+    assert!(meters.len() > 50, "too few meter samples: {}", meters.len());
+    for m in &meters {
+        let kw = m["fields"]["kw"].as_f64().unwrap();
+        let budget = m["fields"]["budget_kw"].as_f64().unwrap();
+        assert!(
+            kw < budget,
+            "{} measured {kw:.1} kW over its {budget} kW budget at {}",
+            m["fields"]["node"],
+            m["fields"]["t_s"]
+        );
+    }
+}
+
+/// Stops both processes: the agent must exit 0 on SIGTERM (it kept running through the
+/// faults), and must never have panicked.
+fn stop_clean(a: &mut Proc, s: &mut Proc) {
+    let lines = a.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("panicked")),
+        "the agent panicked\n{}",
+        a.dump()
+    );
+    assert_eq!(a.stop(), Some(0), "agent exit\n{}", a.dump());
+    assert_eq!(s.stop(), Some(0), "simulator exit\n{}", s.dump());
+}
+
+fn is_restore(lever: &str) -> bool {
+    matches!(
+        lever,
+        "power_target_raise" | "wake" | "outlet_on" | "gpu_cap_lift"
+    )
+}
+
+/// Modbus wire faults on feed B's meters and PDUs while feed B surges, and a feed-A
+/// meter that times out when feed A's restores would begin:
+/// - `late` (answers after the agent's timeout) on meter-feed-b, `reset` on
+///   meter-rpp-b-mining, `exception` on pdu-mine-b1, `garbage` on pdu-mine-b2, `timeout`
+///   on pdu-mine-b3, from 60 s to 360 s: each raises `telemetry.stale` naming the device
+///   and its node, and `telemetry.fresh` once it is back;
+/// - feed B surges at 200 s with its meters stale: it is still shed (feed-forward from
+///   the GPUs' limits), and no feed goes over its budget;
+/// - feed A surges from 120 s to 300 s (shed), then meter-feed-a times out from 300 s to
+///   360 s. A stale meter freezes restores on its node and every node above it, the site
+///   included: no miner anywhere is restored until every meter is fresh again, and feed
+///   A's miners are restored after that (the freeze held back restores that were due);
+/// - the agent keeps deciding throughout and exits 0.
+#[test]
+fn modbus_wire_faults_go_stale_never_free_capacity_and_surges_still_shed() {
+    let _g = serial();
+    let site = TempSite::new("fault-modbus-wire", |s| s);
+    let mut toml = String::from(
+        r#"tenant_limit_w = 600
+[[events]]
+at_s = 120
+kind = "gpu_limits"
+feed = "feed-a"
+limit_w = 1200
+[[events]]
+at_s = 300
+kind = "gpu_limits"
+feed = "feed-a"
+limit_w = 600
+[[events]]
+at_s = 200
+kind = "gpu_limits"
+feed = "feed-b"
+limit_w = 1200
+[[events]]
+at_s = 380
+kind = "gpu_limits"
+feed = "feed-b"
+limit_w = 600
+[[events]]
+at_s = 300
+kind = "modbus_fault"
+device = "meter-feed-a"
+fault = "timeout"
+until_s = 360
+"#,
+    );
+    let b_faults = [
+        ("meter-feed-b", "late", "feed-b"),
+        ("meter-rpp-b-mining", "reset", "rpp-b-mining"),
+        ("pdu-mine-b1", "exception", "mine-b1"),
+        ("pdu-mine-b2", "garbage", "mine-b2"),
+        ("pdu-mine-b3", "timeout", "mine-b3"),
+    ];
+    for (dev, fault, _) in b_faults {
+        toml.push_str(&format!(
+            "[[events]]\nat_s = 60\nkind = \"modbus_fault\"\ndevice = \"{dev}\"\nfault = \"{fault}\"\nuntil_s = 360\n"
+        ));
+    }
+    let scenario = write_scenario(&site, "modbus-wire", &toml);
+    let mut s = sim(&site, &scenario, SPEED);
+    let mut a = agent(&site, SPEED, &[]);
+    std::thread::sleep(real(520.0));
+    let clock = SimClock::of(&s);
+    let acts = acts(&a, &clock);
+    if let Ok(p) = std::env::var("RW_DEBUG_DUMP") {
+        std::fs::write(format!("{p}.agent"), a.lines().join("\n")).unwrap();
+        std::fs::write(format!("{p}.sim"), s.lines().join("\n")).unwrap();
+    }
+
+    // Every faulted device is reported stale, by id and node, after its fault began,
+    // and fresh again after it ended.
+    let mut b_fresh_at: f64 = 0.0;
+    for (dev, fault, node) in b_faults {
+        let stale = alert_at(&a, &clock, "telemetry.stale", dev, 55.0)
+            .unwrap_or_else(|| panic!("{dev} ({fault}) never stale\n{}", a.dump()));
+        assert!(stale < 200.0, "{dev} ({fault}) stale only at {stale:.0} s");
+        let v = alerts_named(&a, "telemetry.stale")
+            .into_iter()
+            .find(|v| v["fields"]["device"].as_str() == Some(dev))
+            .unwrap();
+        assert_eq!(v["fields"]["node"].as_str(), Some(node), "{v}");
+        let fresh = alert_at(&a, &clock, "telemetry.fresh", dev, stale)
+            .unwrap_or_else(|| panic!("{dev} ({fault}) never fresh again\n{}", a.dump()));
+        assert!(fresh >= 355.0, "{dev} ({fault}) fresh at {fresh:.0} s");
+        b_fresh_at = b_fresh_at.max(fresh);
+    }
+    // Feed B's surge is shed although its meters are stale.
+    let b_sheds: Vec<&Act> = acts
+        .iter()
+        .filter(|x| x.dev.starts_with("mine-b") && is_shed(&x.lever) && x.t >= 195.0)
+        .collect();
+    assert!(
+        !b_sheds.is_empty(),
+        "feed B's surge was not shed while its meters were stale\n{}",
+        a.dump()
+    );
+    // Feed A: shed during its surge, frozen while its meter is silent, restored after.
+    assert!(
+        acts.iter()
+            .any(|x| x.dev.starts_with("mine-a") && is_shed(&x.lever) && x.t < 300.0),
+        "feed A's surge was not shed\n{}",
+        a.dump()
+    );
+    let a_stale = alert_at(&a, &clock, "telemetry.stale", "meter-feed-a", 295.0)
+        .unwrap_or_else(|| panic!("meter-feed-a never stale\n{}", a.dump()));
+    let a_fresh = alert_at(&a, &clock, "telemetry.fresh", "meter-feed-a", a_stale)
+        .unwrap_or_else(|| panic!("meter-feed-a never fresh again\n{}", a.dump()));
+    let all_fresh = b_fresh_at.max(a_fresh);
+    // No restore anywhere while a meter was stale (60 s until the last one reads again).
+    for x in &acts {
+        if x.t >= 60.0 && x.t <= all_fresh {
+            assert!(
+                !is_restore(&x.lever),
+                "{x:?} while a meter was stale (until {all_fresh:.0} s)"
+            );
+        }
+    }
+    // The freeze held back restores that were due: feed A's come once all is fresh.
+    let a_restores: Vec<f64> = acts
+        .iter()
+        .filter(|x| x.dev.starts_with("mine-a") && is_restore(&x.lever))
+        .map(|x| x.t)
+        .collect();
+    assert!(
+        !a_restores.is_empty(),
+        "no restore on feed A after every meter was fresh again at {all_fresh:.0} s\n{}",
+        a.dump()
+    );
+    stop_clean(&mut a, &mut s);
+    feeds_within_budget(&s);
+}

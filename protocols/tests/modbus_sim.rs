@@ -758,7 +758,7 @@ async fn fault_single_connection_taken_by_another_client_then_released() {
             options(),
         );
         assert_pdu(&pool.read_device(0).await.unwrap(), 4.0);
-        sim.take().await.unwrap();
+        sim.take().unwrap();
         assert!(sim.is_unavailable());
         // Our open connection is reset at its next request, and every new one is closed:
         // each read fails with the device named, none hangs past its timeout.

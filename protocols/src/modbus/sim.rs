@@ -237,7 +237,7 @@ struct Gate {
     /// Another client holds the device's only connection: its peer address.
     taken_by: Option<SocketAddr>,
     /// The squatter's socket, kept open while the slot is taken.
-    squatter: Option<TcpStream>,
+    squatter: Option<std::net::TcpStream>,
     /// Rebooting until then: connections are refused (reset) at once.
     down_until: Option<tokio::time::Instant>,
 }
@@ -480,8 +480,10 @@ impl Simulator {
     /// [`Simulator::release`]: the simulator opens that connection itself, every other
     /// open connection is reset at its next request, and new ones are closed at once
     /// (what a single-connection device does while someone else holds its slot).
-    pub async fn take(&self) -> io::Result<()> {
-        let squatter = TcpStream::connect(self.addr).await?;
+    pub fn take(&self) -> io::Result<()> {
+        // A loopback connect completes in the kernel's backlog: no need to await the
+        // server task (which lets a caller holding a lock take the slot).
+        let squatter = std::net::TcpStream::connect(self.addr)?;
         let me = squatter.local_addr()?;
         {
             let mut g = self.state.gate();
