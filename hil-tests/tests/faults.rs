@@ -325,10 +325,7 @@ until_s = 360
     std::thread::sleep(real(520.0));
     let clock = SimClock::of(&s);
     let acts = acts(&a, &clock);
-    if let Ok(p) = std::env::var("RW_DEBUG_DUMP") {
-        std::fs::write(format!("{p}.agent"), a.lines().join("\n")).unwrap();
-        std::fs::write(format!("{p}.sim"), s.lines().join("\n")).unwrap();
-    }
+    debug_dump(&a, &s);
 
     // Every faulted device is reported stale, by id and node, after its fault began,
     // and fresh again after it ended.
@@ -391,4 +388,150 @@ until_s = 360
     );
     stop_clean(&mut a, &mut s);
     feeds_within_budget(&s);
+}
+
+/// With `RW_DEBUG_DUMP=/some/prefix`, both processes' lines go to `prefix.agent` and
+/// `prefix.sim` (for working on these tests; nothing is written otherwise).
+fn debug_dump(a: &Proc, s: &Proc) {
+    if let Ok(p) = std::env::var("RW_DEBUG_DUMP") {
+        std::fs::write(format!("{p}.agent"), a.lines().join("\n")).unwrap();
+        std::fs::write(format!("{p}.sim"), s.lines().join("\n")).unwrap();
+    }
+}
+
+/// Each miner's intent in the state file the agent wrote at its stop (`normal`,
+/// `target`, `sleep`, `outlet_off`), by id.
+fn final_intents(site: &TempSite) -> std::collections::HashMap<String, String> {
+    let text = std::fs::read_to_string(site.state_file()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ids = v["control"]["miner_ids"].as_array().unwrap();
+    let miners = v["control"]["miners"].as_array().unwrap();
+    assert_eq!(ids.len(), miners.len());
+    ids.iter()
+        .zip(miners)
+        .map(|(id, m)| {
+            (
+                id.as_str().unwrap().to_owned(),
+                m["intent"]["intent"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A single-connection PDU taken by another client, and the CRAHs' RTU-over-TCP gateway
+/// rebooting twice:
+/// - pdu-mine-b4's only connection is held by another client from 60 s to 200 s: it
+///   goes `telemetry.stale` (device and node named) and `telemetry.fresh` once the other
+///   client lets go (the agent gets the slot back by itself);
+/// - the gateway reboots for 4 s at 60 s: shorter than the cooling staleness limit, so
+///   it is ridden through (no unit stale, no shed);
+/// - it reboots for 45 s at 150 s: the four CRAHs behind it go stale together, count as
+///   unavailable, the air-mining zone loses its cooling (`cooling.capacity.exceeded`) and
+///   its miners are shed; the units read again afterwards;
+/// - the miners shed for it stay shed (no restore before the end, every one of them
+///   still curtailed in the state file at the stop), feeds stay within budget, and the
+///   agent exits 0.
+#[test]
+fn taken_connection_and_gateway_reboot_go_stale_shed_and_keep_intent() {
+    let _g = serial();
+    let site = TempSite::new("fault-modbus-gateway", |s| s);
+    let scenario = write_scenario(
+        &site,
+        "modbus-gateway",
+        r#"tenant_limit_w = 600
+[[events]]
+at_s = 60
+kind = "modbus_taken"
+device = "pdu-mine-b4"
+until_s = 200
+[[events]]
+at_s = 60
+kind = "gateway_reboot"
+device = "dev-crah-1"
+down_s = 4
+[[events]]
+at_s = 150
+kind = "gateway_reboot"
+device = "dev-crah-1"
+down_s = 45
+"#,
+    );
+    let mut s = sim(&site, &scenario, SPEED);
+    let mut a = agent(&site, SPEED, &[]);
+    std::thread::sleep(real(330.0));
+    let clock = SimClock::of(&s);
+    let acts = acts(&a, &clock);
+    debug_dump(&a, &s);
+
+    // The taken PDU.
+    let stale = alert_at(&a, &clock, "telemetry.stale", "pdu-mine-b4", 55.0)
+        .unwrap_or_else(|| panic!("pdu-mine-b4 never stale while taken\n{}", a.dump()));
+    assert!(stale < 100.0, "pdu-mine-b4 stale only at {stale:.0} s");
+    let v = alerts_named(&a, "telemetry.stale")
+        .into_iter()
+        .find(|v| v["fields"]["device"].as_str() == Some("pdu-mine-b4"))
+        .unwrap();
+    assert_eq!(v["fields"]["node"].as_str(), Some("mine-b4"), "{v}");
+    let fresh = alert_at(&a, &clock, "telemetry.fresh", "pdu-mine-b4", stale)
+        .unwrap_or_else(|| panic!("pdu-mine-b4 never read again after release\n{}", a.dump()));
+    assert!(fresh >= 195.0, "pdu-mine-b4 fresh at {fresh:.0} s, still taken");
+
+    // The gateway: ridden through at 60 s, stale together at 150 s.
+    let crahs = ["crah-1", "crah-2", "crah-3", "crah-4"];
+    let mut back_at: f64 = 0.0;
+    for u in crahs {
+        let t = alert_at(&a, &clock, "telemetry.stale", u, 0.0)
+            .unwrap_or_else(|| panic!("{u} never stale during the reboot\n{}", a.dump()));
+        assert!(
+            (150.0..200.0).contains(&t),
+            "{u} stale at {t:.0} s (a 4 s reboot must be ridden through; the 45 s one not)"
+        );
+        let f = alert_at(&a, &clock, "telemetry.fresh", u, t)
+            .unwrap_or_else(|| panic!("{u} never read again after the reboot\n{}", a.dump()));
+        assert!(f >= 190.0, "{u} fresh at {f:.0} s, during the reboot");
+        back_at = back_at.max(f);
+    }
+    let zone_alert = a
+        .alerts()
+        .into_iter()
+        .find(|v| {
+            v["fields"]["zone"] == "air-mining"
+                && matches!(
+                    v["fields"]["alert"].as_str(),
+                    Some("cooling.capacity.exceeded" | "cooling.redundancy.lost")
+                )
+        })
+        .unwrap_or_else(|| panic!("no cooling alert for the air-mining zone\n{}", a.dump()));
+    let lost_at = clock.at(&zone_alert);
+    assert!(lost_at >= 150.0, "cooling lost at {lost_at:.0} s, before the reboot");
+    // Before the long reboot nothing was shed (the short one was ridden through).
+    let early: Vec<&Act> = acts.iter().filter(|x| x.t < 150.0).collect();
+    assert!(early.is_empty(), "actions before the long reboot: {early:?}");
+    let shed: Vec<&Act> = acts
+        .iter()
+        .filter(|x| x.t >= 150.0 && is_shed(&x.lever))
+        .collect();
+    assert!(
+        shed.iter().any(|x| x.dev.starts_with("mine-")),
+        "no miner shed while the zone's cooling was unknown\n{}",
+        a.dump()
+    );
+    // Intent kept: nothing restored, every shed miner still curtailed at the stop.
+    let restores: Vec<&Act> = acts.iter().filter(|x| is_restore(&x.lever)).collect();
+    assert!(restores.is_empty(), "restored within the off time: {restores:?}");
+    stop_clean(&mut a, &mut s);
+    feeds_within_budget(&s);
+    let intents = final_intents(&site);
+    for x in &shed {
+        if x.dev.starts_with("mine-") {
+            assert_ne!(
+                intents.get(&x.dev).map(String::as_str),
+                Some("normal"),
+                "{} was shed at {:.0} s and lost its intent",
+                x.dev,
+                x.t
+            );
+        }
+    }
+    eprintln!("gateway back at {back_at:.0} s; {} sheds", shed.len());
 }
