@@ -474,7 +474,10 @@ down_s = 45
     assert_eq!(v["fields"]["node"].as_str(), Some("mine-b4"), "{v}");
     let fresh = alert_at(&a, &clock, "telemetry.fresh", "pdu-mine-b4", stale)
         .unwrap_or_else(|| panic!("pdu-mine-b4 never read again after release\n{}", a.dump()));
-    assert!(fresh >= 195.0, "pdu-mine-b4 fresh at {fresh:.0} s, still taken");
+    assert!(
+        fresh >= 195.0,
+        "pdu-mine-b4 fresh at {fresh:.0} s, still taken"
+    );
 
     // The gateway: ridden through at 60 s, stale together at 150 s.
     let crahs = ["crah-1", "crah-2", "crah-3", "crah-4"];
@@ -503,10 +506,16 @@ down_s = 45
         })
         .unwrap_or_else(|| panic!("no cooling alert for the air-mining zone\n{}", a.dump()));
     let lost_at = clock.at(&zone_alert);
-    assert!(lost_at >= 150.0, "cooling lost at {lost_at:.0} s, before the reboot");
+    assert!(
+        lost_at >= 150.0,
+        "cooling lost at {lost_at:.0} s, before the reboot"
+    );
     // Before the long reboot nothing was shed (the short one was ridden through).
     let early: Vec<&Act> = acts.iter().filter(|x| x.t < 150.0).collect();
-    assert!(early.is_empty(), "actions before the long reboot: {early:?}");
+    assert!(
+        early.is_empty(),
+        "actions before the long reboot: {early:?}"
+    );
     let shed: Vec<&Act> = acts
         .iter()
         .filter(|x| x.t >= 150.0 && is_shed(&x.lever))
@@ -518,7 +527,10 @@ down_s = 45
     );
     // Intent kept: nothing restored, every shed miner still curtailed at the stop.
     let restores: Vec<&Act> = acts.iter().filter(|x| is_restore(&x.lever)).collect();
-    assert!(restores.is_empty(), "restored within the off time: {restores:?}");
+    assert!(
+        restores.is_empty(),
+        "restored within the off time: {restores:?}"
+    );
     stop_clean(&mut a, &mut s);
     feeds_within_budget(&s);
     let intents = final_intents(&site);
@@ -534,4 +546,164 @@ down_s = 45
         }
     }
     eprintln!("gateway back at {back_at:.0} s; {} sheds", shed.len());
+}
+
+/// Per device: the spans during which its `telemetry.stale` alert was out (simulator
+/// time; an alert never cleared runs to infinity).
+fn stale_spans(a: &Proc, clock: &SimClock) -> std::collections::HashMap<String, Vec<(f64, f64)>> {
+    let mut spans: std::collections::HashMap<String, Vec<(f64, f64)>> = Default::default();
+    for v in a.alerts() {
+        let Some(dev) = v["fields"]["device"].as_str() else {
+            continue;
+        };
+        let t = clock.at(&v);
+        let list = spans.entry(dev.to_owned()).or_default();
+        match v["fields"]["alert"].as_str() {
+            Some("telemetry.stale") => list.push((t, f64::INFINITY)),
+            Some("telemetry.fresh") => {
+                if let Some(last) = list.last_mut() {
+                    if last.1.is_infinite() {
+                        last.1 = t;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// Miners misbehaving, before and during surges:
+/// - at 180 s, after feed A's surge (120 s) had them shed: mine-a1-braiins answer
+///   garbage, mine-a1-luxos hang (accept, never answer), mine-a4-luxos close the
+///   connection half-way through each reply, mine-a4-braiins flap (20 s answering, 20 s
+///   silent); the same four faults on feed B's mine-b3/mine-b4 groups, which are not
+///   shed yet;
+/// - each faulted group raises `telemetry.stale` naming its miners (and their rack);
+/// - feed B surges at 240 s: it is still shed (around the broken miners: other miners'
+///   targets, sleeps or outlets), and no feed goes over its budget;
+/// - feed A's surge ends at 330 s: its healthy miners are restored, but no miner is ever
+///   restored while its stale alert is out, and the broken miners shed before the faults
+///   (garbage, hang, close-early) are still curtailed in the state file at the stop;
+/// - the agent keeps deciding and exits 0. (A miner that ignores commands is
+///   `scenarios.rs`'s `miner_ignoring_sleep_is_unconfirmed_and_its_outlet_goes_off`.)
+#[test]
+fn misbehaving_miners_go_stale_keep_their_intent_and_surges_still_shed() {
+    let _g = serial();
+    let site = TempSite::new("fault-miners", |s| s);
+    let mut toml = String::from(
+        r#"tenant_limit_w = 600
+[[events]]
+at_s = 120
+kind = "gpu_limits"
+feed = "feed-a"
+limit_w = 1200
+[[events]]
+at_s = 330
+kind = "gpu_limits"
+feed = "feed-a"
+limit_w = 600
+[[events]]
+at_s = 240
+kind = "gpu_limits"
+feed = "feed-b"
+limit_w = 1200
+"#,
+    );
+    let faults = [
+        ("mine-a1-braiins-", "garbage"),
+        ("mine-a1-luxos-", "hang"),
+        ("mine-a4-luxos-", "close_early"),
+        ("mine-a4-braiins-", "flap"),
+        ("mine-b3-braiins-", "garbage"),
+        ("mine-b3-luxos-", "hang"),
+        ("mine-b4-luxos-", "close_early"),
+        ("mine-b4-braiins-", "flap"),
+    ];
+    for (prefix, fault) in faults {
+        toml.push_str(&format!(
+            "[[events]]\nat_s = 180\nkind = \"miner_fault\"\nprefix = \"{prefix}\"\nfault = \"{fault}\"\nperiod_s = 20\n"
+        ));
+    }
+    let scenario = write_scenario(&site, "miners", &toml);
+    let mut s = sim(&site, &scenario, SPEED);
+    let mut a = agent(&site, SPEED, &[]);
+    std::thread::sleep(real(450.0));
+    let clock = SimClock::of(&s);
+    let acts = acts(&a, &clock);
+    debug_dump(&a, &s);
+    let spans = stale_spans(&a, &clock);
+
+    // Each faulted group is reported, miner by miner, rack named.
+    for (prefix, fault) in faults {
+        let stale: Vec<&String> = spans
+            .iter()
+            .filter(|(d, sp)| d.starts_with(prefix) && sp.iter().any(|s| s.0 >= 180.0))
+            .map(|(d, _)| d)
+            .collect();
+        assert!(
+            !stale.is_empty(),
+            "no miner of {prefix} ({fault}) reported stale\n{}",
+            a.dump()
+        );
+        let rack = &prefix[..7];
+        let v = alerts_named(&a, "telemetry.stale")
+            .into_iter()
+            .find(|v| v["fields"]["device"].as_str() == Some(stale[0].as_str()))
+            .unwrap();
+        assert_eq!(v["fields"]["node"].as_str(), Some(rack), "{v}");
+    }
+    // The healthy miners stay fresh: hung ones do not hold back everyone's readings.
+    let healthy = ["mine-a2-", "mine-a3-", "mine-b1-", "mine-b2-"];
+    let dragged: Vec<(&String, &Vec<(f64, f64)>)> = spans
+        .iter()
+        .filter(|(d, _)| healthy.iter().any(|p| d.starts_with(p)))
+        .collect();
+    assert!(
+        dragged.is_empty(),
+        "healthy miners went stale with the broken ones: {dragged:?}"
+    );
+    // Nothing is restored while its stale alert is out.
+    for x in acts.iter().filter(|x| is_restore(&x.lever)) {
+        if let Some(sp) = spans.get(&x.dev) {
+            assert!(
+                !sp.iter().any(|(from, to)| x.t > *from && x.t < *to),
+                "{x:?} while its reading was stale ({sp:?})"
+            );
+        }
+    }
+    // Feed B's surge is shed although a third of its miners misbehave.
+    assert!(
+        acts.iter()
+            .any(|x| x.dev.starts_with("mine-b") && is_shed(&x.lever) && x.t >= 235.0),
+        "feed B's surge was not shed\n{}",
+        a.dump()
+    );
+    // Feed A: the healthy miners come back after its surge (the restore phase was
+    // reached); the broken ones shed before their faults keep their intent.
+    assert!(
+        acts.iter().any(|x| x.t > 330.0
+            && is_restore(&x.lever)
+            && (x.dev.starts_with("mine-a2") || x.dev.starts_with("mine-a3"))),
+        "no healthy feed-A miner restored after the surge\n{}",
+        a.dump()
+    );
+    stop_clean(&mut a, &mut s);
+    feeds_within_budget(&s);
+    let intents = final_intents(&site);
+    let broken_a = ["mine-a1-braiins-", "mine-a1-luxos-", "mine-a4-luxos-"];
+    let mut kept = 0;
+    for x in acts.iter().filter(|x| x.t < 180.0 && is_shed(&x.lever)) {
+        if broken_a.iter().any(|p| x.dev.starts_with(p)) {
+            let i = intents.get(&x.dev).map(String::as_str);
+            assert!(
+                matches!(i, Some("target" | "sleep" | "outlet_off")),
+                "{} was shed at {:.0} s, broke at 180 s, and ended `{i:?}`",
+                x.dev,
+                x.t
+            );
+            kept += 1;
+        }
+    }
+    assert!(kept > 0, "no broken miner had been shed before its fault");
 }

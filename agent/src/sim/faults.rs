@@ -175,7 +175,12 @@ mod tests {
             seed: 1,
         };
         let h = Arc::new(Hangable {
-            inner: Arc::new(SimGpus::with_clock("g".into(), LoadProfile::Idle, spec, || 0.0)),
+            inner: Arc::new(SimGpus::with_clock(
+                String::from("g"),
+                LoadProfile::Idle,
+                spec,
+                || 0.0,
+            )),
             hang: Arc::new(AtomicBool::new(true)),
             cancel: CancellationToken::new(),
         });
