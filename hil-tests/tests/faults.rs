@@ -7,7 +7,22 @@
 //!   surge still shed, a valid state written again);
 //! - the state file missing (start-up hold, no miner woken);
 //! - GPU nodes refusing the agent (a token that no longer matches: every request 401), so
-//!   they stop answering (`telemetry.stale` per GPU node, no GPU lever used).
+//!   they stop answering (`telemetry.stale` per GPU node, no GPU lever used);
+//! - Modbus wire faults on meters and PDUs (`late`, `reset`, `exception`, `garbage`,
+//!   `timeout`) while feeds surge: stale alerts per device, surges still shed, no restore
+//!   anywhere while a meter is stale, restores once all are fresh;
+//! - a single-connection PDU taken by another client, and the CRAHs' RTU-over-TCP gateway
+//!   rebooting (ridden through when short; stale units, lost cooling and a zone shed when
+//!   long), with the shed miners' intent kept;
+//! - miners answering garbage, hanging, closing mid-reply and flapping, before and
+//!   during surges: stale alerts per miner, healthy miners unaffected, no restore from
+//!   stale data, intent kept (a miner ignoring commands: `scenarios.rs`);
+//! - GPU nodes that hang (accept, never answer): stale, rack reserved at its rated
+//!   maximum (feed shed), no GPU cap, clean stop with requests in flight.
+//!
+//! The fault scenarios are TOML files written into the site's temporary directory (event
+//! kinds in `agent/src/sim/scenario.rs`); times are the simulator's virtual seconds, and
+//! both processes' log lines are put on that clock through their wall-clock timestamps.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -706,4 +721,89 @@ limit_w = 1200
         }
     }
     assert!(kept > 0, "no broken miner had been shed before its fault");
+}
+
+/// GPU nodes that stop answering (accept the request, never reply), unlike the 401 case:
+/// - gpunode-gpu-b1 hangs from 60 s to 180 s: `telemetry.stale` naming it, its rack is
+///   reserved at its rated maximum, so feed B's miners are shed (stale never counts as
+///   free capacity) and feed A is left alone; no GPU cap is sent to the hung node; it
+///   reads again (`telemetry.fresh`) once it answers;
+/// - gpunode-gpu-a2 hangs from 200 s to the end: stale too, and both processes still stop
+///   cleanly (exit 0) with its requests in flight.
+#[test]
+fn hung_gpu_nodes_go_stale_reserve_their_rack_and_never_block_the_agent() {
+    let _g = serial();
+    let site = TempSite::new("fault-gpu-hang", |s| s);
+    let scenario = write_scenario(
+        &site,
+        "gpu-hang",
+        r#"tenant_limit_w = 600
+[[events]]
+at_s = 60
+kind = "gpu_node_hang"
+host = "gpunode-gpu-b1"
+until_s = 180
+[[events]]
+at_s = 200
+kind = "gpu_node_hang"
+host = "gpunode-gpu-a2"
+"#,
+    );
+    let mut s = sim(&site, &scenario, SPEED);
+    let mut a = agent(&site, SPEED, &[]);
+    std::thread::sleep(real(250.0));
+    let clock = SimClock::of(&s);
+    let acts = acts(&a, &clock);
+    debug_dump(&a, &s);
+
+    let b1_stale = alert_at(&a, &clock, "telemetry.stale", "gpunode-gpu-b1", 55.0)
+        .unwrap_or_else(|| panic!("gpunode-gpu-b1 never stale while hung\n{}", a.dump()));
+    assert!(
+        b1_stale < 90.0,
+        "gpunode-gpu-b1 stale only at {b1_stale:.0} s"
+    );
+    let b1_fresh = alert_at(&a, &clock, "telemetry.fresh", "gpunode-gpu-b1", b1_stale)
+        .unwrap_or_else(|| panic!("gpunode-gpu-b1 never read again\n{}", a.dump()));
+    assert!(
+        b1_fresh >= 175.0,
+        "gpunode-gpu-b1 fresh at {b1_fresh:.0} s, still hung"
+    );
+    let a2_stale = alert_at(&a, &clock, "telemetry.stale", "gpunode-gpu-a2", 195.0)
+        .unwrap_or_else(|| panic!("gpunode-gpu-a2 never stale while hung\n{}", a.dump()));
+    assert!(
+        a2_stale < 230.0,
+        "gpunode-gpu-a2 stale only at {a2_stale:.0} s"
+    );
+    // No other GPU node was dragged along.
+    for g in ["gpunode-gpu-a1", "gpunode-gpu-b2"] {
+        assert!(
+            alert_at(&a, &clock, "telemetry.stale", g, 0.0).is_none(),
+            "{g} went stale with the hung ones\n{}",
+            a.dump()
+        );
+    }
+    // Worst case for the hung rack: feed B shed during the hang, feed A not before its
+    // own node hung.
+    assert!(
+        acts.iter().any(|x| x.dev.starts_with("mine-b")
+            && is_shed(&x.lever)
+            && x.t >= b1_stale - 1.0
+            && x.t < 180.0),
+        "nothing shed on feed B while gpunode-gpu-b1 was unknown\n{}",
+        a.dump()
+    );
+    let early_a: Vec<&Act> = acts
+        .iter()
+        .filter(|x| x.dev.starts_with("mine-a") && x.t < 200.0)
+        .collect();
+    assert!(early_a.is_empty(), "feed A acted on: {early_a:?}");
+    let caps: Vec<&Act> = acts
+        .iter()
+        .filter(|x| x.lever.starts_with("gpu_cap"))
+        .collect();
+    assert!(caps.is_empty(), "GPU lever used: {caps:?}");
+    // A hang, not a refusal.
+    assert!(!s.dump().contains("gpu node request refused"));
+    stop_clean(&mut a, &mut s);
+    feeds_within_budget(&s);
 }
