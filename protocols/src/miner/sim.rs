@@ -1044,7 +1044,7 @@ async fn http_answer(
             _,
             "/cgi-bin/get_miner_conf.cgi" | "/cgi-bin/set_miner_conf.cgi",
         ) => {
-            if !digest_ok(&m, &headers, method.as_str()) {
+            if !digest_ok(m, &headers, method.as_str()) {
                 let nonce = format!("{:016x}", now_epoch().wrapping_mul(0x9E37_79B9));
                 return (
                     StatusCode::UNAUTHORIZED,
