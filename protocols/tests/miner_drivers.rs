@@ -386,3 +386,45 @@ async fn hung_http_times_out_and_shutdown_is_prompt() {
         .expect("shutdown must not wait for the scripted hang");
     assert!(hanging.await.unwrap().is_err());
 }
+
+/// A miner that closes the connection half-way through its reply: an error naming the
+/// miner for the cgminer API and for a web interface, never a reading made of half a
+/// reply; and the next poll after the fault works.
+#[tokio::test]
+async fn reply_cut_off_mid_way_is_an_error_naming_the_miner() {
+    for (fw, n) in [(Firmware::Luxos, 40), (Firmware::Vnish, 41)] {
+        let (sim, m, d) = start(fw, n).await;
+        m.set_fault(Fault::CloseEarly);
+        for _ in 0..3 {
+            let e = d.poll().await.unwrap_err();
+            assert!(e.to_string().contains(&m.spec.id), "{fw:?}: {e}");
+        }
+        // A command's reply cut short is no confirmation either.
+        assert!(d.sleep().await.is_err(), "{fw:?}: sleep with a cut reply");
+        m.set_fault(Fault::None);
+        assert!(d.poll().await.is_ok(), "{fw:?}: no recovery");
+        sim.shutdown().await;
+    }
+}
+
+/// A flapping miner answers, then is silent, in turn, with the period it was given.
+#[tokio::test]
+async fn flapping_miner_answers_and_goes_silent_in_turn() {
+    let (sim, m, d) = start(Firmware::Braiins, 42).await;
+    let period = Duration::from_millis(900);
+    m.set_fault(Fault::Flap(period));
+    assert_eq!(m.fault_now(), Fault::None, "a flap starts answering");
+    assert!(d.poll().await.is_ok());
+    tokio::time::sleep(period).await;
+    assert_eq!(m.fault_now(), Fault::NoAnswer);
+    let e = d.poll().await.unwrap_err();
+    assert!(e.to_string().contains(&m.spec.id), "{e}");
+    // The failed poll took one reply timeout (800 ms): the next phase answers again.
+    while m.fault_now() == Fault::NoAnswer {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(d.poll().await.is_ok(), "answering phase after the silence");
+    m.set_fault(Fault::None);
+    assert_eq!(m.fault_now(), Fault::None);
+    sim.shutdown().await;
+}

@@ -731,3 +731,113 @@ async fn late_answer_on_an_rtu_gateway_never_answers_the_next_unit() {
     })
     .await;
 }
+
+/// Reads until one succeeds (the pool backs off between failures), at most `tries`.
+async fn read_until_ok(
+    pool: &ModbusPool,
+    tries: usize,
+) -> Option<rackwarden_protocols::modbus::DeviceReading> {
+    for _ in 0..tries {
+        match pool.read_device(0).await {
+            Ok(r) => return Some(r),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn fault_single_connection_taken_by_another_client_then_released() {
+    bounded(async {
+        let sim = Simulator::tcp(any_port(), builtin("generic-pdu").unwrap())
+            .await
+            .unwrap();
+        set_pdu(&sim, 1, 4.0);
+        let pool = ModbusPool::from_devices(
+            vec![device("pdu-taken", tcp(&sim, 1), "generic-pdu")],
+            options(),
+        );
+        assert_pdu(&pool.read_device(0).await.unwrap(), 4.0);
+        sim.take().unwrap();
+        assert!(sim.is_unavailable());
+        // Our open connection is reset at its next request, and every new one is closed:
+        // each read fails with the device named, none hangs past its timeout.
+        for _ in 0..4 {
+            let e = pool.read_device(0).await.unwrap_err();
+            assert!(
+                e.to_string().contains("`pdu-taken`"),
+                "error names the device: {e}"
+            );
+        }
+        // The squatter still holds its connection.
+        assert!(sim.active_connections() >= 1);
+        sim.release();
+        assert!(!sim.is_unavailable());
+        sim.set(1, "inlet_power_kw", 1, 5.0).unwrap();
+        let r = read_until_ok(&pool, 40).await;
+        assert_pdu(&r.expect("never read again after the release"), 5.0);
+        sim.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fault_gateway_reboot_silences_every_unit_then_serves_again() {
+    bounded(async {
+        let sim = Simulator::start(
+            any_port(),
+            Framing::RtuOverTcp,
+            vec![
+                (1, builtin("generic-cooling").unwrap()),
+                (2, builtin("generic-cooling").unwrap()),
+            ],
+        )
+        .await
+        .unwrap();
+        for u in [1, 2] {
+            sim.set(u, "capacity_kw", 1, 250.0).unwrap();
+        }
+        let addr = sim.local_addr().to_string();
+        let link = |unit_id| ModbusLink::RtuOverTcp {
+            addr: addr.clone(),
+            unit_id,
+        };
+        let pool = ModbusPool::from_devices(
+            vec![
+                device("crah-1", link(1), "generic-cooling"),
+                device("crah-2", link(2), "generic-cooling"),
+            ],
+            options(),
+        );
+        assert!(pool.read_device(0).await.is_ok());
+        assert!(pool.read_device(1).await.is_ok());
+        sim.reboot(Duration::from_millis(600));
+        assert!(sim.is_unavailable());
+        // Both units behind the gateway are silent while it reboots.
+        for d in [0, 1] {
+            let e = pool.read_device(d).await.unwrap_err();
+            let id = if d == 0 { "`crah-1`" } else { "`crah-2`" };
+            assert!(e.to_string().contains(id), "{e}");
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(!sim.is_unavailable());
+        let mut back = [false, false];
+        for _ in 0..40 {
+            for (d, ok) in back.iter_mut().enumerate() {
+                if !*ok {
+                    *ok = pool
+                        .read_device(d)
+                        .await
+                        .is_ok_and(|r| r.get("capacity_kw", 1) == Some(250.0));
+                }
+            }
+            if back == [true, true] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(back, [true, true], "units not back after the reboot");
+        sim.shutdown().await;
+    })
+    .await;
+}

@@ -799,6 +799,7 @@ fn spawn_collectors(
     }
     if !site.miners.is_empty() {
         let every = shared.clock.real(p.miner_poll_ms);
+        let budget = miner_poll_budget(shared);
         let (sh, cancel) = (shared.clone(), cancel.clone());
         tasks.spawn(async move {
             let mut iv = tokio::time::interval(every);
@@ -809,28 +810,30 @@ fn spawn_collectors(
                     () = cancel.cancelled() => return,
                     _ = iv.tick() => {}
                 }
-                let results: Vec<(usize, Option<Result<MinerTelemetry, String>>)> =
-                    futures::stream::iter(0..sh.site.miners.len())
-                        .map(|i| {
-                            let sh = &sh;
-                            async move {
-                                let r = match &sh.io.miners[i] {
-                                    Some(d) => {
-                                        let t0 = tokio::time::Instant::now();
-                                        let r = d.poll().await.map_err(|e| e.to_string());
-                                        sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
-                                        Some(r)
-                                    }
-                                    None => None,
-                                };
-                                (i, r)
-                            }
-                        })
-                        .buffer_unordered(512)
-                        .collect()
-                        .await;
-                let now = sh.clock.now_ms();
-                for (i, r) in results {
+                // Each poll is bounded by `budget`, and each answer reaches the snapshot
+                // as it comes: a miner that hangs (or a web interface that waits out its
+                // 30 s HTTP timeout) must not hold back the readings of all the others,
+                // which would otherwise all go stale behind it (found by the hil fault
+                // matrix: one hung group made the whole fleet stale).
+                let mut results = futures::stream::iter(0..sh.site.miners.len())
+                    .map(|i| {
+                        let sh = &sh;
+                        async move {
+                            let r = match &sh.io.miners[i] {
+                                Some(d) => {
+                                    let t0 = tokio::time::Instant::now();
+                                    let r = poll_bounded(d.as_ref(), budget).await;
+                                    sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
+                                    Some(r)
+                                }
+                                None => None,
+                            };
+                            (i, r)
+                        }
+                    })
+                    .buffer_unordered(512);
+                while let Some((i, r)) = results.next().await {
+                    let now = sh.clock.now_ms();
                     match r {
                         Some(Ok(t)) => {
                             failing[i] = false;
@@ -874,6 +877,25 @@ fn spawn_collectors(
                 }
             }
         });
+    }
+}
+
+/// How long one miner poll may take: half the miner staleness limit, so a healthy
+/// miner polled in the same round as hung ones is read again well within that limit.
+fn miner_poll_budget(sh: &Shared) -> Duration {
+    sh.clock.real(sh.site.policy.miner_stale_ms / 2)
+}
+
+/// One miner poll, given up after `budget` (the driver's own timeouts may be longer).
+async fn poll_bounded(d: &dyn MinerDriver, budget: Duration) -> Result<MinerTelemetry, String> {
+    match tokio::time::timeout(budget, d.poll()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "miner {} at {}: poll gave no answer within {} ms",
+            d.id(),
+            d.addr(),
+            budget.as_millis()
+        )),
     }
 }
 
@@ -1006,7 +1028,7 @@ fn execute(
                 for _ in 0..4 {
                     tokio::time::sleep(sh.clock.real(step)).await;
                     let _permit = sh.in_flight.acquire().await.ok();
-                    if let Ok(t) = d.poll().await {
+                    if let Ok(t) = poll_bounded(d.as_ref(), sh.clock.real(step)).await {
                         sh.apply_miner(i, &t, sh.clock.now_ms());
                     }
                 }
@@ -1084,4 +1106,44 @@ pub fn miner_index(site: &Site) -> HashMap<&str, usize> {
         .enumerate()
         .map(|(i, m)| (m.id.as_str(), i))
         .collect()
+}
+
+#[cfg(test)]
+mod poll_bound_tests {
+    use super::*;
+    use rackwarden_config::Firmware;
+    use rackwarden_protocols::miner::sim::{Fault, MinerSim, SimMinerSpec, SimOptions};
+
+    /// A hung miner's poll ends at the budget with an error naming it, however long the
+    /// driver's own timeouts are; a healthy one answers within the same budget.
+    #[tokio::test]
+    async fn a_hung_miner_poll_ends_at_the_budget_naming_the_miner() {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 97, 3, 1));
+        let spec = SimMinerSpec::new(
+            "hung-1",
+            Firmware::Luxos,
+            std::net::SocketAddr::new(ip, 0),
+            None,
+        );
+        let sim = MinerSim::start(vec![spec], SimOptions { time_scale: 100.0 })
+            .await
+            .unwrap();
+        let m = sim.miners()[0].clone();
+        let opts = DriverOptions {
+            reply_timeout: Duration::from_secs(30),
+            ..DriverOptions::default()
+        };
+        let d = DriverFactory::new(opts)
+            .unwrap()
+            .build(&m.to_config())
+            .unwrap();
+        let budget = Duration::from_millis(300);
+        assert!(poll_bounded(d.as_ref(), budget).await.is_ok());
+        m.set_fault(Fault::NoAnswer);
+        let t0 = tokio::time::Instant::now();
+        let e = poll_bounded(d.as_ref(), budget).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(e.contains("hung-1") && e.contains("300 ms"), "{e}");
+        sim.shutdown().await;
+    }
 }

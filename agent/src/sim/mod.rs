@@ -9,11 +9,14 @@
 //!   rack half on each cord); a zone's heat is its racks' power; cooling units trip and
 //!   recover as the scenario says.
 //! - Scenarios ([`scenario::Scenario`]) move GPU limits, trip units, silence meters and
-//!   make miners ignore commands at given virtual times.
+//!   make miners ignore commands at given virtual times; the fault matrix's events (wire
+//!   faults, a taken connection, a gateway reboot, misbehaving miners, hung GPU nodes)
+//!   are applied by `faults`.
 //!
 //! Serial RTU devices and local-NVML GPU hosts cannot be served over loopback: they are
 //! left out, with a warning.
 
+mod faults;
 pub mod scenario;
 
 use std::collections::HashMap;
@@ -83,6 +86,8 @@ struct Model {
     /// step of a 30,000-miner site to a few milliseconds.
     outlet_pub: Vec<Option<(f64, f64)>>,
     node_pub: Vec<Option<f64>>,
+    /// Per simulated GPU node id: while on, its requests hang (`gpu_node_hang`).
+    gpu_hang: HashMap<String, Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A running simulated site.
@@ -196,6 +201,7 @@ impl SiteSim {
             _ => LoadProfile::Training,
         };
         let mut gpu_racks: Vec<GpuRack> = Vec::new();
+        let mut gpu_hang = HashMap::new();
         for (gi, g) in site.gpu_nodes.iter().enumerate() {
             if g.source != GpuSourceKind::Remote {
                 warn!(device = %g.id, "local NVML host: not simulated");
@@ -238,7 +244,13 @@ impl SiteSim {
                         addr,
                         message: e.to_string(),
                     })?;
-            let source: Arc<dyn GpuSource> = gpus.clone();
+            let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            gpu_hang.insert(g.id.clone(), hang.clone());
+            let source: Arc<dyn GpuSource> = Arc::new(faults::Hangable {
+                inner: gpus.clone(),
+                hang,
+                cancel: cancel.clone(),
+            });
             let c = cancel.clone();
             tasks.spawn(async move {
                 let _ = rackwarden_protocols::gpu::node::serve_with_shutdown(
@@ -288,6 +300,7 @@ impl SiteSim {
             dev_at,
             miners,
             gpu_racks,
+            gpu_hang,
         }));
         // Outlets start on; cooling units start running.
         {
@@ -316,7 +329,9 @@ impl SiteSim {
                     let ev = events[next].clone();
                     next += 1;
                     info!(event = "sim.scenario", at_s = ev.at_s, kind = ?ev.kind, "scenario event");
-                    apply_event(&m2, &ev.kind).await;
+                    if !faults::apply(&m2, &ev.kind, speed) {
+                        apply_event(&m2, &ev.kind).await;
+                    }
                 }
                 lock(&m2).step(t);
                 if t >= next_report {
@@ -494,6 +509,8 @@ async fn apply_event(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind) {
                 });
             }
         }
+        // Applied by `faults::apply` before this is called.
+        _ => {}
     }
 }
 

@@ -14,6 +14,40 @@
 //! feed = "feed-a"            # or racks = ["gpu-a1"]
 //! limit_w = 1200
 //! ```
+//!
+//! Fault events (the fault matrix of the hil-tests), each optionally ended by `until_s`:
+//!
+//! ```toml
+//! [[events]]
+//! at_s = 60
+//! kind = "modbus_fault"      # one device (unit id) misbehaves on the wire
+//! device = "meter-feed-a"
+//! fault = "late"             # timeout | late | reset | exception | garbage
+//! late_ms = 1500             # late: real ms (Modbus timeouts are real time)
+//! code = 4                   # exception: the code (default 4, server device failure)
+//! until_s = 200
+//! [[events]]
+//! at_s = 60
+//! kind = "modbus_taken"      # another client holds the device's only connection
+//! device = "pdu-mine-a4"
+//! until_s = 200
+//! [[events]]
+//! at_s = 90
+//! kind = "gateway_reboot"    # the whole address behind `device` reboots
+//! device = "dev-crah-1"
+//! down_s = 40
+//! [[events]]
+//! at_s = 60
+//! kind = "miner_fault"       # miners whose id starts with `prefix`
+//! prefix = "mine-a1-"
+//! fault = "flap"             # garbage | hang | close_early | flap | none
+//! period_s = 20              # flap: answering, then silent, this long each
+//! [[events]]
+//! at_s = 60
+//! kind = "gpu_node_hang"     # a GPU node accepts requests and never answers
+//! host = "gpunode-gpu-b1"
+//! until_s = 180
+//! ```
 
 use serde::Deserialize;
 
@@ -56,6 +90,126 @@ pub enum EventKind {
         #[serde(default = "yes")]
         ignore: bool,
     },
+    /// A Modbus device (its unit id) misbehaves on every request until `until_s`.
+    ModbusFault {
+        device: String,
+        fault: ModbusFaultKind,
+        /// `late`: how late the answer comes, real milliseconds (default 1500).
+        #[serde(default)]
+        late_ms: Option<u64>,
+        /// `exception`: the exception code (default 4).
+        #[serde(default)]
+        code: Option<u8>,
+        #[serde(default)]
+        until_s: Option<f64>,
+    },
+    /// The device answers normally again (ends `modbus_fault` and `modbus_taken`).
+    ModbusClear {
+        device: String,
+    },
+    /// Another client takes the device's only connection until `until_s`.
+    ModbusTaken {
+        device: String,
+        #[serde(default)]
+        until_s: Option<f64>,
+    },
+    /// The server at `device`'s address (an RTU-over-TCP gateway: every unit behind it)
+    /// reboots: connections reset, nothing answers for `down_s`, then it is back.
+    GatewayReboot {
+        device: String,
+        down_s: f64,
+    },
+    /// Miners whose id starts with `prefix` misbehave until `until_s`.
+    MinerFault {
+        prefix: String,
+        fault: MinerFaultKind,
+        /// `flap`: seconds answering, then as many silent (default 20).
+        #[serde(default)]
+        period_s: Option<f64>,
+        #[serde(default)]
+        until_s: Option<f64>,
+    },
+    /// A GPU node accepts requests and never answers, until `until_s` or `gpu_node_back`.
+    GpuNodeHang {
+        host: String,
+        #[serde(default)]
+        until_s: Option<f64>,
+    },
+    GpuNodeBack {
+        host: String,
+    },
+}
+
+/// How a Modbus device misbehaves (`modbus_fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModbusFaultKind {
+    /// Reads the request, never answers.
+    Timeout,
+    /// Answers after `late_ms`.
+    Late,
+    /// Resets the connection (RST).
+    Reset,
+    /// Answers with an exception code.
+    Exception,
+    /// Answers bytes that are no Modbus frame.
+    Garbage,
+}
+
+/// How a miner misbehaves (`miner_fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinerFaultKind {
+    /// Answers bytes that are not a reply.
+    Garbage,
+    /// Accepts the connection, never answers.
+    Hang,
+    /// Closes the connection half-way through its reply.
+    CloseEarly,
+    /// Answers, then is silent, in turn (`period_s` each).
+    Flap,
+    /// Behaves again.
+    None,
+}
+
+impl EventKind {
+    /// The event that ends this one at `until_s`, if it has an end.
+    fn ending(&self) -> Option<(f64, EventKind)> {
+        match self {
+            EventKind::ModbusFault {
+                device,
+                until_s: Some(t),
+                ..
+            }
+            | EventKind::ModbusTaken {
+                device,
+                until_s: Some(t),
+            } => Some((
+                *t,
+                EventKind::ModbusClear {
+                    device: device.clone(),
+                },
+            )),
+            EventKind::MinerFault {
+                prefix,
+                until_s: Some(t),
+                ..
+            } => Some((
+                *t,
+                EventKind::MinerFault {
+                    prefix: prefix.clone(),
+                    fault: MinerFaultKind::None,
+                    period_s: None,
+                    until_s: None,
+                },
+            )),
+            EventKind::GpuNodeHang {
+                host,
+                until_s: Some(t),
+            } => Some((*t, EventKind::GpuNodeBack { host: host.clone() })),
+            _ => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -239,8 +393,21 @@ impl Scenario {
             path: name_or_file.to_owned(),
             message: e.message().to_owned(),
         })?;
-        s.events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        s.expand_endings();
         Ok(s)
+    }
+
+    /// Adds the event that ends each fault with an `until_s`, and sorts by time (a
+    /// stable sort: events at the same instant keep their order, endings after).
+    pub fn expand_endings(&mut self) {
+        let endings: Vec<Event> = self
+            .events
+            .iter()
+            .filter_map(|e| e.kind.ending())
+            .map(|(at_s, kind)| Event { at_s, kind })
+            .collect();
+        self.events.extend(endings);
+        self.events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     }
 }
 
@@ -282,5 +449,104 @@ limit_w = 900
                 limit_w: 900.0
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod fault_event_tests {
+    use super::*;
+
+    #[test]
+    fn fault_events_parse_and_their_ends_are_scheduled() {
+        let text = r#"
+name = "faults"
+[[events]]
+at_s = 60
+kind = "modbus_fault"
+device = "meter-feed-a"
+fault = "late"
+late_ms = 1500
+until_s = 200
+[[events]]
+at_s = 61
+kind = "modbus_taken"
+device = "pdu-mine-a4"
+until_s = 150
+[[events]]
+at_s = 90
+kind = "gateway_reboot"
+device = "dev-crah-1"
+down_s = 40
+[[events]]
+at_s = 62
+kind = "miner_fault"
+prefix = "mine-a1-"
+fault = "close_early"
+until_s = 120
+[[events]]
+at_s = 63
+kind = "gpu_node_hang"
+host = "gpunode-gpu-b1"
+"#;
+        let mut s: Scenario = toml::from_str(text).unwrap();
+        s.expand_endings();
+        let kinds: Vec<(f64, &EventKind)> = s.events.iter().map(|e| (e.at_s, &e.kind)).collect();
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert!(matches!(
+            kinds[0].1,
+            EventKind::ModbusFault {
+                fault: ModbusFaultKind::Late,
+                late_ms: Some(1500),
+                ..
+            }
+        ));
+        // Ends, in time order: the miner at 120, the taken slot at 150, the meter at 200.
+        assert_eq!(
+            kinds[5],
+            (
+                120.0,
+                &EventKind::MinerFault {
+                    prefix: "mine-a1-".into(),
+                    fault: MinerFaultKind::None,
+                    period_s: None,
+                    until_s: None
+                }
+            )
+        );
+        assert_eq!(
+            kinds[6],
+            (
+                150.0,
+                &EventKind::ModbusClear {
+                    device: "pdu-mine-a4".into()
+                }
+            )
+        );
+        assert_eq!(
+            kinds[7],
+            (
+                200.0,
+                &EventKind::ModbusClear {
+                    device: "meter-feed-a".into()
+                }
+            )
+        );
+        // A hang without `until_s` has no scheduled end.
+        assert!(!kinds
+            .iter()
+            .any(|(_, k)| matches!(k, EventKind::GpuNodeBack { .. })));
+    }
+
+    #[test]
+    fn an_unknown_fault_name_is_refused() {
+        let text = r#"
+name = "bad"
+[[events]]
+at_s = 1
+kind = "modbus_fault"
+device = "x"
+fault = "melt"
+"#;
+        assert!(toml::from_str::<Scenario>(text).is_err());
     }
 }

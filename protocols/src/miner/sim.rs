@@ -7,7 +7,8 @@
 //! writes, LuxOS's single session, digest auth on the Antminer CGI, Avalon's
 //! one-connection-at-a-time API. Power ramps to idle or back after the firmware's delay
 //! (divided by `time_scale`, so tests run fast). Faults: no answer, slow answer, garbage,
-//! commands accepted but ignored. State is shared (`Arc<SimMiner>`) so a site simulator
+//! commands accepted but ignored, a reply cut off mid-way (connection closed early), and
+//! flapping (answering and silent in turn). State is shared (`Arc<SimMiner>`) so a site simulator
 //! can read power and mode and script faults; `shutdown` cancels every task.
 
 use std::net::SocketAddr;
@@ -55,6 +56,11 @@ pub enum Fault {
     Garbage,
     /// Reply success to control commands but change nothing.
     IgnoreCommands,
+    /// Send the first half of the reply, then close the connection.
+    CloseEarly,
+    /// Answer for this long, then stay silent (as [`Fault::NoAnswer`]) for as long, in
+    /// turn, from when the fault was set (not scaled).
+    Flap(Duration),
 }
 
 /// One simulated miner's fixed description.
@@ -146,6 +152,8 @@ struct SimState {
     target_w: f64,
     ramp: Ramp,
     fault: Fault,
+    /// When `fault` was set (a flap's phase counts from it).
+    fault_since: Instant,
     log: Vec<String>,
     /// When each logged command arrived (benchmarks measure reaction times from it).
     log_at: Vec<Instant>,
@@ -181,6 +189,7 @@ impl SimMiner {
                 dur: Duration::ZERO,
             },
             fault: Fault::None,
+            fault_since: now,
             log: Vec::new(),
             log_at: Vec::new(),
             session: None,
@@ -230,7 +239,31 @@ impl SimMiner {
     }
 
     pub fn set_fault(&self, fault: Fault) {
-        self.st().fault = fault;
+        let mut st = self.st();
+        if st.fault != fault {
+            st.fault_since = Instant::now();
+        }
+        st.fault = fault;
+    }
+
+    /// The fault that applies to a request arriving now: a flap resolves to no fault or
+    /// to no answer, by phase.
+    pub fn fault_now(&self) -> Fault {
+        let st = self.st();
+        match st.fault {
+            Fault::Flap(period) => {
+                let p = period.as_secs_f64();
+                let el = Instant::now()
+                    .saturating_duration_since(st.fault_since)
+                    .as_secs_f64();
+                if p > 0.0 && (el / p).floor() % 2.0 >= 1.0 {
+                    Fault::NoAnswer
+                } else {
+                    Fault::None
+                }
+            }
+            f => f,
+        }
     }
 
     /// Control commands received, in order (`pause`, `curtail sleep`, `power_off`, ...).
@@ -502,7 +535,7 @@ async fn handle_conn(mut stream: TcpStream, m: &SimMiner) {
     if !matches!(read, Ok(Ok(()))) {
         return;
     }
-    let fault = m.fault();
+    let fault = m.fault_now();
     match fault {
         Fault::NoAnswer => {
             m.pause(Duration::from_secs(3600)).await;
@@ -515,9 +548,16 @@ async fn handle_conn(mut stream: TcpStream, m: &SimMiner) {
                 .await;
             return;
         }
-        Fault::None | Fault::IgnoreCommands => {}
+        Fault::None | Fault::IgnoreCommands | Fault::CloseEarly | Fault::Flap(_) => {}
     }
     let reply = answer(m, &buf);
+    if fault == Fault::CloseEarly {
+        // Half the reply, then the connection goes away (a crashing cgminer, a watchdog
+        // restart): the client sees a truncated reply, never a whole one.
+        let _ = stream.write_all(&reply[..reply.len() / 2]).await;
+        let _ = stream.flush().await;
+        return;
+    }
     let _ = stream.write_all(&reply).await;
     let _ = stream.shutdown().await;
 }
@@ -955,7 +995,8 @@ async fn http_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match m.fault() {
+    let fault = m.fault_now();
+    match fault {
         Fault::NoAnswer => {
             m.pause(Duration::from_secs(3600)).await;
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -964,6 +1005,44 @@ async fn http_handler(
         Fault::Garbage => return (StatusCode::OK, "\u{fffd}garbage{{").into_response(),
         _ => {}
     }
+    let resp = http_answer(&m, method, uri, headers, body).await;
+    if fault == Fault::CloseEarly {
+        return cut_short(resp).await;
+    }
+    resp
+}
+
+/// A response whose body stops half-way with an error: hyper then closes the connection
+/// without finishing the body, as a miner whose web server dies mid-reply does.
+async fn cut_short(resp: Response) -> Response {
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "simulated close mid-reply",
+        )),
+    ];
+    let mut parts = parts;
+    // A length the body never reaches: the client must notice the truncation.
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+}
+
+async fn http_answer(
+    m: &Arc<SimMiner>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let bad = |s: StatusCode| (s, "{}").into_response();
@@ -973,7 +1052,7 @@ async fn http_handler(
             _,
             "/cgi-bin/get_miner_conf.cgi" | "/cgi-bin/set_miner_conf.cgi",
         ) => {
-            if !digest_ok(&m, &headers, method.as_str()) {
+            if !digest_ok(m, &headers, method.as_str()) {
                 let nonce = format!("{:016x}", now_epoch().wrapping_mul(0x9E37_79B9));
                 return (
                     StatusCode::UNAUTHORIZED,

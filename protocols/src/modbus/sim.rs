@@ -7,7 +7,11 @@
 //! profile defines exist: a read that touches an undefined register gets exception 2, as
 //! on real devices. Faults are injected per unit id ([`Simulator::inject`]): no answer,
 //! late answer, an exception code, a connection reset (TCP RST), a garbage frame; and the
-//! whole server can accept one connection at a time. [`Simulator::shutdown`] (or dropping
+//! whole server can accept one connection at a time. Whole-server faults: another client
+//! takes a single-connection device's only slot ([`Simulator::take`]: every other
+//! connection is reset and new ones are closed at once until [`Simulator::release`]), and
+//! a gateway reboots ([`Simulator::reboot`]: every connection reset, every unit behind it
+//! silent, connections refused until it is back). [`Simulator::shutdown`] (or dropping
 //! the handle) stops the listener and every connection task.
 
 use std::collections::{HashMap, HashSet};
@@ -227,8 +231,36 @@ impl Unit {
     }
 }
 
+/// Who may hold a connection now (whole-server faults).
+#[derive(Default)]
+struct Gate {
+    /// Another client holds the device's only connection: its peer address.
+    taken_by: Option<SocketAddr>,
+    /// The squatter's socket, kept open while the slot is taken.
+    squatter: Option<std::net::TcpStream>,
+    /// Rebooting until then: connections are refused (reset) at once.
+    down_until: Option<tokio::time::Instant>,
+}
+
+impl Gate {
+    /// Whether a connection from `peer` may be served now.
+    fn admits(&self, peer: SocketAddr) -> bool {
+        if self
+            .down_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return false;
+        }
+        self.taken_by.is_none_or(|s| s == peer)
+    }
+}
+
 struct State {
     units: Mutex<HashMap<u8, Unit>>,
+    gate: Mutex<Gate>,
+    /// Bumped to reset every open connection (at its next read or write) that the gate
+    /// no longer admits.
+    epoch: AtomicU64,
     writes: Mutex<Vec<SimWrite>>,
     one_connection_only: AtomicBool,
     active: AtomicUsize,
@@ -238,6 +270,12 @@ struct State {
 }
 
 impl State {
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn units(&self) -> MutexGuard<'_, HashMap<u8, Unit>> {
         // A panic while holding the lock cannot leave the map half-updated in a way that
         // matters to a simulator; keep serving.
@@ -277,6 +315,8 @@ impl Simulator {
                     .collect(),
             ),
             writes: Mutex::new(Vec::new()),
+            gate: Mutex::new(Gate::default()),
+            epoch: AtomicU64::new(0),
             one_connection_only: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
@@ -286,9 +326,9 @@ impl Simulator {
         let (stop, stopped) = oneshot::channel::<()>();
         let st = state.clone();
         let task = tokio::spawn(async move {
-            let on_connected = |stream: TcpStream, _peer: SocketAddr| {
+            let on_connected = |stream: TcpStream, peer: SocketAddr| {
                 let st = st.clone();
-                async move { Ok(accept(&st, stream)) }
+                async move { Ok(accept(&st, stream, peer)) }
             };
             let on_error = |e: io::Error| tracing::trace!(error = %e, "sim connection ended");
             let abort = async move {
@@ -436,6 +476,47 @@ impl Simulator {
         self.state.one_connection_only.store(on, Ordering::SeqCst);
     }
 
+    /// Another client takes the device's only connection and holds it until
+    /// [`Simulator::release`]: the simulator opens that connection itself, every other
+    /// open connection is reset at its next request, and new ones are closed at once
+    /// (what a single-connection device does while someone else holds its slot).
+    pub fn take(&self) -> io::Result<()> {
+        // A loopback connect completes in the kernel's backlog: no need to await the
+        // server task (which lets a caller holding a lock take the slot).
+        let squatter = std::net::TcpStream::connect(self.addr)?;
+        let me = squatter.local_addr()?;
+        {
+            let mut g = self.state.gate();
+            g.taken_by = Some(me);
+            g.squatter = Some(squatter);
+        }
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The other client lets go of the connection: the device accepts clients again.
+    pub fn release(&self) {
+        let mut g = self.state.gate();
+        g.taken_by = None;
+        g.squatter = None;
+    }
+
+    /// The device (an RTU-over-TCP gateway, typically) reboots: every open connection is
+    /// reset at its next request, and connections are refused for `down`, so every unit
+    /// behind it is silent; then it serves again with the same values.
+    pub fn reboot(&self, down: Duration) {
+        self.state.gate().down_until = Some(tokio::time::Instant::now() + down);
+        self.state.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the device is down now (rebooting, or its slot taken by another client).
+    pub fn is_unavailable(&self) -> bool {
+        let g = self.state.gate();
+        g.taken_by.is_some()
+            || g.down_until
+                .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
     /// Writes accepted so far.
     pub fn writes(&self) -> Vec<SimWrite> {
         self.state
@@ -488,7 +569,23 @@ enum WireFault {
 
 type WireSlot = Arc<Mutex<Option<WireFault>>>;
 
-fn accept(st: &Arc<State>, stream: TcpStream) -> Option<(SimService, FaultStream)> {
+fn accept(
+    st: &Arc<State>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(SimService, FaultStream)> {
+    let epoch = st.epoch.load(Ordering::SeqCst);
+    let (admitted, rebooting) = {
+        let g = st.gate();
+        (g.admits(peer), g.taken_by.is_none())
+    };
+    if !admitted {
+        if rebooting {
+            // Nothing listens while a gateway reboots: reset, not a clean close.
+            let _ = stream.set_zero_linger();
+        }
+        return None;
+    }
     if st.one_connection_only.load(Ordering::SeqCst) && st.active.load(Ordering::SeqCst) >= 1 {
         // Dropping the stream closes it: what a device with one connection slot does.
         return None;
@@ -506,6 +603,8 @@ fn accept(st: &Arc<State>, stream: TcpStream) -> Option<(SimService, FaultStream
             inner: stream,
             slot,
             state: st.clone(),
+            peer,
+            epoch,
         },
     ))
 }
@@ -515,6 +614,30 @@ struct FaultStream {
     inner: TcpStream,
     slot: WireSlot,
     state: Arc<State>,
+    peer: SocketAddr,
+    /// The state's epoch when accepted: a later one may mean "reset me".
+    epoch: u64,
+}
+
+impl FaultStream {
+    /// Whether a whole-server fault since this connection opened ends it.
+    fn cut_off(&mut self) -> bool {
+        let now = self.state.epoch.load(Ordering::SeqCst);
+        if now == self.epoch {
+            return false;
+        }
+        if self.state.gate().admits(self.peer) {
+            // The fault is over (or spares this peer): keep serving.
+            self.epoch = now;
+            return false;
+        }
+        let _ = self.inner.set_zero_linger();
+        true
+    }
+}
+
+fn reset_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "simulated connection reset")
 }
 
 impl Drop for FaultStream {
@@ -529,6 +652,9 @@ impl AsyncRead for FaultStream {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.cut_off() {
+            return Poll::Ready(Err(reset_error()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -539,6 +665,9 @@ impl AsyncWrite for FaultStream {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.cut_off() {
+            return Poll::Ready(Err(reset_error()));
+        }
         let fault = self
             .slot
             .lock()
