@@ -668,6 +668,8 @@ impl Sim {
     }
 }
 
+pub mod invariants;
+
 /// Helpers the invariant checks share (control_invariants.rs and soak_month.rs).
 pub mod checks {
     use rackwarden::control::{Action, ControlState, Device, Intent, Lever, Scope};
