@@ -4,6 +4,13 @@
 use reqwest::{Client, Method, StatusCode};
 
 use super::secret::Login;
+use crate::body::{read_capped, BodyError};
+
+/// The most bytes read of one miner web answer. The largest body the drivers read (a
+/// Vnish summary, a stock Antminer configuration) is a few KiB; 256 KiB, the cap on
+/// cgminer API replies, leaves a wide margin while a broken or hostile miner cannot make
+/// the agent hold more than this per request across thousands of miners.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Why an HTTP exchange with a miner failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +25,8 @@ pub enum HttpError {
     Status { url: String, status: u16 },
     #[error("{url} sent an unusable digest challenge: {detail}")]
     Digest { url: String, detail: String },
+    #[error("{url} sent a body larger than {limit_bytes} bytes")]
+    TooLarge { url: String, limit_bytes: usize },
     #[error("{url} sent a body that is not the expected json: {detail}")]
     Body { url: String, detail: String },
 }
@@ -43,7 +52,17 @@ pub async fn send(
     };
     let resp = rb.send().await.map_err(err)?;
     let status = resp.status();
-    let text = resp.text().await.map_err(err)?;
+    let bytes = read_capped(resp, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::Read { source } => err(source),
+            BodyError::TooLarge { limit_bytes } => HttpError::TooLarge {
+                url: url.to_owned(),
+                limit_bytes,
+            },
+        })?;
+    // Decoded lossily, as `reqwest::Response::text` did; JSON is UTF-8 anyway.
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     Ok((status, text))
 }
 
