@@ -3,6 +3,7 @@
 
 use reqwest::{Client, Method, StatusCode};
 
+use super::bodies::BodyError as BodyParseError;
 use super::secret::Login;
 use crate::body::{read_capped, BodyError};
 
@@ -81,14 +82,13 @@ pub async fn send_json(
             status: status.as_u16(),
         });
     }
-    let v = if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).map_err(|e| HttpError::Body {
-            url: url.to_owned(),
-            detail: e.to_string(),
-        })?
-    };
+    let v = super::bodies::json_body(&text).map_err(|e| HttpError::Body {
+        url: url.to_owned(),
+        detail: match e {
+            BodyParseError::Json { detail } => detail,
+            e => e.to_string(),
+        },
+    })?;
     Ok((status, v))
 }
 
@@ -124,29 +124,22 @@ pub async fn digest_json(
             detail: "no www-authenticate header".into(),
         })?
         .to_owned();
-    let mut prompt = digest_auth::parse(&challenge).map_err(|e| HttpError::Digest {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })?;
-    let http_method = digest_auth::HttpMethod::from(method.as_str().to_owned());
-    let ctx = digest_auth::AuthContext::new_with_method(
-        login.username.as_str(),
+    let answer = super::bodies::digest_authorization(
+        &challenge,
+        &login.username,
         login.password.expose(),
+        method.as_str(),
         path,
         body.as_deref().map(str::as_bytes),
-        http_method,
-    );
-    let answer = prompt.respond(&ctx).map_err(|e| HttpError::Digest {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })?;
-    send_json(
-        client,
-        method,
-        url,
-        &[("authorization", answer.to_header_string())],
-        body,
     )
-    .await
-    .map(|(_, v)| v)
+    .map_err(|e| HttpError::Digest {
+        url: url.to_owned(),
+        detail: match e {
+            BodyParseError::Digest { detail } => detail,
+            e => e.to_string(),
+        },
+    })?;
+    send_json(client, method, url, &[("authorization", answer)], body)
+        .await
+        .map(|(_, v)| v)
 }
