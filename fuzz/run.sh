@@ -14,7 +14,7 @@ secs=${1:-60}
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  targets=(miner_reply modbus_decode gpu_node_body config_file state_file)
+  targets=(miner_reply miner_http modbus_decode gpu_node_body config_file state_file)
 fi
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz" >&2; exit 2; }
