@@ -14,7 +14,7 @@ secs=${1:-60}
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  targets=(miner_reply modbus_decode gpu_node_body config_file state_file)
+  targets=(miner_reply miner_http modbus_decode gpu_node_body config_file state_file)
 fi
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz missing: cargo install cargo-fuzz" >&2; exit 2; }
@@ -37,10 +37,10 @@ for t in "${targets[@]}"; do
   rc=$?
   elapsed=$(( $(date +%s) - start ))
   # libFuzzer's own figure (the wall time above includes cargo's up-to-date check).
-  done_s=$(grep -o 'Done [0-9]* runs in [0-9]* second' "target/run-logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*$' | tail -1)
+  done_s=$(grep -ao 'Done [0-9]* runs in [0-9]* second' "target/run-logs/$t.log" | grep -o 'in [0-9]*' | grep -o '[0-9]*$' | tail -1)
   [ -n "$done_s" ] && elapsed=$done_s
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "target/run-logs/$t.log" | grep -o '[0-9]*$' | tail -1)
-  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "target/run-logs/$t.log" | grep -o '[0-9]*$' | tail -1)
+  execs=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "target/run-logs/$t.log" | grep -o '[0-9]*$' | tail -1)
+  rate=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "target/run-logs/$t.log" | grep -o '[0-9]*$' | tail -1)
   crashes=$(( $(find "artifacts/$t" -type f | wc -l) - before ))
   if [ "$rc" -ne 0 ] && [ "$crashes" -eq 0 ]; then crashes=1; fi
   [ "$crashes" -gt 0 ] && status=1

@@ -168,7 +168,8 @@ pub fn exposed_files(file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
             .as_ref()
             .and_then(|c| c.password_file.as_ref())
         {
-            files.push((validate::resolve(base, p), "miner password file"));
+            // Already resolved against the site file's directory by validation.
+            files.push((PathBuf::from(p), "miner password file"));
         }
     }
     for g in &site.gpu_nodes {

@@ -188,6 +188,8 @@ pub struct Miner {
     /// Draw while asleep/paused.
     pub idle_w: f64,
     pub efficiency_j_th: Option<f64>,
+    /// Where the password comes from; a relative `password_file` is already resolved
+    /// against the site file's directory (the `base` of validation).
     pub credentials: Option<Credentials>,
     pub outlet: Option<Outlet>,
 }

@@ -795,7 +795,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     }
 
     let zones = build_zones(&mut errs, raw, &node_idx, &device_idx, &devices, &broken);
-    let miners = build_miners(
+    let mut miners = build_miners(
         &mut errs,
         &miners_raw,
         &nodes,
@@ -804,6 +804,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         &device_idx,
         &broken,
     );
+    resolve_password_files(&mut errs, &mut miners, base);
     let gpu_nodes = build_gpu_nodes(&mut errs, raw, &nodes, &node_idx, base);
 
     let ha = raw
@@ -1391,6 +1392,32 @@ fn build_miners(
         }
     }
     out
+}
+
+/// A relative `password_file` is relative to the site file (`base`), not to wherever the
+/// agent happens to be started from (systemd, a shell in another directory).
+fn resolve_password_files(errs: &mut Errors, miners: &mut [Miner], base: &Path) {
+    let mut refused = false;
+    for m in miners {
+        let Some(f) = m
+            .credentials
+            .as_mut()
+            .and_then(|c| c.password_file.as_mut())
+        else {
+            continue;
+        };
+        match resolve(base, f).into_os_string().into_string() {
+            Ok(full) => *f = full,
+            Err(_) if !refused => {
+                refused = true;
+                errs.push(
+                    format!("miners.{}.credentials.password_file", m.id),
+                    "the site file's directory is not valid UTF-8: give an absolute password_file",
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 fn build_gpu_nodes(

@@ -203,6 +203,41 @@ impl Proc {
         None
     }
 
+    /// How many lines it has printed so far: a mark for [`Proc::wait_json_after`].
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Waits up to `timeout` for a JSON line printed after `mark` that `pred` holds
+    /// for, and returns it. Polls every 5 ms, so a kill that follows lands close to the
+    /// step the line reports.
+    pub fn wait_json_after(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        let mut seen = mark;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                for l in lines.iter().skip(seen) {
+                    if let Ok(v) = serde_json::from_str::<Value>(l) {
+                        if v.is_object() && pred(&v) {
+                            return Some(v);
+                        }
+                    }
+                }
+                seen = seen.max(lines.len());
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn signal(&self, sig: Signal) {
         let pid = i32::try_from(self.child.id()).unwrap();
         let _ = kill(Pid::from_raw(pid), sig);

@@ -91,6 +91,9 @@ pub enum Reason {
     Operator,
     /// Headroom came back.
     Restore,
+    /// A shed command the previous run persisted as in flight, sent again after a
+    /// restart (the run may have died before it left).
+    Resume,
 }
 
 /// One command for the actuator.

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::StreamExt;
 use rackwarden_config::profile::Role;
 use rackwarden_config::{GpuSource as GpuSourceKind, Site};
 use rackwarden_protocols::gpu::node::GpuNodeClient;
@@ -221,6 +221,35 @@ struct Shared {
 /// Commands and read-back polls in flight at once (as many as the poll loop's).
 const COMMANDS_IN_FLIGHT: usize = 512;
 
+/// Miner polls in flight at once: bounds sockets and descriptors on a 30,000-miner site.
+const MINER_POLLS_IN_FLIGHT: usize = 512;
+
+/// Marks a miner's poll as running until dropped, so a poll that panics or is aborted
+/// never leaves its miner unpolled for good.
+struct PollSlot {
+    busy: Arc<Vec<AtomicBool>>,
+    i: usize,
+}
+
+impl PollSlot {
+    /// The slot of miner `i`, unless its previous poll still runs.
+    fn take(busy: &Arc<Vec<AtomicBool>>, i: usize) -> Option<PollSlot> {
+        let taken = busy.get(i)?.swap(true, Ordering::AcqRel);
+        (!taken).then(|| PollSlot {
+            busy: busy.clone(),
+            i,
+        })
+    }
+}
+
+impl Drop for PollSlot {
+    fn drop(&mut self) {
+        if let Some(b) = self.busy.get(self.i) {
+            b.store(false, Ordering::Release);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicked holder cannot leave these half-written in a way that matters more than
     // stopping the agent would: keep going with the data.
@@ -422,6 +451,12 @@ pub async fn run_with_ha(
         }
         None => ControlState::new(&site, now),
     };
+    // With `[ha]` only a leader sends, after taking over the pair's intent (`take_over`).
+    let resend = if persisted.is_some() && ha.is_none() {
+        resend_after_restart(&site, &mut state, now)
+    } else {
+        Vec::new()
+    };
     let topo = Topology::new(&site);
     let mut journal = Journal::open(&opts.journal_file)?;
 
@@ -482,6 +517,22 @@ pub async fn run_with_ha(
 
     let mut tasks = tokio::task::JoinSet::new();
     spawn_collectors(&shared, &mut tasks, &cancel);
+    if !resend.is_empty() {
+        info!(
+            event = "state.resent",
+            now_ms = now,
+            commands = resend.len(),
+            "sending again {} shed command(s) the previous run left unconfirmed",
+            resend.len()
+        );
+        // Saved first, so a crash now finds the fresh deadlines.
+        if let Err(e) = save(&opts, &state, now) {
+            warn!(error = %e, "control intent not persisted");
+        }
+        for a in resend {
+            execute(&shared, &mut journal, a, now, opts.dry_run, None);
+        }
+    }
 
     let p = &site.policy;
     // The loop ticks half an interval after the collectors (they all start now): a
@@ -559,6 +610,35 @@ pub async fn run_with_ha(
                     match take_over(h, &site, &mut state, now).await {
                         Ok(()) => {
                             term = Some(l.fence);
+                            // Shed commands the last leader left in flight may never have
+                            // reached their miners (it may have died between storing the
+                            // intent and sending): sent again, as after a restart.
+                            // A hot standby can see which of them did arrive: those
+                            // are not sent twice.
+                            let mut again = resend_after_restart(&site, &mut state, now);
+                            again.retain(|a| !reading_shows(&snap, a));
+                            if !again.is_empty() {
+                                info!(
+                                    event = "state.resent",
+                                    now_ms = now,
+                                    commands = again.len(),
+                                    "sending again {} shed command(s) the last leader left unconfirmed",
+                                    again.len()
+                                );
+                                if let Err(e) = store(h, l.fence, &state, now).await {
+                                    warn!(error = %e, "resent intent not stored in etcd");
+                                }
+                                for a in again {
+                                    execute(
+                                        &shared,
+                                        &mut journal,
+                                        a,
+                                        now,
+                                        opts.dry_run,
+                                        Some(l.fence),
+                                    );
+                                }
+                            }
                             Acting::Leader(l.fence)
                         }
                         Err(e) => {
@@ -574,6 +654,17 @@ pub async fn run_with_ha(
             },
         };
         let plan = control::decide(&site, &topo, &snap, &state, now, tick);
+        if !plan.actions.is_empty() {
+            // The first trace of a curtail (then intent saved, action.sent, read-back):
+            // what a crash between decision and command leaves undone is visible here.
+            info!(
+                event = "control.decided",
+                now_ms = now,
+                actions = plan.actions.len(),
+                "decided {} action(s)",
+                plan.actions.len()
+            );
+        }
         hub.record_decision(now, tick, &snap, &plan.state, &plan.nodes, &plan.zones);
         let _ = events.send(AgentEvent::Decision {
             now,
@@ -715,6 +806,68 @@ async fn store(
     }
 }
 
+/// The shed commands a previous run left in flight (`pending`), to send again on resume,
+/// each with a fresh confirmation window of the same length.
+///
+/// The intent is saved before its commands go out, so a run killed in between leaves
+/// commands that never reached a miner. Left alone they would expire unconfirmed and
+/// escalate (power target -> sleep -> outlet off): a crash would cost harsher levers
+/// than the decision chose, and a crash loop hard power cycles. Shed commands are
+/// idempotent, so sending one that did arrive again is harmless; restores are never sent
+/// again (nothing is woken on boot: they expire as usual).
+pub fn resend_after_restart(site: &Site, state: &mut ControlState, now: Millis) -> Vec<Action> {
+    let mut out = Vec::new();
+    for (i, (ms, m)) in state.miners.iter_mut().zip(&site.miners).enumerate() {
+        let Some(p) = ms.pending.as_mut() else {
+            continue;
+        };
+        if !matches!(
+            p.lever,
+            Lever::PowerTarget | Lever::Sleep | Lever::OutletOff
+        ) {
+            continue;
+        }
+        let window = p.deadline.saturating_sub(p.issued_at);
+        p.issued_at = now;
+        p.deadline = now.saturating_add(window);
+        out.push(Action {
+            scope: control::Scope::Device,
+            constraint: m.id.clone(),
+            device: Device::Miner(i),
+            device_id: m.id.clone(),
+            lever: p.lever,
+            from_w: p.from_w,
+            to_w: p.to_w,
+            reason: control::Reason::Resume,
+            emergency: p.emergency,
+        });
+    }
+    out
+}
+
+/// Whether the readings already show the shed command `a` carried out (the miner asleep,
+/// at the target, or its outlet off).
+fn reading_shows(snap: &Snapshot, a: &Action) -> bool {
+    let Device::Miner(i) = a.device else {
+        return false;
+    };
+    let miner = snap.miners.get(i).and_then(Option::as_ref);
+    match a.lever {
+        Lever::Sleep => {
+            miner.is_some_and(|r| matches!(r.mode, MinerMode::Sleeping | MinerMode::Paused))
+        }
+        Lever::PowerTarget => {
+            miner.is_some_and(|r| r.power_target_w.is_some_and(|t| (t - a.to_w).abs() <= 1.0))
+        }
+        Lever::OutletOff => snap
+            .outlets
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|o| !o.on),
+        _ => false,
+    }
+}
+
 /// Whether every input the site names has been read at least once.
 fn first_round_done(site: &Site, s: &Snapshot) -> bool {
     let metered = site
@@ -804,47 +957,53 @@ fn spawn_collectors(
         tasks.spawn(async move {
             let mut iv = tokio::time::interval(every);
             iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut failing = vec![false; sh.site.miners.len()];
+            let n = sh.site.miners.len();
+            // Each poll is its own task, applied the moment it answers, and a miner whose
+            // last poll is still running is skipped this round. A round that waited for
+            // its slowest poll let one slow miner (a stock Antminer holds its driver for
+            // the ~20 s of a CGI mode change; an HTTP timeout is 30 s) hold back every
+            // other miner's reading until all of them went stale and counted at
+            // nameplate, shedding the whole site.
+            let busy: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+            let failing: Arc<Vec<AtomicBool>> =
+                Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+            let limit = Arc::new(tokio::sync::Semaphore::new(MINER_POLLS_IN_FLIGHT));
+            let mut polls = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    Some(_) = polls.join_next(), if !polls.is_empty() => continue,
                     _ = iv.tick() => {}
                 }
-                // Each poll is bounded by `budget`, and each answer reaches the snapshot
-                // as it comes: a miner that hangs (or a web interface that waits out its
-                // 30 s HTTP timeout) must not hold back the readings of all the others,
-                // which would otherwise all go stale behind it (found by the hil fault
-                // matrix: one hung group made the whole fleet stale).
-                let mut results = futures::stream::iter(0..sh.site.miners.len())
-                    .map(|i| {
-                        let sh = &sh;
-                        async move {
-                            let r = match &sh.io.miners[i] {
-                                Some(d) => {
-                                    let t0 = tokio::time::Instant::now();
-                                    let r = poll_bounded(d.as_ref(), budget).await;
-                                    sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
-                                    Some(r)
+                for i in 0..n {
+                    let Some(d) = sh.io.miners[i].clone() else {
+                        continue;
+                    };
+                    let Some(slot) = PollSlot::take(&busy, i) else {
+                        continue;
+                    };
+                    let (sh, failing, limit) = (sh.clone(), failing.clone(), limit.clone());
+                    polls.spawn(async move {
+                        let _slot = slot;
+                        // The semaphore is never closed; a closed one would only lift the bound.
+                        let _permit = limit.acquire().await.ok();
+                        let t0 = tokio::time::Instant::now();
+                        // Bounded too: a hung miner frees its slot for the next round
+                        // rather than waiting out the driver's own (HTTP: 30 s) timeout.
+                        let r = poll_bounded(d.as_ref(), budget).await;
+                        sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
+                        match r {
+                            Ok(t) => {
+                                failing[i].store(false, Ordering::Relaxed);
+                                sh.apply_miner(i, &t, sh.clock.now_ms());
+                            }
+                            Err(e) => {
+                                if !failing[i].swap(true, Ordering::Relaxed) {
+                                    warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
                                 }
-                                None => None,
-                            };
-                            (i, r)
+                            }
                         }
-                    })
-                    .buffer_unordered(512);
-                while let Some((i, r)) = results.next().await {
-                    let now = sh.clock.now_ms();
-                    match r {
-                        Some(Ok(t)) => {
-                            failing[i] = false;
-                            sh.apply_miner(i, &t, now);
-                        }
-                        Some(Err(e)) if !std::mem::replace(&mut failing[i], true) => {
-                            warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
-                        }
-                        Some(Err(_)) => {}
-                        None => {}
-                    }
+                    });
                 }
             }
         });
@@ -914,6 +1073,22 @@ fn journal_confirmations(
             continue;
         }
         let confirmed = n.failed != Some(p.lever);
+        let event = if confirmed {
+            "action.confirmed"
+        } else {
+            // Not `action.unconfirmed`: that is the alert the decision raises for it.
+            "action.escalated"
+        };
+        info!(
+            event,
+            now_ms = now,
+            device = %site.miners[i].id,
+            lever = p.lever.name(),
+            "{} {} {}",
+            p.lever.name(),
+            site.miners[i].id,
+            if confirmed { "confirmed by read-back" } else { "not confirmed in time: escalated" }
+        );
         let entry = JournalEntry {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             now_ms: now,
@@ -1145,5 +1320,71 @@ mod poll_bound_tests {
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
         assert!(e.contains("hung-1") && e.contains("300 ms"), "{e}");
         sim.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Intent, Pending};
+
+    fn site() -> Site {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        rackwarden_config::load(&repo.join("config/tests/data/valid/minimal.toml")).unwrap()
+    }
+
+    fn pending(lever: Lever, issued_at: Millis) -> Option<Pending> {
+        Some(Pending {
+            lever,
+            issued_at,
+            deadline: issued_at + 10_000,
+            from_w: 3250.0,
+            to_w: 2600.0,
+            emergency: false,
+        })
+    }
+
+    #[test]
+    fn shed_commands_left_in_flight_are_sent_again_with_a_fresh_window() {
+        let site = site();
+        let mut st = ControlState::new(&site, 1_000);
+        st.miners[0].intent = Intent::Target { w: 2600.0 };
+        st.miners[0].pending = pending(Lever::PowerTarget, 5_000);
+        let now = 60_000;
+        let again = resend_after_restart(&site, &mut st, now);
+        assert_eq!(again.len(), 1);
+        let a = &again[0];
+        assert_eq!(
+            (a.device, a.lever, a.to_w, a.reason),
+            (
+                Device::Miner(0),
+                Lever::PowerTarget,
+                2600.0,
+                control::Reason::Resume
+            )
+        );
+        assert_eq!(a.device_id, site.miners[0].id);
+        // Confirmed only by readings after the new send, within a window as long as the
+        // first one: not expired on arrival, so no escalation for a lost command.
+        let p = st.miners[0].pending.unwrap();
+        assert_eq!((p.issued_at, p.deadline), (now, now + 10_000));
+        assert_eq!(st.miners[0].intent, Intent::Target { w: 2600.0 });
+    }
+
+    #[test]
+    fn restores_left_in_flight_are_not_sent_on_boot() {
+        let site = site();
+        let mut st = ControlState::new(&site, 1_000);
+        for lever in [Lever::Wake, Lever::PowerTargetRaise, Lever::OutletOn] {
+            st.miners[0].pending = pending(lever, 5_000);
+            assert!(resend_after_restart(&site, &mut st, 60_000).is_empty());
+            // Left to expire as before.
+            assert_eq!(st.miners[0].pending.unwrap().issued_at, 5_000);
+        }
+        st.miners[0].pending = None;
+        assert!(resend_after_restart(&site, &mut st, 60_000).is_empty());
     }
 }

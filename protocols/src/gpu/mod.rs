@@ -187,6 +187,13 @@ pub enum GpuError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("{source_id}: gpu node answer is larger than {limit_bytes} bytes, refused")]
+    BodyTooLarge {
+        source_id: String,
+        limit_bytes: usize,
+    },
+    #[error("{source_id}: gpu node answer is not the expected json: {detail}")]
+    BadBody { source_id: String, detail: String },
     #[error("{source_id}: token refused by the gpu node (http 401)")]
     Unauthorized { source_id: String },
     #[error("{source_id}: gpu node answered http {status}: {kind:?}: {message}")]

@@ -24,12 +24,20 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::body::BodyError;
+
 use super::{AppliedCap, GpuError, GpuFuture, GpuNodeReading, GpuSource, GpuTarget};
 
 /// Path of the readings endpoint.
 pub const READINGS_PATH: &str = "/v1/readings";
 /// Path of the power-limit endpoint.
 pub const POWER_LIMIT_PATH: &str = "/v1/power-limit";
+
+/// The most bytes the agent reads of one node answer. A reading of an 8-GPU node is
+/// about 2 KiB, so 1 MiB leaves room for hundreds of GPUs and long error messages, while
+/// a broken node, or a hostile one holding the token, cannot make the agent hold more
+/// than this per request (the request timeout bounds the time, not the bytes).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// A shared secret. Never printed: `Debug` hides it.
 #[derive(Clone)]
@@ -417,15 +425,31 @@ impl GpuNodeClient {
         req: reqwest::RequestBuilder,
     ) -> Result<T, GpuError> {
         let req = req.bearer_auth(&*self.token.0);
+        let http = |source| GpuError::Http {
+            source_id: self.id.clone(),
+            source,
+        };
         let exchange = async {
-            let resp = req.send().await?;
+            let resp = req.send().await.map_err(http)?;
             let status = resp.status();
+            let bytes = match crate::body::read_capped(resp, MAX_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(BodyError::Read { source }) => return Err(http(source)),
+                Err(BodyError::TooLarge { limit_bytes }) => {
+                    return Err(GpuError::BodyTooLarge {
+                        source_id: self.id.clone(),
+                        limit_bytes,
+                    })
+                }
+            };
             if status.is_success() {
-                return Ok(Ok(resp.json::<T>().await?));
+                return serde_json::from_slice::<T>(&bytes).map_err(|e| GpuError::BadBody {
+                    source_id: self.id.clone(),
+                    detail: e.to_string(),
+                });
             }
             // An error answer: its body says why when it is ours; a foreign server's
             // body is not (then only the status is kept).
-            let bytes = resp.bytes().await?;
             let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| {
                 ErrorBody::new(
                     if status == StatusCode::UNAUTHORIZED {
@@ -436,18 +460,14 @@ impl GpuNodeClient {
                     String::from_utf8_lossy(&bytes).chars().take(200).collect(),
                 )
             });
-            Ok(Err(body.into_gpu_error(&self.id, status.as_u16())))
+            Err(body.into_gpu_error(&self.id, status.as_u16()))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(GpuError::Timeout {
                 source_id: self.id.clone(),
                 timeout_ms: self.timeout.as_millis(),
             }),
-            Ok(Err(source)) => Err(GpuError::Http {
-                source_id: self.id.clone(),
-                source,
-            }),
-            Ok(Ok(r)) => r,
+            Ok(r) => r,
         }
     }
 }

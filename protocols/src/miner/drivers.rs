@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::bodies::{self, BodyError};
 use super::client::{ApiClient, ApiError};
 use super::http::{self, HttpError};
 use super::reply::{text, Reply};
@@ -228,11 +229,8 @@ impl MinerDriver for Braiins {
                     )
                     .await
                     .map_err(b.http_err("login"))?;
-                    let t = v
-                        .get("token")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| b.protocol("login", "no token in login answer"))?
-                        .to_owned();
+                    let t = bodies::rest_token(&v)
+                        .ok_or_else(|| b.protocol("login", "no token in login answer"))?;
                     *st = Some((t.clone(), Instant::now()));
                     t
                 }
@@ -393,13 +391,8 @@ impl MinerDriver for Luxos {
                 self.profiles(&mut st).await?
             };
             // The largest preset within the target; the smallest when none fits.
-            let pick = profiles
-                .iter()
-                .filter(|(_, w)| *w <= watts)
-                .max_by(|a, c| a.1.total_cmp(&c.1))
-                .or_else(|| profiles.iter().min_by(|a, c| a.1.total_cmp(&c.1)))
-                .ok_or_else(|| b.protocol("profileset", "miner lists no profiles"))?
-                .clone();
+            let pick = bodies::pick_within(&profiles, watts)
+                .ok_or_else(|| b.protocol("profileset", "miner lists no profiles"))?;
             self.with_session("profileset", &pick.0).await?;
             Ok(Commanded::PowerTarget { watts: pick.1 })
         })
@@ -458,24 +451,19 @@ impl Whatsminer {
                 })
             })
             .map_err(b.api_err("get_token"))?;
-        let m = r
-            .msg_object()
-            .map_err(|e| b.protocol("get_token", e.to_string()))?;
-        let get = |k: &str| {
-            text(m, &[k]).ok_or_else(|| b.protocol("get_token", format!("no {k} in answer")))
-        };
-        let keys = TokenKeys::derive(
-            b.spec.login.password.expose(),
-            &get("salt")?,
-            &get("newsalt")?,
-            &get("time")?,
-        )
-        .map_err(|source| MinerError::Crypto {
-            id: b.spec.id.clone(),
-            addr: b.spec.api_addr.clone(),
-            op: "get_token",
-            source,
-        })?;
+        let msg = r.body.get("Msg").cloned().unwrap_or(Value::Null);
+        let keys =
+            bodies::whatsminer_token(&msg, b.spec.login.password.expose()).map_err(
+                |e| match e {
+                    BodyError::Crypto(source) => MinerError::Crypto {
+                        id: b.spec.id.clone(),
+                        addr: b.spec.api_addr.clone(),
+                        op: "get_token",
+                        source,
+                    },
+                    e => b.protocol("get_token", e.to_string()),
+                },
+            )?;
         st.keys = Some((keys.clone(), Instant::now()));
         Ok(keys)
     }
@@ -501,31 +489,14 @@ impl Whatsminer {
             .await
             .map_err(b.api_err(cmd))?;
         // An accepted write answers `{"enc":...}`; a refusal may come in the clear.
-        if v.get("enc").is_some() {
-            return self.open(cmd, keys, &v);
-        }
-        let status = super::reply::status_of(&v)
-            .ok_or_else(|| b.protocol(cmd, "answer is neither status nor encrypted"))?;
-        Ok(Reply { status, body: v })
-    }
-
-    fn open(&self, cmd: &'static str, keys: &TokenKeys, v: &Value) -> Result<Reply, MinerError> {
-        let b = &self.base;
-        let enc = v
-            .get("enc")
-            .and_then(Value::as_str)
-            .ok_or_else(|| b.protocol(cmd, "answer is neither status nor encrypted"))?;
-        let inner = keys.open(enc).map_err(|source| MinerError::Crypto {
-            id: b.spec.id.clone(),
-            addr: b.spec.api_addr.clone(),
-            op: cmd,
-            source,
-        })?;
-        let status = super::reply::status_of(&inner)
-            .ok_or_else(|| b.protocol(cmd, "decrypted answer has no status"))?;
-        Ok(Reply {
-            status,
-            body: inner,
+        bodies::whatsminer_answer(keys, &v).map_err(|e| match e {
+            BodyError::Crypto(source) => MinerError::Crypto {
+                id: b.spec.id.clone(),
+                addr: b.spec.api_addr.clone(),
+                op: cmd,
+                source,
+            },
+            e => b.protocol(cmd, e.to_string()),
         })
     }
 
@@ -678,11 +649,8 @@ impl Vnish {
                     )
                     .await
                     .map_err(b.http_err("unlock"))?;
-                    let t = v
-                        .get("token")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| b.protocol("unlock", "no token in answer"))?
-                        .to_owned();
+                    let t = bodies::rest_token(&v)
+                        .ok_or_else(|| b.protocol("unlock", "no token in answer"))?;
                     *st = Some((t.clone(), Instant::now()));
                     t
                 }
@@ -740,23 +708,8 @@ impl MinerDriver for Vnish {
             .await
             .map_err(b.http_err("presets"))?;
             // Presets are named by their watts ("3000"); take the largest within target.
-            let presets: Vec<(String, f64)> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| {
-                    let name = p.get("name")?.as_str()?.to_owned();
-                    let w = name.trim().parse::<f64>().ok()?;
-                    Some((name, w))
-                })
-                .collect();
-            let pick = presets
-                .iter()
-                .filter(|(_, w)| *w <= watts)
-                .max_by(|a, c| a.1.total_cmp(&c.1))
-                .or_else(|| presets.iter().min_by(|a, c| a.1.total_cmp(&c.1)))
-                .ok_or_else(|| b.protocol("presets", "miner lists no presets"))?
-                .clone();
+            let pick = bodies::pick_within(&bodies::vnish_presets(&v), watts)
+                .ok_or_else(|| b.protocol("presets", "miner lists no presets"))?;
             self.authed(
                 "/api/v1/settings",
                 json!({"miner": {"overclock": {"preset": pick.0}}}),
@@ -802,10 +755,8 @@ impl Antminer {
             http::digest_json(&b.http, Method::GET, &b.url(get), get, &b.spec.login, None)
                 .await
                 .map_err(b.http_err("get_miner_conf"))?;
-        let obj = conf
-            .as_object_mut()
-            .ok_or_else(|| b.protocol("get_miner_conf", "configuration is not an object"))?;
-        obj.insert("miner-mode".into(), json!(mode));
+        conf = bodies::antminer_conf_with_mode(conf, mode)
+            .map_err(|e| b.protocol("get_miner_conf", e.to_string()))?;
         let set = "/cgi-bin/set_miner_conf.cgi";
         let v = http::digest_json(
             &b.http,
@@ -817,9 +768,10 @@ impl Antminer {
         )
         .await
         .map_err(b.http_err("set_miner_conf"))?;
-        match v.get("stats").and_then(Value::as_str) {
-            Some("success") => Ok(()),
-            _ => Err(b.protocol("set_miner_conf", format!("miner refused: {v}"))),
+        if bodies::antminer_set_accepted(&v) {
+            Ok(())
+        } else {
+            Err(b.protocol("set_miner_conf", format!("miner refused: {v}")))
         }
     }
 }

@@ -3,7 +3,15 @@
 
 use reqwest::{Client, Method, StatusCode};
 
+use super::bodies::BodyError as BodyParseError;
 use super::secret::Login;
+use crate::body::{read_capped, BodyError};
+
+/// The most bytes read of one miner web answer. The largest body the drivers read (a
+/// Vnish summary, a stock Antminer configuration) is a few KiB; 256 KiB, the cap on
+/// cgminer API replies, leaves a wide margin while a broken or hostile miner cannot make
+/// the agent hold more than this per request across thousands of miners.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Why an HTTP exchange with a miner failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +26,8 @@ pub enum HttpError {
     Status { url: String, status: u16 },
     #[error("{url} sent an unusable digest challenge: {detail}")]
     Digest { url: String, detail: String },
+    #[error("{url} sent a body larger than {limit_bytes} bytes")]
+    TooLarge { url: String, limit_bytes: usize },
     #[error("{url} sent a body that is not the expected json: {detail}")]
     Body { url: String, detail: String },
 }
@@ -43,7 +53,17 @@ pub async fn send(
     };
     let resp = rb.send().await.map_err(err)?;
     let status = resp.status();
-    let text = resp.text().await.map_err(err)?;
+    let bytes = read_capped(resp, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::Read { source } => err(source),
+            BodyError::TooLarge { limit_bytes } => HttpError::TooLarge {
+                url: url.to_owned(),
+                limit_bytes,
+            },
+        })?;
+    // Decoded lossily, as `reqwest::Response::text` did; JSON is UTF-8 anyway.
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     Ok((status, text))
 }
 
@@ -62,14 +82,13 @@ pub async fn send_json(
             status: status.as_u16(),
         });
     }
-    let v = if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).map_err(|e| HttpError::Body {
-            url: url.to_owned(),
-            detail: e.to_string(),
-        })?
-    };
+    let v = super::bodies::json_body(&text).map_err(|e| HttpError::Body {
+        url: url.to_owned(),
+        detail: match e {
+            BodyParseError::Json { detail } => detail,
+            e => e.to_string(),
+        },
+    })?;
     Ok((status, v))
 }
 
@@ -105,29 +124,22 @@ pub async fn digest_json(
             detail: "no www-authenticate header".into(),
         })?
         .to_owned();
-    let mut prompt = digest_auth::parse(&challenge).map_err(|e| HttpError::Digest {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })?;
-    let http_method = digest_auth::HttpMethod::from(method.as_str().to_owned());
-    let ctx = digest_auth::AuthContext::new_with_method(
-        login.username.as_str(),
+    let answer = super::bodies::digest_authorization(
+        &challenge,
+        &login.username,
         login.password.expose(),
+        method.as_str(),
         path,
         body.as_deref().map(str::as_bytes),
-        http_method,
-    );
-    let answer = prompt.respond(&ctx).map_err(|e| HttpError::Digest {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    })?;
-    send_json(
-        client,
-        method,
-        url,
-        &[("authorization", answer.to_header_string())],
-        body,
     )
-    .await
-    .map(|(_, v)| v)
+    .map_err(|e| HttpError::Digest {
+        url: url.to_owned(),
+        detail: match e {
+            BodyParseError::Digest { detail } => detail,
+            e => e.to_string(),
+        },
+    })?;
+    send_json(client, method, url, &[("authorization", answer)], body)
+        .await
+        .map(|(_, v)| v)
 }

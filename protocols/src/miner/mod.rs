@@ -7,6 +7,7 @@
 //! later polls (power down, mode sleeping). A failed poll is a [`MinerError`] naming the
 //! miner and its address, never an empty reading.
 
+pub mod bodies;
 pub mod client;
 mod drivers;
 pub mod http;

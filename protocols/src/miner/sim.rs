@@ -320,6 +320,8 @@ impl SimMiner {
 
     /// Apply a control command (unless the fault says to ignore it) and log it.
     fn control(&self, what: &str, mode: Option<MinerMode>, target: Option<f64>) {
+        // Operators and the hil-tests see each command the moment it arrives.
+        tracing::info!(event = "sim.miner.command", device = %self.spec.id, command = what, "miner command received");
         let mut st = self.st();
         st.log.push(what.to_owned());
         st.log_at.push(Instant::now());

@@ -28,8 +28,17 @@ pub enum CryptoError {
     Json(String),
 }
 
-/// `md5-crypt(pass, "$1$salt$")`, hash part only.
+/// `md5-crypt(pass, "$1$salt$")`, hash part only. The salt comes from the miner: only
+/// the crypt alphabet (`./0-9A-Za-z`) is accepted. Anything else could end the setting
+/// string early (`$`), and a control character made pwhash 1.0 subtract below zero and
+/// panic where overflow checks are on (found by the `miner_http` fuzz target).
 pub fn md5crypt_hash(pass: &str, salt: &str) -> Result<String, CryptoError> {
+    if !salt
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    {
+        return Err(CryptoError::Salt);
+    }
     // The firmware fixes md5-crypt; pwhash deprecates it for *new* password storage.
     #[allow(deprecated)]
     let full = pwhash::md5_crypt::hash_with(format!("$1${salt}$").as_str(), pass)
@@ -110,6 +119,26 @@ mod tests {
             md5crypt_hash("password", "saltstri").unwrap(),
             "qQY4WxjABChYG1ccLpfkz/"
         );
+    }
+
+    #[test]
+    fn salts_outside_the_crypt_alphabet_are_refused() {
+        // Regression (fuzz crash-dd54e543): a newline in the salt panicked in pwhash.
+        for salt in [
+            "rp\ner&&&&24hoXV`",
+            "ab$cd",
+            "\u{0}",
+            "sa lt",
+            "\u{e9}t\u{e9}",
+        ] {
+            assert_eq!(
+                md5crypt_hash("admin", salt),
+                Err(CryptoError::Salt),
+                "{salt:?}"
+            );
+        }
+        assert!(TokenKeys::derive("admin", "BQ5hoXV9", "jbzk\nQls", "3604").is_err());
+        assert!(md5crypt_hash("admin", "./09AZaz").is_ok());
     }
 
     #[test]
