@@ -452,38 +452,63 @@ fn soak_example_site_for_a_simulated_month() {
         .filter(|(k, _)| is_fault(k))
         .map(|(_, v)| v)
         .sum();
+    // Printed, and kept in target/hil-output/soak_month.txt for CI's log (a passing
+    // test's output is captured).
+    let mut report = String::new();
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            let line = format!($($t)*);
+            println!("{line}");
+            report.push_str(&line);
+            report.push('\n');
+        }};
+    }
     let ticks = tally.fast + tally.slow;
-    println!(
+    say!(
         "soak: {days} simulated days of `{}` (seed {seed}) in {:.1} s",
         sim.site.id,
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "soak: ticks {ticks} (fast {}, slow {}); invariants 1-7, 9, 10 checked at every tick, \
          5 with a worst-case re-decision on {} stale ticks, 8 on {} ticks",
-        tally.fast, tally.slow, tally.stale_checked, tally.determinism_checked
+        tally.fast,
+        tally.slow,
+        tally.stale_checked,
+        tally.determinism_checked
     );
-    println!("soak: faults injected {faults}, load events {}", {
+    say!("soak: faults injected {faults}, load events {}", {
         world.counts.values().sum::<u64>() - faults
     });
     for (k, v) in &world.counts {
-        println!("soak:   {k} {v}");
+        say!("soak:   {k} {v}");
     }
-    println!(
+    say!(
         "soak: actions {} (sheds {}, restores {})",
-        tally.actions, tally.sheds, tally.restores
+        tally.actions,
+        tally.sheds,
+        tally.restores
     );
     for (k, v) in &tally.alerts {
-        println!("soak:   alert {k} {v}");
+        say!("soak:   alert {k} {v}");
     }
-    println!(
+    say!(
         "soak: violations {} (time in ticks {:.1} s, in checks {:.1} s)",
         tally.violations.len(),
         tally.t_tick,
         tally.t_check
     );
     for v in tally.violations.iter().take(20) {
-        println!("soak:   {v}");
+        say!("soak:   {v}");
+    }
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            Into::into,
+        )
+        .join("hil-output");
+    if std::fs::create_dir_all(&out).is_ok() {
+        let _ = std::fs::write(out.join("soak_month.txt"), &report);
     }
     // The month must have exercised the policy, not idled through it.
     for k in [
