@@ -112,6 +112,36 @@ fn valid_files_print_the_summary() {
         stdout.contains("miners      1 (3.2 kW nominal): braiins 1"),
         "{stdout}"
     );
+    assert!(stdout.contains("ha          none"), "{stdout}");
+}
+
+#[test]
+fn an_ha_section_is_summarised_with_its_defaults() {
+    let dir = std::env::temp_dir().join(format!("rw-check-ha-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("config/tests/data/valid/minimal.toml")).unwrap();
+    let file = dir.join("site.toml");
+    std::fs::write(
+        &file,
+        format!("{text}\n[ha]\netcd_endpoints = [\"http://10.0.0.11:2379\", \"http://10.0.0.12:2379\"]\nnode = \"mgmt-b\"\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}");
+    let site_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("site "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        stdout.contains(&format!(
+            "ha          node `mgmt-b`, 2 etcd endpoint(s), lease 10 s, keys under /rackwarden/{site_id}"
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]

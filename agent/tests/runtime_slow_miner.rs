@@ -1,9 +1,9 @@
 //! One miner that never answers must not hold back the other miners' readings: the
-//! runtime polls each miner in its own task and applies each reading as it comes. (A poll
-//! round that waited for its slowest miner left every miner stale, counted at nameplate,
-//! for as long as one poll hung: up to the 30 s HTTP timeout, or the ~20 s a stock
-//! Antminer's CGI holds its driver during a mode change. The crash-point hil-test showed
-//! it as whole-site over-shedding after restarts.)
+//! runtime bounds each miner poll (half the staleness limit) and applies each reading as
+//! it comes. (A poll round that waited for its slowest miner left every miner stale,
+//! counted at nameplate, for as long as one poll hung: up to the 30 s HTTP timeout, or
+//! the ~20 s a stock Antminer's CGI holds its driver during a mode change. The
+//! crash-point hil-test showed it as whole-site over-shedding after restarts.)
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 

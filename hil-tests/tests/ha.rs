@@ -406,6 +406,21 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The standby's page shows the leader's intent (refreshed every 30 s virtual).
+    let end = Instant::now() + Duration::from_secs_f64(40.0 / SPEED);
+    while get_json(&http_b, "/api/v1/status")["curtailed"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            Instant::now() < end,
+            "the standby never showed the leader's curtailed miners\n{}",
+            b.dump()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(sent(&b).is_empty(), "the standby acted\n{}", b.dump());
+
     // 2. SIGKILL A: B takes over within TTL + one tick (+ etcd's expiry scan).
     let killed_at = SystemTime::now();
     a.kill9();

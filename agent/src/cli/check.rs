@@ -137,5 +137,20 @@ pub fn summary(site: &Site) -> String {
         remote,
         gpu_kw
     );
+    match &site.ha {
+        Some(h) => {
+            let _ = writeln!(
+                s,
+                "  ha          node `{}`, {} etcd endpoint(s), lease {} s, keys under {}",
+                h.node,
+                h.etcd_endpoints.len(),
+                h.lease_ttl_s,
+                h.prefix
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  ha          none: this agent runs alone");
+        }
+    }
     s
 }

@@ -6,9 +6,9 @@
 //! `decide` never touches a socket. In a dry run the actuator writes nothing to any
 //! device: it logs and journals what it would have done.
 
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -223,32 +223,6 @@ const COMMANDS_IN_FLIGHT: usize = 512;
 
 /// Miner polls in flight at once: bounds sockets and descriptors on a 30,000-miner site.
 const MINER_POLLS_IN_FLIGHT: usize = 512;
-
-/// Marks a miner's poll as running until dropped, so a poll that panics or is aborted
-/// never leaves its miner unpolled for good.
-struct PollSlot {
-    busy: Arc<Vec<AtomicBool>>,
-    i: usize,
-}
-
-impl PollSlot {
-    /// The slot of miner `i`, unless its previous poll still runs.
-    fn take(busy: &Arc<Vec<AtomicBool>>, i: usize) -> Option<PollSlot> {
-        let taken = busy.get(i)?.swap(true, Ordering::AcqRel);
-        (!taken).then(|| PollSlot {
-            busy: busy.clone(),
-            i,
-        })
-    }
-}
-
-impl Drop for PollSlot {
-    fn drop(&mut self) {
-        if let Some(b) = self.busy.get(self.i) {
-            b.store(false, Ordering::Release);
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicked holder cannot leave these half-written in a way that matters more than
@@ -558,6 +532,8 @@ pub async fn run_with_ha(
     let mut warm = false;
     // HA: the term whose intent this agent has taken over (None: standing by).
     let mut term: Option<i64> = None;
+    // HA standby: when it last refreshed its view of the leader's intent.
+    let mut last_sync: Millis = 0;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -649,23 +625,29 @@ pub async fn run_with_ha(
                 }
                 None => {
                     term = None;
+                    // The standby's views follow the leader's intent (who is shed and
+                    // why), refreshed every 30 s; a takeover reads it afresh anyway.
+                    if now.saturating_sub(last_sync) >= 30_000 {
+                        last_sync = now;
+                        if let Ok(Some(p)) = h.read_intent().await.map(|b| {
+                            b.and_then(|b| crate::ha::decode_intent(&b).ok())
+                                .and_then(|j| serde_json::from_slice::<Persisted>(&j).ok())
+                        }) {
+                            state = ControlState::for_site(&site, &p.control, now);
+                        }
+                    }
                     Acting::Standby
                 }
             },
         };
         let plan = control::decide(&site, &topo, &snap, &state, now, tick);
-        if !plan.actions.is_empty() {
-            // The first trace of a curtail (then intent saved, action.sent, read-back):
-            // what a crash between decision and command leaves undone is visible here.
-            info!(
-                event = "control.decided",
-                now_ms = now,
-                actions = plan.actions.len(),
-                "decided {} action(s)",
-                plan.actions.len()
-            );
-        }
-        hub.record_decision(now, tick, &snap, &plan.state, &plan.nodes, &plan.zones);
+        // A standby shows the intent in force (the leader's), not what it would do.
+        let shown = if acting == Acting::Standby {
+            &state
+        } else {
+            &plan.state
+        };
+        hub.record_decision(now, tick, &snap, shown, &plan.nodes, &plan.zones);
         let _ = events.send(AgentEvent::Decision {
             now,
             tick,
@@ -676,6 +658,17 @@ pub async fn run_with_ha(
             // The leader alerts, journals, stores the intent and acts; the standby keeps
             // its views fresh and its state as it was (it carries out nothing).
             continue;
+        }
+        if !plan.actions.is_empty() {
+            // The first trace of a curtail (then intent saved, action.sent, read-back):
+            // what a crash between decision and command leaves undone is visible here.
+            info!(
+                event = "control.decided",
+                now_ms = now,
+                actions = plan.actions.len(),
+                "decided {} action(s)",
+                plan.actions.len()
+            );
         }
         for a in &plan.alerts {
             alerts::log(a, now);
@@ -957,53 +950,43 @@ fn spawn_collectors(
         tasks.spawn(async move {
             let mut iv = tokio::time::interval(every);
             iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let n = sh.site.miners.len();
-            // Each poll is its own task, applied the moment it answers, and a miner whose
-            // last poll is still running is skipped this round. A round that waited for
-            // its slowest poll let one slow miner (a stock Antminer holds its driver for
-            // the ~20 s of a CGI mode change; an HTTP timeout is 30 s) hold back every
-            // other miner's reading until all of them went stale and counted at
-            // nameplate, shedding the whole site.
-            let busy: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
-            let failing: Arc<Vec<AtomicBool>> =
-                Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
-            let limit = Arc::new(tokio::sync::Semaphore::new(MINER_POLLS_IN_FLIGHT));
-            let mut polls = tokio::task::JoinSet::new();
+            let mut failing = vec![false; sh.site.miners.len()];
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    Some(_) = polls.join_next(), if !polls.is_empty() => continue,
                     _ = iv.tick() => {}
                 }
-                for i in 0..n {
-                    let Some(d) = sh.io.miners[i].clone() else {
-                        continue;
-                    };
-                    let Some(slot) = PollSlot::take(&busy, i) else {
-                        continue;
-                    };
-                    let (sh, failing, limit) = (sh.clone(), failing.clone(), limit.clone());
-                    polls.spawn(async move {
-                        let _slot = slot;
-                        // The semaphore is never closed; a closed one would only lift the bound.
-                        let _permit = limit.acquire().await.ok();
-                        let t0 = tokio::time::Instant::now();
-                        // Bounded too: a hung miner frees its slot for the next round
-                        // rather than waiting out the driver's own (HTTP: 30 s) timeout.
-                        let r = poll_bounded(d.as_ref(), budget).await;
-                        sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
-                        match r {
-                            Ok(t) => {
-                                failing[i].store(false, Ordering::Relaxed);
-                                sh.apply_miner(i, &t, sh.clock.now_ms());
-                            }
-                            Err(e) => {
-                                if !failing[i].swap(true, Ordering::Relaxed) {
-                                    warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
+                // Each poll is bounded by `budget`, and each answer reaches the snapshot
+                // as it comes: a miner that hangs (or a web interface that waits out its
+                // 30 s HTTP timeout) must not hold back the readings of all the others.
+                let mut results = futures::stream::iter(0..sh.site.miners.len())
+                    .map(|i| {
+                        let sh = &sh;
+                        async move {
+                            let r = match &sh.io.miners[i] {
+                                Some(d) => {
+                                    let t0 = tokio::time::Instant::now();
+                                    let r = poll_bounded(d.as_ref(), budget).await;
+                                    sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
+                                    Some(r)
                                 }
-                            }
+                                None => None,
+                            };
+                            (i, r)
                         }
-                    });
+                    })
+                    .buffer_unordered(MINER_POLLS_IN_FLIGHT);
+                while let Some((i, r)) = results.next().await {
+                    match r {
+                        Some(Ok(t)) => {
+                            failing[i] = false;
+                            sh.apply_miner(i, &t, sh.clock.now_ms());
+                        }
+                        Some(Err(e)) if !std::mem::replace(&mut failing[i], true) => {
+                            warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
+                        }
+                        Some(Err(_)) | None => {}
+                    }
                 }
             }
         });
