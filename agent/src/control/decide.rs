@@ -446,35 +446,7 @@ impl Cx<'_> {
     // ---- confirmation ----------------------------------------------------------
 
     fn confirmed(&self, i: usize, pd: &Pending) -> bool {
-        let (p, now) = (self.p, self.now);
-        let m = &self.site.miners[i];
-        let reading = self
-            .snap
-            .miner(i)
-            .filter(|r| r.taken_at > pd.issued_at && fresh(r.taken_at, now, p.miner_stale_ms));
-        let outlet = self
-            .snap
-            .outlet(i)
-            .filter(|o| o.taken_at > pd.issued_at && fresh(o.taken_at, now, p.meter_stale_ms));
-        match pd.lever {
-            Lever::PowerTarget => reading.is_some_and(|r| {
-                r.mode == MinerMode::Mining
-                    && (r
-                        .power_target_w
-                        .is_some_and(|t| (t - pd.to_w).abs() <= (0.02 * pd.to_w).max(10.0))
-                        || r.power_w <= pd.to_w * 1.05 + 10.0)
-            }),
-            Lever::Sleep => reading.is_some_and(|r| {
-                matches!(r.mode, MinerMode::Sleeping | MinerMode::Paused)
-                    || r.power_w <= m.idle_w * 1.5 + 50.0
-            }),
-            Lever::Wake | Lever::PowerTargetRaise => {
-                reading.is_some_and(|r| r.mode == MinerMode::Mining)
-            }
-            Lever::OutletOff => outlet.is_some_and(|o| !o.on),
-            Lever::OutletOn => outlet.is_some_and(|o| o.on),
-            Lever::GpuCap | Lever::GpuCapLift => false,
-        }
+        command_confirmed(self.site, self.snap, i, pd, self.now)
     }
 
     /// Confirms or expires every command in flight; returns the expired miner commands.
@@ -1583,5 +1555,44 @@ impl Cx<'_> {
                 ns.last_restore_at = Some(self.now);
             }
         }
+    }
+}
+
+/// Whether readings taken after command `pd` to miner `i` show it carried out (fresh
+/// readings only). The rule `decide` confirms commands by; the runtime also asks it when
+/// a new HA leader finds commands its predecessor left in flight.
+pub fn command_confirmed(
+    site: &Site,
+    snap: &Snapshot,
+    i: usize,
+    pd: &Pending,
+    now: Millis,
+) -> bool {
+    let p = &site.policy;
+    let m = &site.miners[i];
+    let reading = snap
+        .miner(i)
+        .filter(|r| r.taken_at > pd.issued_at && fresh(r.taken_at, now, p.miner_stale_ms));
+    let outlet = snap
+        .outlet(i)
+        .filter(|o| o.taken_at > pd.issued_at && fresh(o.taken_at, now, p.meter_stale_ms));
+    match pd.lever {
+        Lever::PowerTarget => reading.is_some_and(|r| {
+            r.mode == MinerMode::Mining
+                && (r
+                    .power_target_w
+                    .is_some_and(|t| (t - pd.to_w).abs() <= (0.02 * pd.to_w).max(10.0))
+                    || r.power_w <= pd.to_w * 1.05 + 10.0)
+        }),
+        Lever::Sleep => reading.is_some_and(|r| {
+            matches!(r.mode, MinerMode::Sleeping | MinerMode::Paused)
+                || r.power_w <= m.idle_w * 1.5 + 50.0
+        }),
+        Lever::Wake | Lever::PowerTargetRaise => {
+            reading.is_some_and(|r| r.mode == MinerMode::Mining)
+        }
+        Lever::OutletOff => outlet.is_some_and(|o| !o.on),
+        Lever::OutletOn => outlet.is_some_and(|o| o.on),
+        Lever::GpuCap | Lever::GpuCapLift => false,
     }
 }

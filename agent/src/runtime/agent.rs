@@ -48,6 +48,14 @@ pub struct RunOptions {
     pub journal_file: PathBuf,
 }
 
+/// [`Persisted`] borrowed for writing (the state file, the HA intent): serialising a
+/// 30,000-miner state clones nothing.
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    last_now: Millis,
+    control: &'a ControlState,
+}
+
 /// What the state file holds: the control state and the last instant of the timeline
 /// that wrote it (the clock resumes after it).
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -589,10 +597,20 @@ pub async fn run_with_ha(
                             // Shed commands the last leader left in flight may never have
                             // reached their miners (it may have died between storing the
                             // intent and sending): sent again, as after a restart.
-                            // A hot standby can see which of them did arrive: those
-                            // are not sent twice.
+                            // A hot standby can see which of them did arrive (decide's
+                            // own confirmation rule): those are not sent twice.
+                            let arrived: Vec<bool> = state
+                                .miners
+                                .iter()
+                                .enumerate()
+                                .map(|(i, m)| {
+                                    m.pending.is_some_and(|p| {
+                                        control::decide::command_confirmed(&site, &snap, i, &p, now)
+                                    })
+                                })
+                                .collect();
                             let mut again = resend_after_restart(&site, &mut state, now);
-                            again.retain(|a| !reading_shows(&snap, a));
+                            again.retain(|a| !matches!(a.device, Device::Miner(i) if arrived[i]));
                             if !again.is_empty() {
                                 info!(
                                     event = "state.resent",
@@ -692,11 +710,21 @@ pub async fn run_with_ha(
             }
             last_persist = now;
             if let (Some(h), Acting::Leader(fence)) = (&ha, acting) {
-                if let Err(e) = store(h, fence, &state, now).await {
-                    if matches!(e, crate::ha::HaError::NotLeader { .. }) {
+                // Bounded at half a tick: a slow etcd must not hold back a shed. The
+                // intent is on disk already; a takeover that missed this write still
+                // finds the miners shed in its readings, holds restores at start-up,
+                // and loses at most this tick's cycle history.
+                let wait = shared.clock.real(p.fast_loop_ms / 2);
+                match tokio::time::timeout(wait, store(h, fence, &state, now)).await {
+                    Ok(Err(crate::ha::HaError::NotLeader { .. })) => {
                         // Another agent may lead: carry out nothing of this plan.
                         continue;
                     }
+                    Ok(_) => {}
+                    Err(_) => warn!(
+                        wait_ms = wait.as_millis(),
+                        "control intent not stored in etcd in time; acting on it anyway"
+                    ),
                 }
             }
         }
@@ -779,12 +807,7 @@ async fn store(
     state: &ControlState,
     now: Millis,
 ) -> Result<(), crate::ha::HaError> {
-    #[derive(Serialize)]
-    struct Out<'a> {
-        last_now: Millis,
-        control: &'a ControlState,
-    }
-    let json = serde_json::to_vec(&Out {
+    let json = serde_json::to_vec(&PersistedRef {
         last_now: now,
         control: state,
     })
@@ -838,29 +861,6 @@ pub fn resend_after_restart(site: &Site, state: &mut ControlState, now: Millis) 
     out
 }
 
-/// Whether the readings already show the shed command `a` carried out (the miner asleep,
-/// at the target, or its outlet off).
-fn reading_shows(snap: &Snapshot, a: &Action) -> bool {
-    let Device::Miner(i) = a.device else {
-        return false;
-    };
-    let miner = snap.miners.get(i).and_then(Option::as_ref);
-    match a.lever {
-        Lever::Sleep => {
-            miner.is_some_and(|r| matches!(r.mode, MinerMode::Sleeping | MinerMode::Paused))
-        }
-        Lever::PowerTarget => {
-            miner.is_some_and(|r| r.power_target_w.is_some_and(|t| (t - a.to_w).abs() <= 1.0))
-        }
-        Lever::OutletOff => snap
-            .outlets
-            .get(i)
-            .and_then(Option::as_ref)
-            .is_some_and(|o| !o.on),
-        _ => false,
-    }
-}
-
 /// Whether every input the site names has been read at least once.
 fn first_round_done(site: &Site, s: &Snapshot) -> bool {
     let metered = site
@@ -881,15 +881,9 @@ fn first_round_done(site: &Site, s: &Snapshot) -> bool {
 }
 
 fn save(opts: &RunOptions, state: &ControlState, now: Millis) -> Result<(), persist::PersistError> {
-    // Serialising a 30,000-miner state clones nothing: borrow it into the wrapper.
-    #[derive(Serialize)]
-    struct Out<'a> {
-        last_now: Millis,
-        control: &'a ControlState,
-    }
     persist::write_atomic(
         &opts.state_file,
-        &Out {
+        &PersistedRef {
             last_now: now,
             control: state,
         },
