@@ -7,6 +7,8 @@
 // Helpers outside #[test] functions may unwrap too: a failure is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -339,52 +341,12 @@ async fn closed_port_and_garbage_are_errors() {
     garbage.await.unwrap();
 }
 
-/// A node that answers 200 and then streams a body without end (chunked) or one that
-/// declares far more than the cap (`content-length`), writing until the client hangs up
-/// or 64 MiB went out. Returns the bytes of body written.
-async fn flood(listener: tokio::net::TcpListener, declared: bool) -> usize {
-    let Ok((mut s, _)) = listener.accept().await else {
-        return 0;
-    };
-    let mut buf = [0u8; 2048];
-    let _ = s.read(&mut buf).await;
-    let head = if declared {
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            64 * 1024 * 1024
-        )
-    } else {
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-            .to_owned()
-    };
-    if s.write_all(head.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let block = vec![b'['; 64 * 1024];
-    let mut sent = 0;
-    while sent < 64 * 1024 * 1024 {
-        let r = if declared {
-            s.write_all(&block).await
-        } else {
-            let mut chunk = format!("{:x}\r\n", block.len()).into_bytes();
-            chunk.extend_from_slice(&block);
-            chunk.extend_from_slice(b"\r\n");
-            s.write_all(&chunk).await
-        };
-        if r.is_err() {
-            break;
-        }
-        sent += block.len();
-    }
-    sent
-}
-
 #[tokio::test]
 async fn endless_or_oversized_bodies_are_cut_at_the_cap() {
     for declared in [false, true] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(flood(listener, declared));
+        let server = tokio::spawn(support::flood(listener, declared));
         let client = GpuNodeClient::new(
             "gpunode-flood",
             addr,

@@ -4,53 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
+mod support;
+
 use std::time::Duration;
 
 use rackwarden_config::{Firmware, Miner};
 use rackwarden_protocols::miner::http::{HttpError, MAX_BODY_BYTES};
 use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-/// Answers one request with 200 and a body of `[`: chunked without end, or declared at
-/// 64 MiB. Writes until the client hangs up or 64 MiB went out; returns the bytes sent.
-async fn flood(listener: tokio::net::TcpListener, declared: bool) -> usize {
-    let Ok((mut s, _)) = listener.accept().await else {
-        return 0;
-    };
-    let mut buf = [0u8; 2048];
-    let _ = s.read(&mut buf).await;
-    let head = if declared {
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            64 * 1024 * 1024
-        )
-    } else {
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-            .to_owned()
-    };
-    if s.write_all(head.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let block = vec![b'['; 64 * 1024];
-    let mut sent = 0;
-    while sent < 64 * 1024 * 1024 {
-        let r = if declared {
-            s.write_all(&block).await
-        } else {
-            let mut chunk = format!("{:x}\r\n", block.len()).into_bytes();
-            chunk.extend_from_slice(&block);
-            chunk.extend_from_slice(b"\r\n");
-            s.write_all(&chunk).await
-        };
-        if r.is_err() {
-            break;
-        }
-        sent += block.len();
-    }
-    sent
-}
 
 fn vnish(http_port: u16) -> Miner {
     Miner {
@@ -75,7 +37,7 @@ async fn endless_or_oversized_web_answers_are_cut_at_the_cap() {
     for declared in [false, true] {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(flood(listener, declared));
+        let server = tokio::spawn(support::flood(listener, declared));
         let d = DriverFactory::new(DriverOptions {
             http_timeout: Duration::from_secs(8),
             ..DriverOptions::default()
