@@ -274,16 +274,7 @@ impl Ha {
                 bytes: bytes.len(),
                 max: MAX_INTENT_BYTES,
             };
-            if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
-                raise(
-                    &self.hub,
-                    alerts::HA_INTENT_UNSAVED,
-                    Severity::Warning,
-                    &self.cfg.node,
-                    format!("control intent not stored in etcd: {e}"),
-                );
-            }
-            return Err(e);
+            return Err(self.unsaved(e));
         }
         let mut c = self.client()?;
         let txn = Txn::new()
@@ -310,19 +301,22 @@ impl Ha {
                     key: self.intent_key(),
                 })
             }
-            Err(e) => {
-                if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
-                    raise(
-                        &self.hub,
-                        alerts::HA_INTENT_UNSAVED,
-                        Severity::Warning,
-                        &self.cfg.node,
-                        format!("control intent not stored in etcd: {e}"),
-                    );
-                }
-                Err(e)
-            }
+            Err(e) => Err(self.unsaved(e)),
         }
+    }
+
+    /// Says once per outage that the intent could not be stored; returns the error.
+    fn unsaved(&self, e: HaError) -> HaError {
+        if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
+            raise(
+                &self.hub,
+                alerts::HA_INTENT_UNSAVED,
+                Severity::Warning,
+                &self.cfg.node,
+                format!("control intent not stored in etcd: {e}"),
+            );
+        }
+        e
     }
 
     fn etcd_trouble(&self, e: &HaError) {
@@ -627,5 +621,11 @@ mod tests {
         // Term 4 is current, but no etcd connection exists: a clear error, not a write.
         let e = h.store_intent(4, b"{}".to_vec()).await.unwrap_err();
         assert!(matches!(e, HaError::NotConnected), "{e}");
+        // An intent over etcd's request limit is refused here, not sent to be refused.
+        let e = h
+            .store_intent(4, vec![0; MAX_INTENT_BYTES + 1])
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HaError::TooLarge { .. }), "{e}");
     }
 }
