@@ -3,7 +3,7 @@
 
 Run through bench/run.sh (which builds in release mode and sets up the pyasic venv):
 
-    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site] [--json FILE]
+    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal] [--json FILE]
 
 Every figure runs on loopback (127.0.0.0/8) against the project's simulators, each in a
 child process bounded in time. Figures:
@@ -16,7 +16,15 @@ child process bounded in time. Figures:
      shows it to the first shed command arriving at a simulated miner, p50/p99;
   5. `rackwarden run` on the whole 100 MW site served by `rackwarden sim`: the agent
      process's CPU (fraction of one core, from /proc/PID/stat) and peak RSS (VmHWM) over
-     a 60 s window after a warm-up.
+     a 60 s window after a warm-up; bytes written to disk (/proc/PID/io) during the
+     first decisions' mass shed and in a steady minute after it; the intent commit
+     latency p50/p99 the agent reports at its stop;
+  6. policy (trough filling): 24 simulated hours of examples/site.toml in-process under
+     inference-day, training-swings and colo (and colo on examples/site-colo.toml), each
+     with gpu_reserve = "limits" and "measured": mining energy against the ideal, sleep
+     cycles, GPU caps, excursions above B, worst case against H (agent/examples/bench_policy.rs);
+  7. journal: `rackwarden journal --since 1h` on a 90-day journal of the example site
+     (built through the agent's commit path by agent/examples/bench_journal.rs).
 """
 
 import argparse
@@ -165,6 +173,34 @@ def fig_decide(args, rows):
     rows.append(row("decide 100 MW: p99 per tick (thread CPU)", cp99, "ms", goal="<= 2 ms", met=cp99 <= 2))
 
 
+def fig_policy(args, rows):
+    hours = "4" if args.quick else "24"
+    out = run([os.path.join(REL, "examples", "bench_policy"), "--hours", hours, "--json"], timeout=1200)
+    print(out, flush=True)
+    runs = None
+    for line in out.splitlines():
+        if line.startswith("["):
+            runs = json.loads(line)
+    if not runs:
+        rows.append(row("policy", None, "", note="no result"))
+        return
+    by = {(r["profile"], r["reserve"]): r for r in runs}
+    for (profile, reserve), r in by.items():
+        lim = by.get((profile, "limits"))
+        ratio = r["mining_mwh"] / lim["mining_mwh"] if lim and reserve == "measured" and lim["mining_mwh"] > 0 else None
+        goal, met = None, None
+        if profile == "inference-day" and reserve == "measured":
+            goal, met = ">= 85% of ideal", r["share"] >= 0.85
+        rows.append(row(f"policy {profile} [{reserve}]: mining share of the ideal", 100 * r["share"], "%",
+                        peer=100 * lim["share"] if lim and reserve == "measured" else None,
+                        peer_name="limits" if reserve == "measured" else None, ratio=ratio, goal=goal, met=met,
+                        note=(f"{r['mining_mwh']:.2f} of {r['ideal_mwh']:.2f} MWh in {r['hours']} h; "
+                              f"sleeps/miner/day {r['sleeps_per_miner_day']:.2f}; GPU caps {r['gpu_caps']}; "
+                              f"excursions above B {r['excursions']} (p99 {r['excursion_p99_s']:.0f} s, longest {r['excursion_max_s']:.0f} s); "
+                              f"worst case {100 * r['worst_over_h']:.1f}% of H; decisions with P_worst > H and mining left {r['ceiling_breaches']}; "
+                              f"highest sample {100 * r['peak_over_rating']:.1f}% of a rating")))
+
+
 def fig_reaction(args, rows):
     trials = "6" if args.quick else "16"
     out = run([os.path.join(REL, "examples", "bench_reaction"), "examples/site.toml", "--trials", trials, "--json"],
@@ -217,6 +253,18 @@ def wait_for(path, needle, proc, timeout):
     return False
 
 
+def proc_write_bytes(pid):
+    """Bytes the process caused to be written to storage (/proc/PID/io write_bytes)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def fig_site(args, rows):
     window = 20 if args.quick else 60
     exe = os.path.join(REL, "rackwarden")
@@ -263,6 +311,7 @@ def fig_site(args, rows):
         a0, s0, w0 = proc_cpu_s(agent.pid), sim_cpu(), time.monotonic()
         time.sleep(window)
         a1, s1, w1 = proc_cpu_s(agent.pid), sim_cpu(), time.monotonic()
+        io_window = proc_write_bytes(agent.pid)
         hwm, sim_hwm = proc_hwm_mib(agent.pid), sum(proc_hwm_mib(p.pid) for p in sims)
         fds = len(os.listdir(f"/proc/{agent.pid}/fd"))
         rss_now = proc_status_mib(agent.pid, "VmRSS:")
@@ -275,8 +324,28 @@ def fig_site(args, rows):
         note = (f"{window} s window after first decision + 5 s; sim and agent share the 2 cores; "
                 f"simulator ({parts} processes) used {sim_frac * 100:.0f}% of a core, peak RSS {sim_hwm:.0f} MiB in all; agent log: {counts}")
         rows.append(row("100 MW site: agent CPU, share of one core", frac * 100, "%", goal="<= 50 %", met=frac <= 0.5, note=note))
-        rows.append(row("100 MW site: agent peak RSS", hwm, "MiB", goal="<= 256 MiB", met=hwm <= 256,
+        rows.append(row("100 MW site: agent peak RSS", hwm, "MiB", goal="<= 160 MiB", met=hwm <= 160,
                         note=f"VmHWM of the agent process since start; at the end: VmRSS {rss_now:.0f} MiB, {fds} open descriptors"))
+        # Disk: everything the agent wrote from its start (a new database: every row
+        # written once, then the first decisions' mass shed) to the window's end, then a
+        # steady stretch once the shed has settled.
+        sent = log.count('"action.sent"')
+        if io_window is not None:
+            shed_mib = io_window / 2**20
+            rows.append(row("100 MW site: disk written, agent start to window end", shed_mib, "MiB",
+                            goal="<= 20 MiB for 24,000 commands", met=None,
+                            note=f"/proc/PID/io write_bytes of the agent since its start ({warm_s + window + 5:.0f} s), "
+                                 f"holding {sent} commands sent: {shed_mib * 2**10 / max(sent, 1):.1f} KiB per command "
+                                 f"(a new database's 30,000 intent rows, the changed rows, journal rows, WAL "
+                                 f"checkpoints, the JSON-lines export)"))
+            steady = 20 if args.quick else 60
+            time.sleep(steady)
+            io_steady = proc_write_bytes(agent.pid)
+            steady_sent = open(agent_log, errors="replace").read().count('"action.sent"') - sent
+            per_min = (io_steady - io_window) / 2**20 * 60 / steady
+            rows.append(row("100 MW site: disk written per minute, after the shed", per_min, "MiB/min",
+                            goal="<= 1 MiB/min", met=per_min <= 1,
+                            note=f"{steady} s right after the window; {steady_sent} commands sent in it"))
     finally:
         for p in [agent] + sims:
             if p and p.poll() is None:
@@ -286,10 +355,58 @@ def fig_site(args, rows):
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+        # The agent says its commit latency at its stop (`state.commits`).
+        try:
+            for line in open(agent_log, errors="replace"):
+                if '"state.commits"' in line:
+                    f = json.loads(line)["fields"]
+                    rows.append(row("100 MW site: intent commit p50", f["p50_ms"], "ms",
+                                    note=f"{f['commits']} commits, {f['rows']} rows, whole run (SQLite WAL, synchronous=FULL)"))
+                    rows.append(row("100 MW site: intent commit p99", f["p99_ms"], "ms", goal="<= 20 ms",
+                                    met=f["p99_ms"] <= 20))
+        except (OSError, ValueError, KeyError):
+            pass
         if args.keep:
             print(f"  logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fig_journal(args, rows):
+    """`rackwarden journal --since 1h` on 90 days of journal of the example site."""
+    tmp = tempfile.mkdtemp(prefix="rackwarden-bench-journal-")
+    try:
+        db = os.path.join(tmp, "rackwarden.db")
+        per_day = 1000 if args.quick else 5000
+        out = run([os.path.join(REL, "examples", "bench_journal"), db, "90", str(per_day)], timeout=900)
+        m = re.search(r"rows=(\d+) build_s=([\d.]+) db_mib=([\d.]+)", out)
+        total, mib = int(m.group(1)), float(m.group(3))
+        text = open(os.path.join(ROOT, "examples", "site.toml")).read()
+        text = text.replace("[agent]\n", f'[agent]\ndatabase_file = "{db}"\n', 1)
+        cfg = os.path.join(tmp, "site.toml")
+        with open(cfg, "w") as f:
+            f.write(text)
+        shutil.copy(os.path.join(ROOT, "examples", "gpu-node.token"), tmp)
+        exe = os.path.join(REL, "rackwarden")
+        walls, lines = [], 0
+        for _ in range(7):
+            t = time.monotonic()
+            r = subprocess.run([exe, "journal", "--config", cfg, "--since", "1h"], capture_output=True,
+                               text=True, timeout=60, check=True)
+            walls.append((time.monotonic() - t) * 1000)
+            lines = len(r.stdout.splitlines())
+        walls.sort()
+        med = walls[len(walls) // 2]
+        rows.append(row("journal --since 1h on 90 days (wall, median of 7)", med, "ms", goal="<= 1000 ms",
+                        met=med <= 1000,
+                        note=f"{total:,} rows ({per_day:,} commands a day), database {mib:.0f} MiB; "
+                             f"{lines - 2} rows printed; whole process (start, site file, query, print)"))
+        t = time.monotonic()
+        subprocess.run([exe, "journal", "--config", cfg, "--device", "mine-042", "--json"], capture_output=True,
+                       timeout=60, check=True)
+        rows.append(row("journal --device (90 days, one miner, wall)", (time.monotonic() - t) * 1000, "ms"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fmt(v, digits=1):
@@ -334,7 +451,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="miners,modbus,decide,reaction,site")
+    ap.add_argument("--only", default="miners,modbus,decide,reaction,site,policy,journal")
     ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "bench.json"))
     ap.add_argument("--python-pyasic", default=None, help="python of a venv with pyasic")
@@ -346,7 +463,8 @@ def main():
     print(f"RLIMIT_NOFILE for the children: {nofile}", flush=True)
     rows = []
     figs = {"miners": fig_miners, "modbus": fig_modbus, "decide": fig_decide,
-            "reaction": fig_reaction, "site": fig_site}
+            "reaction": fig_reaction, "site": fig_site, "policy": fig_policy,
+            "journal": fig_journal}
     for name in args.only.split(","):
         try:
             print(f"== {name}", flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rackwarden's benchmark, one command from a clean checkout:
-#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site]
+#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal]
 # Builds in release mode, puts pyasic and pymodbus into a virtual environment under
 # target/bench/venv (from the package registry, once), then runs bench/run.py, which
 # prints one table and writes target/bench/bench.json. Loopback only; every step is
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 echo "== build (release)"
 timeout 3600 cargo build --release --locked -p rackwarden --bin rackwarden \
-    --example bench_decide --example bench_reaction
+    --example bench_decide --example bench_reaction --example bench_policy --example bench_journal
 timeout 3600 cargo build --release --locked -p rackwarden-protocols \
     --example miner_bench --example modbus_bench
 

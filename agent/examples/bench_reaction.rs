@@ -189,6 +189,7 @@ async fn trial(site: &Site, feed: &str, dir: &std::path::Path, log: &Log) -> Res
         speed: 1.0,
         state_file: dir.join("state.json"),
         journal_file: dir.join("journal.jsonl"),
+        database_file: dir.join("rackwarden.db"),
     };
     let agent = tokio::spawn(agent::run(site.clone(), opts, events, cancel.clone()));
     // The step happens at the simulator's first 100 ms physics tick at or after

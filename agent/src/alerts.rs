@@ -10,6 +10,8 @@ use crate::control::{Alert, Severity};
 
 /// The control intent file could not be read and was set aside.
 pub const STATE_CORRUPT: &str = "control.state.corrupt";
+/// The control intent could not be committed to the database (kept in memory, retried).
+pub const STATE_UNSAVED: &str = "control.state.unsaved";
 /// A new config was refused on reload; the old one stays in force.
 pub const CONFIG_RELOAD_FAILED: &str = "config.reload.failed";
 /// A new config was validated and is in force.
@@ -34,10 +36,17 @@ pub const HA_ETCD_UNREACHABLE: &str = "ha.etcd.unreachable";
 /// HA: the leader could not store its control intent in etcd (it keeps acting while its
 /// lease holds; a takeover would start from the last stored intent).
 pub const HA_INTENT_UNSAVED: &str = "ha.intent.unsaved";
+/// Energy accounting: the agent's database could not be read and was set aside (a new
+/// one started).
+pub const ENERGY_STORE_CORRUPT: &str = "energy.store.corrupt";
+/// Energy accounting: slots could not be committed to the database (kept in memory and
+/// retried).
+pub const ENERGY_STORE_FAILED: &str = "energy.store.failed";
 
 /// Alerts raised by the runtime rather than by `decide`.
 pub const RUNTIME_ALERTS: &[&str] = &[
     STATE_CORRUPT,
+    STATE_UNSAVED,
     CONFIG_RELOAD_FAILED,
     CONFIG_RELOADED,
     OPERATOR_OVERRIDE_SET,
@@ -47,6 +56,8 @@ pub const RUNTIME_ALERTS: &[&str] = &[
     HA_ACTION_FENCED,
     HA_ETCD_UNREACHABLE,
     HA_INTENT_UNSAVED,
+    ENERGY_STORE_CORRUPT,
+    ENERGY_STORE_FAILED,
 ];
 
 /// Every alert name the agent can emit.

@@ -4,9 +4,11 @@
 pub mod alerts;
 pub mod cli;
 pub mod control;
+pub mod energy;
 pub mod ha;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod sim;
+pub mod store;

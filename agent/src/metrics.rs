@@ -2,8 +2,9 @@
 //!
 //! Counters end in `_total`, units are in the names (`_watts`, `_seconds`, `_bytes`,
 //! `_ratio`), labels are low-cardinality: node, zone and GPU-node ids (tens to hundreds
-//! on a site), device class, lever, alert name. Miners are never a label (a site has tens
-//! of thousands): they are counted by state. docs/operator-guide.md lists every series
+//! on a site), device class, lever, alert name, firmware. Miners are never a label (a site
+//! has tens of thousands): they are counted by state, and their learned shed and restore
+//! times are summed up per firmware. docs/operator-guide.md lists every series
 //! and a test keeps it in step with [`Metrics::new`].
 //!
 //! Gauges describing the site are set by the control loop once per decision
@@ -61,6 +62,12 @@ pub struct Metrics {
     pub node_utilization_ratio: Family<Labels, GaugeF>,
     pub node_gpu_watts: Family<Labels, GaugeF>,
     pub node_mining_watts: Family<Labels, GaugeF>,
+    pub node_ceiling_watts: Family<Labels, GaugeF>,
+    pub node_worst_case_watts: Family<Labels, GaugeF>,
+    pub node_gpu_reserve_watts: Family<Labels, GaugeF>,
+    pub node_gpu_sustained_watts: Family<Labels, GaugeF>,
+    pub node_mining_allowance_watts: Family<Labels, GaugeF>,
+    pub node_mining_guaranteed_watts: Family<Labels, GaugeF>,
     pub zone_capacity_watts: Family<Labels, GaugeF>,
     pub zone_heat_load_watts: Family<Labels, GaugeF>,
     pub zone_largest_unit_watts: Family<Labels, GaugeF>,
@@ -68,6 +75,10 @@ pub struct Metrics {
     pub zone_covered: Family<Labels, GaugeF>,
     pub cooling_units_unavailable: Family<Labels, GaugeF>,
     pub miners: Family<Labels, GaugeF>,
+    pub miner_shed_p99_max_seconds: Family<Labels, GaugeF>,
+    pub miner_restore_p99_max_seconds: Family<Labels, GaugeF>,
+    pub miners_slow: Family<Labels, GaugeF>,
+    pub miners_no_driver: Family<Labels, GaugeF>,
     pub gpu_node_power_watts: Family<Labels, GaugeF>,
     pub gpu_power_limit_watts: Family<Labels, GaugeF>,
     pub gpu_node_capped: Family<Labels, GaugeF>,
@@ -81,6 +92,8 @@ pub struct Metrics {
     pub decisions: Family<Labels, Counter>,
     pub actions: Family<Labels, Counter>,
     pub alerts: Family<Labels, Counter>,
+    /// Energy per account (tenant, `mining`, `site`), kWh, from the PDUs' counters.
+    pub energy_kwh: Family<Labels, Counter<f64, AtomicU64>>,
     pub host_cpu_usage_ratio: GaugeF,
     pub host_memory_used_bytes: GaugeF,
     pub host_memory_total_bytes: GaugeF,
@@ -150,6 +163,36 @@ impl Metrics {
                 "Mining power under a node, from the latest miner readings",
                 Family::default()
             ),
+            node_ceiling_watts: reg!(
+                "node_ceiling_watts",
+                "Never-trip ceiling H of a node (ceiling_fraction x rating): the worst case stays under it",
+                Family::default()
+            ),
+            node_worst_case_watts: reg!(
+                "node_worst_case_watts",
+                "Worst case of a node: every GPU rack at its reserve X, miners as committed, other load at its peak",
+                Family::default()
+            ),
+            node_gpu_reserve_watts: reg!(
+                "node_gpu_reserve_watts",
+                "Worst-case GPU reserve under a node: the sum of its GPU racks' X (limits plus non-GPU peak, or rated maximum)",
+                Family::default()
+            ),
+            node_gpu_sustained_watts: reg!(
+                "node_gpu_sustained_watts",
+                "Sustained GPU reserve under a node: the sum of its GPU racks' S (rolling peak plus uplift, at most X)",
+                Family::default()
+            ),
+            node_mining_allowance_watts: reg!(
+                "node_mining_allowance_watts",
+                "Mining a node allows (M_n, its ancestors' limits included)",
+                Family::default()
+            ),
+            node_mining_guaranteed_watts: reg!(
+                "node_mining_guaranteed_watts",
+                "Guaranteed mining allocation of a node (B - sum of X - other load, ancestors included); above it only fast miners",
+                Family::default()
+            ),
             zone_capacity_watts: reg!(
                 "zone_capacity_watts",
                 "Cooling capacity available in a zone (running units)",
@@ -183,6 +226,26 @@ impl Metrics {
             miners: reg!(
                 "miners",
                 "Miners by commanded state (normal, power_target, sleep, outlet_off) and whether an operator holds them",
+                Family::default()
+            ),
+            miner_shed_p99_max_seconds: reg!(
+                "miner_shed_p99_max_seconds",
+                "Highest learned p99 shed time (command to confirming read-back) among a firmware's miners; the firmware default until measured",
+                Family::default()
+            ),
+            miner_restore_p99_max_seconds: reg!(
+                "miner_restore_p99_max_seconds",
+                "Highest learned p99 restore time among a firmware's miners; the firmware default until measured",
+                Family::default()
+            ),
+            miners_slow: reg!(
+                "miners_slow",
+                "Miners of a firmware kept out of the trough headroom (p99 shed time over fast_shed_s, no sleep lever, or no driver)",
+                Family::default()
+            ),
+            miners_no_driver: reg!(
+                "miners_no_driver",
+                "Miners of a firmware without a driver (credentials missing): no command is sent to them, only their outlet",
                 Family::default()
             ),
             gpu_node_power_watts: reg!(
@@ -241,6 +304,16 @@ impl Metrics {
                 "alerts",
                 "Alerts raised by name and severity"
             ),
+            energy_kwh: {
+                let m: Family<Labels, Counter<f64, AtomicU64>> = Family::default();
+                r.register(
+                    "energy_kwh",
+                    "Energy per account (tenant, mining, site) since the database began, measured and estimated, by account and kind",
+                    m.clone(),
+                );
+                names.push("rackwarden_energy_kwh_total");
+                m
+            },
             host_cpu_usage_ratio: reg!(
                 "host_cpu_usage_ratio",
                 "CPU usage of the management host, 0..1, between two scrapes",

@@ -145,6 +145,32 @@ fn an_ha_section_is_summarised_with_its_defaults() {
 }
 
 #[test]
+fn a_site_without_gpus_prints_zero_not_minus_zero_kw() {
+    let dir = std::env::temp_dir().join(format!("rw-check-nogpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("config/tests/data/valid/minimal.toml")).unwrap();
+    // The minimal site less its GPU rack and host: mining only.
+    let gpu_rack = "[[racks]]\nid = \"gpu-1\"\nkind = \"gpu\"\nparents = [\"row-1\"]\nrating_kw = 165\nrated_max_kw = 132\n";
+    assert!(text.contains(gpu_rack));
+    let host = &text[text.find("[[gpu_nodes]]").unwrap()..];
+    let mining = text
+        .replace(gpu_rack, "")
+        .replace(host, "")
+        .replace("racks = [\"gpu-1\", \"mine-1\"]", "racks = [\"mine-1\"]");
+    let file = dir.join("site.toml");
+    std::fs::write(&file, mining).unwrap();
+    let (code, stdout, stderr) = check_config(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("gpus        0 on 0 hosts (0 remote), 0.0 kW rated max"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("-0.0"), "{stdout}");
+}
+
+#[test]
 fn missing_file_is_a_config_error_and_bad_usage_is_64() {
     let (code, _, stderr) = check_config(Path::new("/nonexistent/site.toml"));
     assert_eq!(code, 78);
@@ -189,4 +215,89 @@ fn json_logs_are_one_object_per_line_with_stable_fields() {
         }
     }
     assert_eq!(events, 1, "{stderr}");
+}
+
+/// The limits table as the operator reads it: one line per node with B, H, the rated GPU
+/// reserve X, the guaranteed mining allocation and the trough headroom.
+fn limits_line(stdout: &str, id: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(id)).then(|| it.map(|v| v.parse::<f64>().unwrap()).collect())
+        })
+        .unwrap_or_else(|| panic!("no limits line for {id}:\n{stdout}"))
+}
+
+#[test]
+fn limits_per_feed_and_row_and_warnings_for_racks_the_limits_cannot_hold() {
+    let file = repo().join("agent/tests/data/check-limits.toml");
+    let (code, stdout, stderr) = check_config(&file);
+    assert_eq!(code, 0, "warnings are not errors: {stderr}");
+    assert!(
+        stdout.contains("node                B        H    GPU X guaranteed   trough"),
+        "{stdout}"
+    );
+    // [B, H, sum X, guaranteed = max(0, B - X), trough = max(0, min(0.97 B - sum S_min,
+    // H - X) - guaranteed)], worked out by hand in the file's comments.
+    for (id, want) in [
+        ("check-limits", [240.0, 285.0, 201.0, 39.0, 45.0]),
+        ("feed-a", [160.0, 190.0, 100.0, 60.0, 30.0]),
+        ("feed-b", [80.0, 95.0, 101.0, 0.0, 0.0]),
+        ("r-gpu", [120.0, 142.5, 100.0, 20.0, 22.5]),
+        ("r-mine-a", [80.0, 95.0, 0.0, 80.0, 0.0]),
+        ("r-b", [80.0, 95.0, 101.0, 0.0, 0.0]),
+    ] {
+        assert_eq!(limits_line(&stdout, id), want, "{id}:\n{stdout}");
+    }
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    let warned = |what: &str| warnings.iter().any(|w| w.starts_with(what));
+    assert!(
+        warned("warning: rack `gpu-3`: its rated GPU maximum 45.0 kW (rated_max_kw) reaches its budget B 40.0 kW"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warned("warning: rack `gpu-4`: its rated GPU maximum 56.0 kW (its GPU hosts' gpus x gpu_max_w)"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warned("warning: row `r-b`: the rated GPU maxima under it (101.0 kW) exceed its ceiling H 95.0 kW"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warned("warning: feed `feed-b`: the rated GPU maxima under it (101.0 kW) exceed its ceiling H 95.0 kW"),
+        "{warnings:#?}"
+    );
+    assert_eq!(
+        warnings.len(),
+        4,
+        "nothing else is warned about: {warnings:#?}"
+    );
+}
+
+#[test]
+fn the_example_sites_pass_with_their_limits_and_no_warning() {
+    for name in ["site.toml", "site-colo.toml"] {
+        let (code, stdout, stderr) = check_config(&repo().join("examples").join(name));
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert!(
+            stdout.contains("  limits      kW at the rated GPU reserves"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.lines().any(|l| l.starts_with("warning:")),
+            "{name}:\n{stdout}"
+        );
+        for feed in ["feed-a", "feed-b"] {
+            let [b, h, x, g, t] = limits_line(&stdout, feed)[..] else {
+                panic!("{name}: {feed}: five figures");
+            };
+            assert!(h > b && x < h, "{name}: {feed}: {stdout}");
+            assert!((g - (b - x).max(0.0)).abs() < 0.11, "{name}: {feed}");
+            assert!(t > 0.0 && t <= h - b + 0.11, "{name}: {feed}: trough {t}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Property tests: the ten invariants of docs/control.md (CONTROL.md), one named test
+//! Property tests: the thirteen invariants of docs/control.md (CONTROL.md), one named test
 //! each, over random small sites (generated TOML, loaded like an operator's file), random
 //! traces (GPU limits, GPU swings at 0.2-3 Hz between idle and the cap, other load,
 //! cooling units tripping, miners ignoring commands) and random staleness.
@@ -15,8 +15,9 @@
 mod control_support;
 
 use control_support::invariants::{
-    inv10_n_plus_1, inv1_budget, inv2_priority, inv3_restore_order, inv4_hysteresis, inv5_stale,
-    inv6_escalation, inv7_range, inv8_determinism, inv9_no_nvml, Memory,
+    inv10_n_plus_1, inv11_ceiling, inv12_excursion, inv13_slow_out_of_trough, inv1_budget,
+    inv2_priority, inv3_restore_order, inv4_hysteresis, inv5_stale, inv6_escalation, inv7_range,
+    inv8_determinism, inv9_no_nvml, Memory,
 };
 use control_support::{gen_site, load, Sim, Step};
 use proptest::prelude::*;
@@ -48,7 +49,7 @@ fn pick(len: usize, idx: u32) -> Option<usize> {
 }
 
 fn apply(sim: &mut Sim, e: &Ev) {
-    match e.kind % 9 {
+    match e.kind % 10 {
         // The tenant moves a GPU node's limit anywhere in its range.
         0 => {
             if let Some(g) = pick(sim.gpus.len(), e.idx) {
@@ -106,6 +107,12 @@ fn apply(sim: &mut Sim, e: &Ev) {
                 .collect();
             if let Some(r) = pick(racks.len(), e.idx) {
                 sim.other_kw[racks[r]] = if e.x < 0.5 { 0.0 } else { e.x * 10.0 };
+            }
+        }
+        // A miner turns slow (its firmware takes 40 s to shed) or fast again.
+        8 => {
+            if let Some(m) = pick(sim.miners.len(), e.idx) {
+                sim.miner_latency_ms[m] = (e.x < 0.6).then_some(40_000);
             }
         }
         // All GPUs to their maximum (a surge).
@@ -275,5 +282,26 @@ proptest! {
     #[test]
     fn invariant_10_n_plus_1(seed in any::<u64>(), evs in events()) {
         simulate(seed, &evs, false, SECS, inv10_n_plus_1)?;
+    }
+
+    /// 11. Ceiling: after each decision P_worst <= H wherever mining is left to shed; no
+    ///     restore or trough fill takes a node above H.
+    #[test]
+    fn invariant_11_ceiling(seed in any::<u64>(), evs in events()) {
+        simulate(seed, &evs, false, SECS, inv11_ceiling)?;
+    }
+
+    /// 12. Excursion: a node measured above B with fast mining above idle under it gets a
+    ///     shed in the same decision.
+    #[test]
+    fn invariant_12_excursion(seed in any::<u64>(), evs in events()) {
+        simulate(seed, &evs, false, SECS, inv12_excursion)?;
+    }
+
+    /// 13. Slow miners (learned p99 shed time above fast_shed_s) never hold trough
+    ///     headroom: their mining fits in B - sum(X) - other.
+    #[test]
+    fn invariant_13_slow_out_of_trough(seed in any::<u64>(), evs in events()) {
+        simulate(seed, &evs, false, SECS, inv13_slow_out_of_trough)?;
     }
 }

@@ -24,6 +24,7 @@ async fn agent_runs_without_nvml_and_reserves_the_rack_at_rated_max() {
         speed: 20.0,
         state_file: dir.join("state.json"),
         journal_file: dir.join("journal.jsonl"),
+        database_file: dir.join("rackwarden.db"),
     };
     let (tx, mut rx) = broadcast::channel(4096);
     let cancel = CancellationToken::new();

@@ -57,6 +57,7 @@ async fn a_hanging_miner_leaves_the_other_miners_fresh() {
         speed: SPEED,
         state_file: dir.join("state.json"),
         journal_file: dir.join("journal.jsonl"),
+        database_file: dir.join("rackwarden.db"),
     };
     let (tx, mut rx) = broadcast::channel(4096);
     let cancel = CancellationToken::new();

@@ -34,10 +34,12 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::path::Path;
 
 use control_support::invariants::{
-    inv10_n_plus_1, inv1_budget, inv2_priority, inv3_restore_order, inv4_hysteresis, inv5_stale,
-    inv6_escalation, inv7_range, inv8_determinism, inv9_no_nvml, Memory,
+    inv10_n_plus_1, inv11_ceiling, inv12_excursion, inv13_slow_out_of_trough, inv1_budget,
+    inv2_priority, inv3_restore_order, inv4_hysteresis, inv5_stale, inv6_escalation, inv7_range,
+    inv8_determinism, inv9_no_nvml, Memory,
 };
-use control_support::Sim;
+use control_support::{Sim, Step};
+use rackwarden::control::Loads;
 use rackwarden::control::UnitState;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -339,14 +341,121 @@ struct Tally {
     fast: u64,
     slow: u64,
     determinism_checked: u64,
+    /// Ticks whose intent changed: a database commit.
+    commits: u64,
     stale_checked: u64,
     actions: u64,
     sheds: u64,
     restores: u64,
+    /// Restores that took trough headroom (reason `fill`).
+    fills: u64,
+    /// Excursions above B: count and longest, ms.
+    excursions: u64,
+    longest_excursion_ms: u64,
     alerts: BTreeMap<&'static str, u64>,
     violations: Vec<String>,
     t_tick: f64,
     t_check: f64,
+}
+
+/// Measured excursions above B per node: none may outlast `excursion_max_s` while fast
+/// mining above idle is left under the node.
+struct Excursions {
+    since: Vec<Option<u64>>,
+}
+
+impl Excursions {
+    fn new(n: usize) -> Excursions {
+        Excursions {
+            since: vec![None; n],
+        }
+    }
+
+    fn check(&mut self, sim: &Sim, step: &Step, tally: &mut Tally) -> Result<(), String> {
+        let p = &sim.site.policy;
+        let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.pre, step.now);
+        for (n, node) in sim.site.nodes.iter().enumerate() {
+            let over = step.snap.meter(n).is_some_and(|r| {
+                step.now - r.taken_at <= p.meter_stale_ms && r.kw > node.budget_kw + 1e-6
+            });
+            match (over, self.since[n]) {
+                (true, None) => {
+                    self.since[n] = Some(step.now);
+                    tally.excursions += 1;
+                }
+                (true, Some(t)) => {
+                    let len = step.now - t;
+                    tally.longest_excursion_ms = tally.longest_excursion_ms.max(len);
+                    let fast_left = sim.topo.miners_under[n].iter().any(|&i| {
+                        loads.fast[i] && loads.miner_w[i] > sim.site.miners[i].idle_w + 1.0
+                    });
+                    if len > p.excursion_max_s * 1000 && fast_left {
+                        return Err(format!(
+                            "12 excursion: `{}` above B for {len} ms with fast mining left",
+                            node.id
+                        ));
+                    }
+                }
+                (false, _) => self.since[n] = None,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Invariant 8 on the database: the intent read back from it is, bit for bit, what a
+/// restart carries over of the state just committed (miners whole but for the alert
+/// flags a restart resets, GPU caps and their pending commands, node bands and last
+/// restores).
+fn same_after_restart(
+    store: &rackwarden::store::Store,
+    st: &rackwarden::control::ControlState,
+) -> Result<(), String> {
+    let (_, back) = store.load_intent().unwrap().unwrap();
+    let index = |ids: &[String]| -> std::collections::HashMap<String, usize> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect()
+    };
+    let (bm, bg, bn) = (
+        index(&back.miner_ids.0),
+        index(&back.gpu_ids.0),
+        index(&back.node_ids.0),
+    );
+    for (i, id) in st.miner_ids.0.iter().enumerate() {
+        // The alert flags a restart resets are not kept.
+        let want = rackwarden::control::MinerState {
+            stale_alerted: false,
+            no_driver_alerted: false,
+            ..st.miners[i].clone()
+        };
+        if back.miners[bm[id]] != want {
+            return Err(format!(
+                "8 determinism: miner {id} read back from the database differs"
+            ));
+        }
+    }
+    for (i, id) in st.gpu_ids.0.iter().enumerate() {
+        let (a, b) = (&back.gpus[bg[id]], &st.gpus[i]);
+        if a.cap_w.map(f64::to_bits) != b.cap_w.map(f64::to_bits)
+            || a.capped_by != b.capped_by
+            || a.pending != b.pending
+        {
+            return Err(format!(
+                "8 determinism: GPU node {id} read back from the database differs"
+            ));
+        }
+    }
+    for (i, id) in st.node_ids.0.iter().enumerate() {
+        let (a, b) = (&back.nodes[bn[id]], &st.nodes[i]);
+        if a.band != b.band || a.last_restore_at != b.last_restore_at {
+            return Err(format!(
+                "8 determinism: node {id} read back from the database differs"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -370,6 +479,14 @@ fn soak_example_site_for_a_simulated_month() {
     let mut mem = Memory::default();
     let mut tally = Tally::default();
     let mut busy_until = BUSY_MS;
+    let mut excursions = Excursions::new(sim.site.nodes.len());
+    // The agent's database (issue 17): every decision's intent committed the runtime's
+    // way (only the rows that changed since the last commit), read back and compared at
+    // every determinism check.
+    let db_dir = std::env::temp_dir().join(format!("rw-soak-db-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&db_dir);
+    let mut store = rackwarden::store::Store::open(&db_dir.join("rackwarden.db")).unwrap();
+    let mut committed: Option<rackwarden::control::ControlState> = None;
     let started = std::time::Instant::now();
 
     while sim.now < end {
@@ -413,6 +530,9 @@ fn soak_example_site_for_a_simulated_month() {
                 tally.sheds += 1;
             } else {
                 tally.restores += 1;
+                if a.reason == rackwarden::control::Reason::Fill {
+                    tally.fills += 1;
+                }
             }
         }
         for a in &step.plan.alerts {
@@ -427,6 +547,10 @@ fn soak_example_site_for_a_simulated_month() {
             inv7_range(&sim, step),
             inv9_no_nvml(&sim, step, &mut mem),
             inv10_n_plus_1(&sim, step),
+            inv11_ceiling(&sim, step),
+            inv12_excursion(&sim, step),
+            inv13_slow_out_of_trough(&sim, step),
+            excursions.check(&sim, step, &mut tally),
         ];
         match inv5_stale(&sim, step) {
             Ok(true) => tally.stale_checked += 1,
@@ -434,9 +558,21 @@ fn soak_example_site_for_a_simulated_month() {
             Err(e) => results.push(Err(e)),
         }
         let ticks = tally.fast + tally.slow;
+        if store
+            .commit_intent(committed.as_ref(), &step.plan.state, step.now, &[], false)
+            .unwrap()
+            .is_some()
+        {
+            tally.commits += 1;
+        }
+        match &mut committed {
+            Some(c) => c.clone_from(&step.plan.state),
+            None => committed = Some(step.plan.state.clone()),
+        }
         if eventful || ticks % DETERMINISM_EVERY == 0 {
             tally.determinism_checked += 1;
             results.push(inv8_determinism(&sim, step));
+            results.push(same_after_restart(&store, &step.plan.state));
         }
         tally.t_check += t0.elapsed().as_secs_f64();
         for e in results.into_iter().filter_map(Result::err) {
@@ -470,13 +606,16 @@ fn soak_example_site_for_a_simulated_month() {
         started.elapsed().as_secs_f64()
     );
     say!(
-        "soak: ticks {ticks} (fast {}, slow {}); invariants 1-7, 9, 10 checked at every tick, \
-         5 with a worst-case re-decision on {} stale ticks, 8 on {} ticks",
+        "soak: ticks {ticks} (fast {}, slow {}); invariants 1-7, 9-13 checked at every tick, \
+         5 with a worst-case re-decision on {} stale ticks, 8 on {} ticks (each also read \
+         back from the database, which took {} commits of the changed rows)",
         tally.fast,
         tally.slow,
         tally.stale_checked,
-        tally.determinism_checked
+        tally.determinism_checked,
+        tally.commits
     );
+    assert!(tally.commits > 0, "no intent ever committed");
     say!("soak: faults injected {faults}, load events {}", {
         world.counts.values().sum::<u64>() - faults
     });
@@ -484,10 +623,16 @@ fn soak_example_site_for_a_simulated_month() {
         say!("soak:   {k} {v}");
     }
     say!(
-        "soak: actions {} (sheds {}, restores {})",
+        "soak: actions {} (sheds {}, restores {}, of which trough fills {})",
         tally.actions,
         tally.sheds,
-        tally.restores
+        tally.restores,
+        tally.fills
+    );
+    say!(
+        "soak: excursions above B {} (longest {:.1} s)",
+        tally.excursions,
+        tally.longest_excursion_ms as f64 / 1000.0
     );
     for (k, v) in &tally.alerts {
         say!("soak:   alert {k} {v}");

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
-pub use policy::{AgentSettings, HaSettings, LogFormat, Policy};
+pub use policy::{AgentSettings, GpuReserve, HaSettings, LogFormat, Policy};
 pub use raw::RawConfig;
 pub use validate::Issue;
 

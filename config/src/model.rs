@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use crate::policy::{AgentSettings, LogFormat, Policy};
+pub use crate::policy::{AgentSettings, GpuReserve, LogFormat, Policy};
 pub use crate::profile::Profile;
 pub use crate::raw::{
     CoolingMedium, Credentials, Firmware, GpuSource, Levers, Parity, RackKind, Redundancy,
@@ -58,11 +58,16 @@ pub struct PowerNode {
     pub children: Vec<NodeIdx>,
     /// Breaker rating in kW (the site may have none: then it is the sum of its feeds).
     pub rating_kw: f64,
-    /// Continuous budget B in kW.
+    /// Sustained budget B in kW.
     pub budget_kw: f64,
+    /// Never-trip ceiling H in kW (`ceiling_fraction x rating`, never below B): the worst
+    /// case may not exceed it.
+    pub ceiling_kw: f64,
     pub rated_100: bool,
     /// GPU and mixed racks: the most their GPU load may draw.
     pub rated_max_kw: Option<f64>,
+    /// GPU and mixed racks: how the rack is reserved (its own `reserve`, else the policy's).
+    pub reserve: GpuReserve,
     pub meters: Vec<MeterRef>,
     /// Feeds: the other feed of an A/B pair.
     pub pair: Option<NodeIdx>,
@@ -232,9 +237,24 @@ pub struct Site {
     pub agent: AgentSettings,
     /// Active/standby through etcd (`[ha]`); None: the agent runs alone.
     pub ha: Option<Ha>,
+    /// Energy accounts (`[[tenants]]`), in file order.
+    pub tenants: Vec<Tenant>,
     #[serde(skip)]
     index: HashMap<String, Ref>,
 }
+
+/// A validated `[[tenants]]` entry: the racks whose energy the tenant is billed for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// Rack nodes, each belonging to at most one tenant.
+    pub racks: Vec<NodeIdx>,
+}
+
+/// The id of the site's own energy account: its mining racks (and mixed racks no tenant
+/// holds).
+pub const MINING_ACCOUNT: &str = "mining";
 
 /// The validated `[ha]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -303,6 +323,7 @@ impl Site {
             policy,
             agent,
             ha: None,
+            tenants: Vec::new(),
             index,
         }
     }

@@ -10,14 +10,32 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
-    /// `P_eff >= emergency_fraction x B`: sleep miners in the same tick.
+    /// Emergency: a measured load at or above `emergency_fraction x H` (the never-trip
+    /// ceiling), or any reading above a breaker rating: sleep miners in the same tick,
+    /// anti-cycling waived. A fraction of H, not of B.
     pub emergency_fraction: f64,
-    /// `P_eff >= shed_fraction x B`: lower miner targets.
+    /// Over budget: `P_eff >= shed_fraction x B` (a measured excursion above B, or the
+    /// sustained projection over it) sheds in the same decision, gentlest lever first.
     pub shed_fraction: f64,
-    /// Sheds aim for `P_proj <= shed_target_fraction x B`.
+    /// Sheds aim for `P_eff <= shed_target_fraction x B`.
     pub shed_target_fraction: f64,
-    /// Restores only while `P_proj + step <= restore_fraction x B`.
+    /// The fill line: restores and trough filling keep `P_eff <= restore_fraction x B`
+    /// (the 3% of B kept free in `M_n`).
     pub restore_fraction: f64,
+    /// The never-trip ceiling `H = ceiling_fraction x rating`: no decision leaves the
+    /// worst case (every GPU at its cap, every shed command failed) above it.
+    pub ceiling_fraction: f64,
+    /// Only miners whose learned p99 shed time is at most this may hold trough headroom
+    /// (the part of the mining allowance above `B - sum(X) - other`).
+    pub fast_shed_s: u64,
+    /// No excursion above B may last longer than this while fast mining remains under
+    /// the node: past it the next lever is used.
+    pub excursion_max_s: u64,
+    /// How GPU racks are reserved: `measured` (sustained reserve S from the rolling
+    /// peak, worst case X under the ceiling) or `limits` (S = X: no excursion above B).
+    pub gpu_reserve: GpuReserve,
+    /// Window of the rolling peak the sustained reserve S is taken from.
+    pub reserve_window_s: u64,
     /// How long the restore condition must hold first.
     pub restore_hold_s: u64,
     /// Restore ramp: at most this fraction of B per node per `restore_step_interval_s`.
@@ -68,9 +86,14 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             emergency_fraction: 1.0,
-            shed_fraction: 0.90,
-            shed_target_fraction: 0.85,
-            restore_fraction: 0.80,
+            shed_fraction: 1.0,
+            shed_target_fraction: 0.97,
+            restore_fraction: 0.97,
+            ceiling_fraction: 0.95,
+            fast_shed_s: 30,
+            excursion_max_s: 60,
+            gpu_reserve: GpuReserve::Measured,
+            reserve_window_s: 1_800,
             restore_hold_s: 60,
             restore_step_fraction: 0.05,
             restore_step_interval_s: 30,
@@ -104,6 +127,29 @@ impl Default for Policy {
     }
 }
 
+/// How a GPU rack is reserved in the projection (`policy.gpu_reserve`, or a rack's own
+/// `reserve`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuReserve {
+    /// Sustained reserve S from the rack's measured rolling peak plus an uplift; the
+    /// worst case X (its limits) is held under the ceiling H.
+    #[default]
+    Measured,
+    /// S = X: the rack is reserved at its limits (or rated maximum); mining never
+    /// takes its troughs, and no GPU jump can push the feed above B.
+    Limits,
+}
+
+impl GpuReserve {
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuReserve::Measured => "measured",
+            GpuReserve::Limits => "limits",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -119,12 +165,19 @@ pub struct AgentSettings {
     /// HTTP (metrics, health, status, page). Loopback unless an operator says otherwise.
     pub http_listen: String,
     pub log_format: LogFormat,
-    /// Control intent, written atomically; relative paths are relative to the site file.
+    /// The state file of an agent from before the database (issue 17): imported once
+    /// into the database and renamed aside. The default database sits beside it.
     pub state_file: String,
-    /// Append-only action journal (JSON lines).
+    /// The JSON-lines export of the action journal (log shippers follow it); the
+    /// journal itself is in the database.
     pub journal_file: String,
+    /// Days of journal kept in the database (at least 1).
+    pub journal_retention_days: u32,
     /// Bearer token for operator overrides; overrides are off without it.
     pub http_token_file: Option<String>,
+    /// The agent's SQLite database (control intent, journal, energy accounting). Default: `rackwarden.db` beside
+    /// `state_file`; relative paths are relative to the site file.
+    pub database_file: Option<String>,
 }
 
 impl Default for AgentSettings {
@@ -134,7 +187,9 @@ impl Default for AgentSettings {
             log_format: LogFormat::Text,
             state_file: "/var/lib/rackwarden/state.json".to_owned(),
             journal_file: "/var/lib/rackwarden/journal.jsonl".to_owned(),
+            journal_retention_days: 90,
             http_token_file: None,
+            database_file: None,
         }
     }
 }

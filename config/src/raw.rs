@@ -35,6 +35,19 @@ pub struct RawConfig {
     pub miner_groups: Vec<RawMinerGroup>,
     #[serde(default)]
     pub gpu_nodes: Vec<RawGpuNode>,
+    /// Energy accounting (`[[tenants]]`): who is billed for which racks.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// A tenant (`[[tenants]]`): an AI customer billed for the energy of its racks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub racks: Vec<String>,
 }
 
 /// A breaker rating: either `rating_kw`, or `rating_a` at `voltage_v` with `phases`.
@@ -133,6 +146,9 @@ pub struct RawRack {
     /// GPU and mixed racks: the most the rack's GPU load can draw (reserved when NVML is absent).
     #[serde(default)]
     pub rated_max_kw: Option<f64>,
+    /// GPU and mixed racks: overrides `policy.gpu_reserve` for this rack.
+    #[serde(default)]
+    pub reserve: Option<crate::policy::GpuReserve>,
     #[serde(default)]
     pub meters: Vec<RawMeterRef>,
 }
@@ -359,6 +375,27 @@ impl Firmware {
                 power_target: false,
                 sleep: true,
             },
+        }
+    }
+
+    /// Shed time (command to the read-back that shows the lower power) assumed until the
+    /// agent has measured the miner's own, ms (docs/control.md, "Trough filling").
+    pub fn default_shed_ms(self) -> u32 {
+        match self {
+            Firmware::Luxos => 5_000,
+            Firmware::Braiins | Firmware::Vnish => 8_000,
+            Firmware::Whatsminer | Firmware::Avalon => 10_000,
+            Firmware::AntminerStock => 25_000,
+        }
+    }
+
+    /// Restore time (command to the read-back that shows it mining) assumed until
+    /// measured, ms.
+    pub fn default_restore_ms(self) -> u32 {
+        match self {
+            Firmware::Luxos | Firmware::Braiins => 10_000,
+            Firmware::Vnish | Firmware::Whatsminer | Firmware::Avalon => 15_000,
+            Firmware::AntminerStock => 30_000,
         }
     }
 

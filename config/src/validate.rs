@@ -156,13 +156,19 @@ impl IdTable {
     }
 }
 
+/// A node's never-trip ceiling H: `fraction x rating` (the fraction already derated),
+/// never below its budget B (a 100%-rated assembly's B is its rating: H = B, no trough
+/// headroom above it).
+fn ceiling_of(rating_kw: f64, budget_kw: f64, fraction: f64) -> f64 {
+    (rating_kw * fraction).max(budget_kw)
+}
+
 /// Checks the policy's own consistency.
 fn check_policy(errs: &mut Errors, p: &Policy) {
     let fr = [
         ("restore_fraction", p.restore_fraction),
         ("shed_target_fraction", p.shed_target_fraction),
         ("shed_fraction", p.shed_fraction),
-        ("emergency_fraction", p.emergency_fraction),
     ];
     for (name, v) in fr {
         if !(v.is_finite() && v > 0.0 && v <= 1.5) {
@@ -172,23 +178,52 @@ fn check_policy(errs: &mut Errors, p: &Policy) {
             );
         }
     }
-    if !(p.restore_fraction < p.shed_fraction && p.shed_fraction < p.emergency_fraction) {
+    if !(p.emergency_fraction.is_finite()
+        && p.emergency_fraction >= 0.5
+        && p.emergency_fraction <= 1.0)
+    {
         errs.push(
-            "policy.shed_fraction",
+            "policy.emergency_fraction",
             format!(
-                "thresholds out of order: need restore_fraction ({}) < shed_fraction ({}) < emergency_fraction ({})",
-                p.restore_fraction, p.shed_fraction, p.emergency_fraction
+                "must be a fraction of the ceiling H in [0.5, 1], got {}",
+                p.emergency_fraction
             ),
         );
-    } else if !(p.restore_fraction <= p.shed_target_fraction
-        && p.shed_target_fraction < p.shed_fraction)
-    {
+    }
+    if !(p.ceiling_fraction.is_finite() && p.ceiling_fraction >= 0.8 && p.ceiling_fraction <= 1.0) {
+        errs.push(
+            "policy.ceiling_fraction",
+            format!(
+                "must be a fraction of the breaker rating in [0.8, 1], got {}",
+                p.ceiling_fraction
+            ),
+        );
+    }
+    if !(p.restore_fraction <= p.shed_target_fraction && p.shed_target_fraction < p.shed_fraction) {
         errs.push(
             "policy.shed_target_fraction",
             format!(
-                "shed_target_fraction ({}) must lie in [restore_fraction, shed_fraction)",
-                p.shed_target_fraction
+                "thresholds out of order: need restore_fraction ({}) <= shed_target_fraction ({}) < shed_fraction ({})",
+                p.restore_fraction, p.shed_target_fraction, p.shed_fraction
             ),
+        );
+    }
+    if !(1..=600).contains(&p.fast_shed_s) {
+        errs.push(
+            "policy.fast_shed_s",
+            format!("must be in [1, 600] s, got {}", p.fast_shed_s),
+        );
+    }
+    if !(5..=3_600).contains(&p.excursion_max_s) {
+        errs.push(
+            "policy.excursion_max_s",
+            format!("must be in [5, 3600] s, got {}", p.excursion_max_s),
+        );
+    }
+    if !(60..=86_400).contains(&p.reserve_window_s) {
+        errs.push(
+            "policy.reserve_window_s",
+            format!("must be in [60, 86400] s, got {}", p.reserve_window_s),
         );
     }
     if !(p.restore_step_fraction > 0.0 && p.restore_step_fraction <= 0.5) {
@@ -377,6 +412,13 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         );
     }
 
+    if raw.agent.journal_retention_days == 0 {
+        errs.push(
+            "agent.journal_retention_days",
+            "must be at least 1 (days of journal kept in the database)".to_owned(),
+        );
+    }
+
     // Expand miner groups first so their ids join the table.
     let miners_raw = expand_groups(&mut errs, raw);
 
@@ -473,14 +515,18 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         children: vec![],
         rating_kw: site_rating.unwrap_or(0.0),
         budget_kw: 0.0,
+        ceiling_kw: 0.0,
         rated_100: raw.site.rated_100,
         rated_max_kw: None,
+        reserve: raw.policy.gpu_reserve,
         meters: meters_of(&mut errs, "site", &raw.site.meters),
         pair: None,
     });
     node_paths.push("site".into());
     explicit_budget.push(raw.site.budget_kw.is_some());
 
+    let ceiling_fraction = raw.policy.ceiling_fraction;
+    let default_reserve = raw.policy.gpu_reserve;
     let mut push_node = |errs: &mut Errors,
                          nodes: &mut Vec<PowerNode>,
                          path: String,
@@ -490,6 +536,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
                          budget: Option<f64>,
                          rated_100: bool,
                          rated_max_kw: Option<f64>,
+                         reserve: Option<crate::policy::GpuReserve>,
                          meters: Vec<MeterRef>| {
         let r = rating_kw(errs, &path, rating, true);
         let mut b = None;
@@ -515,8 +562,10 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             children: vec![],
             rating_kw: rating,
             budget_kw,
+            ceiling_kw: ceiling_of(rating, budget_kw, ceiling_fraction * derate),
             rated_100,
             rated_max_kw,
+            reserve: reserve.unwrap_or(default_reserve),
             meters,
             pair: None,
         });
@@ -537,6 +586,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             f.budget_kw,
             f.rated_100,
             None,
+            None,
             meters,
         );
     }
@@ -552,6 +602,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             &r.rating(),
             r.budget_kw,
             r.rated_100,
+            None,
             None,
             meters,
         );
@@ -570,6 +621,12 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             (_, Some(v)) => positive(&mut errs, &format!("{path}.rated_max_kw"), v).then_some(v),
             (RackKind::Mining, None) => None,
         };
+        if r.kind == RackKind::Mining && r.reserve.is_some() {
+            errs.push(
+                format!("{path}.reserve"),
+                "only GPU and mixed racks have a GPU reserve to set",
+            );
+        }
         push_node(
             &mut errs,
             &mut nodes,
@@ -580,6 +637,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             r.budget_kw,
             r.rated_100,
             rated_max,
+            r.reserve,
             meters,
         );
     }
@@ -790,6 +848,24 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
             total
         }
     };
+    nodes[0].ceiling_kw = if site_rating.is_some() {
+        ceiling_of(
+            nodes[0].rating_kw,
+            nodes[0].budget_kw,
+            ceiling_fraction * derate,
+        )
+    } else {
+        // The sum of its feeds' ceilings, each A/B pair counted once.
+        let mut total = 0.0;
+        for f in feed_range.clone() {
+            match nodes[f].pair {
+                Some(o) if o < f => {}
+                Some(o) => total += nodes[f].ceiling_kw.min(nodes[o].ceiling_kw),
+                None => total += nodes[f].ceiling_kw,
+            }
+        }
+        total.max(nodes[0].budget_kw)
+    };
     if n_feeds == 0 {
         errs.push("feeds", "the site needs at least one feed");
     }
@@ -811,6 +887,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         .ha
         .as_ref()
         .and_then(|h| check_ha(&mut errs, h, &raw.site.id));
+    let tenants = build_tenants(&mut errs, raw, &nodes, &node_idx);
 
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -828,7 +905,76 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         raw.agent.clone(),
     );
     site.ha = ha;
+    site.tenants = tenants;
     Ok(site)
+}
+
+/// `[[tenants]]`: unique ids (not the site's own `mining` account), racks that exist and
+/// are GPU or mixed racks, each rack held by at most one tenant.
+fn build_tenants(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    nodes: &[PowerNode],
+    node_idx: &HashMap<String, NodeIdx>,
+) -> Vec<crate::Tenant> {
+    let mut out = Vec::new();
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut holder: HashMap<NodeIdx, &str> = HashMap::new();
+    for (i, t) in raw.tenants.iter().enumerate() {
+        let path = format!("tenants[{i}]");
+        if t.id.trim().is_empty() {
+            errs.push(format!("{path}.id"), "must not be empty");
+        } else if [crate::MINING_ACCOUNT, "site", "unassigned"].contains(&t.id.as_str()) {
+            errs.push(
+                format!("{path}.id"),
+                format!("`{}` is one of the site's own accounts (`mining`, `site`, `unassigned`); give the tenant another id", t.id),
+            );
+        } else if let Some(j) = ids.insert(&t.id, i) {
+            errs.push(
+                format!("{path}.id"),
+                format!("duplicate tenant id `{}` (also tenants[{j}])", t.id),
+            );
+        }
+        if t.racks.is_empty() {
+            errs.push(format!("{path}.racks"), "a tenant needs at least one rack");
+        }
+        let mut racks = Vec::new();
+        for (k, r) in t.racks.iter().enumerate() {
+            let rpath = format!("{path}.racks[{k}]");
+            let Some(&n) = node_idx.get(r.as_str()) else {
+                errs.push(rpath, format!("no rack `{r}`"));
+                continue;
+            };
+            match nodes[n].rack_kind() {
+                None => errs.push(
+                    rpath,
+                    format!("`{r}` is a {}, not a rack", nodes[n].kind.name()),
+                ),
+                Some(RackKind::Mining) => errs.push(
+                    rpath,
+                    format!(
+                        "`{r}` is a mining rack: mining racks are the site's own `mining` account"
+                    ),
+                ),
+                Some(_) => {
+                    if let Some(other) = holder.insert(n, &t.id) {
+                        errs.push(
+                            rpath,
+                            format!("rack `{r}` already belongs to tenant `{other}`: a rack belongs to at most one tenant"),
+                        );
+                    } else {
+                        racks.push(n);
+                    }
+                }
+            }
+        }
+        out.push(crate::Tenant {
+            id: t.id.clone(),
+            name: t.name.clone().unwrap_or_else(|| t.id.clone()),
+            racks,
+        });
+    }
+    out
 }
 
 /// `[ha]`: endpoints that parse as `http(s)://host:port` (or `host:port`), a lease TTL

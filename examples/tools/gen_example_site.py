@@ -101,6 +101,19 @@ meters = [{{ device = "pdu-{r}" }}]
         for gi, (fw, nom, minw, eff, cnt, http) in enumerate(mix):
             groups.append((r, fw, nom, minw, eff, cnt, http, f"127.1.{fi*4+i}.{1+gi*50}", outlet))
             outlet += cnt
+w('''# Energy accounts (docs/energy.md): the AI tenants billed for their racks' energy. The
+# mining racks are the site's own `mining` account.
+[[tenants]]
+id = "acme"
+name = "Acme AI (feed A racks)"
+racks = ["gpu-a1", "gpu-a2"]
+
+[[tenants]]
+id = "borealis"
+name = "Borealis Labs (feed B racks)"
+racks = ["gpu-b1", "gpu-b2"]
+
+''')
 w('''# Cooling: three CDUs (liquid) for the GPU racks, four CRAHs (air) for the miners. The
 # CRAHs sit behind one RTU-over-TCP serial gateway, unit ids 1 to 4.
 [[cooling_zones]]

@@ -79,8 +79,70 @@ impl TempSite {
         }
     }
 
+    /// Where an agent from before the database kept its intent (imported once).
     pub fn state_file(&self) -> PathBuf {
         self.dir.join("state/state.json")
+    }
+
+    /// The agent's database (control intent, journal, energy).
+    pub fn db_file(&self) -> PathBuf {
+        self.dir.join("state/rackwarden.db")
+    }
+
+    /// The intent in force as `rackwarden state --all --json` prints it (the operator's
+    /// way in); panics if the command fails.
+    pub fn state(&self) -> Value {
+        let out = Command::new(bin())
+            .args(["state", "--all", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rackwarden state failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The database's journal as `rackwarden journal --json` prints it (one row per
+    /// line), with `args` added (filters).
+    pub fn journal_db(&self, args: &[&str]) -> Vec<Value> {
+        let out = Command::new(bin())
+            .args(["journal", "--json", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rackwarden journal failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Each miner's committed intent (`normal`, `target`, `sleep`, `outlet_off`), its
+    /// power target (W) and whether a command of it awaits its read-back, by id.
+    pub fn miner_intents(&self) -> std::collections::HashMap<String, (String, Option<f64>, bool)> {
+        self.state()["miners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    (
+                        m["intent"].as_str().unwrap().to_owned(),
+                        m["target_w"].as_f64(),
+                        !m["pending"].is_null(),
+                    ),
+                )
+            })
+            .collect()
     }
 
     pub fn journal(&self) -> Vec<Value> {
@@ -353,4 +415,197 @@ pub fn actions(p: &Proc, event: &str) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// A node's two limits (docs/control.md, "Model"): the sustained budget B and the
+/// never-trip ceiling H.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub budget_kw: f64,
+    pub ceiling_kw: f64,
+}
+
+/// Each node's B and H (by id) and `excursion_max_s`, as the agent reads `config`.
+pub fn limits_of(config: &Path) -> (std::collections::HashMap<String, Limits>, f64) {
+    let s = rackwarden_config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let limits = s
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.clone(),
+                Limits {
+                    budget_kw: n.budget_kw,
+                    ceiling_kw: n.ceiling_kw,
+                },
+            )
+        })
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let max_s = s.policy.excursion_max_s as f64;
+    (limits, max_s)
+}
+
+/// A stretch of consecutive `sim.meter` samples of one feed above its budget B (the
+/// simulator reports each feed every 5 virtual seconds).
+#[derive(Debug, Clone)]
+pub struct Stretch {
+    pub node: String,
+    /// Simulator time of the first and the last sample above B.
+    pub first_s: f64,
+    pub last_s: f64,
+    pub peak_kw: f64,
+}
+
+/// The stretches above B in the simulator's feed meter samples, in order.
+pub fn meter_stretches(meters: &[Value]) -> Vec<Stretch> {
+    let mut open: std::collections::HashMap<String, Stretch> = Default::default();
+    let mut out = Vec::new();
+    for m in meters {
+        let node = m["fields"]["node"].as_str().unwrap_or("").to_owned();
+        let kw = m["fields"]["kw"].as_f64().unwrap();
+        let budget = m["fields"]["budget_kw"].as_f64().unwrap();
+        let t = m["fields"]["t_s"].as_f64().unwrap();
+        if kw > budget {
+            let s = open.entry(node.clone()).or_insert(Stretch {
+                node,
+                first_s: t,
+                last_s: t,
+                peak_kw: kw,
+            });
+            s.last_s = t;
+            s.peak_kw = s.peak_kw.max(kw);
+        } else if let Some(s) = open.remove(&node) {
+            out.push(s);
+        }
+    }
+    out.extend(open.into_values());
+    out
+}
+
+/// One excursion above B as the agent measured it (`power.excursion`, logged when it
+/// ends): node, length in virtual seconds, peak kW.
+#[derive(Debug, Clone)]
+pub struct Excursion {
+    pub node: String,
+    pub len_s: f64,
+    pub peak_kw: f64,
+}
+
+/// The agent's `power.excursion` alerts, their length read from the message ("back
+/// within its budget after 5.0 s above it").
+pub fn excursions(a: &Proc) -> Vec<Excursion> {
+    a.alerts()
+        .iter()
+        .filter(|v| v["fields"]["alert"] == "power.excursion")
+        .map(|v| {
+            let msg = v["fields"]["message"].as_str().unwrap_or("");
+            Excursion {
+                node: v["fields"]["node"].as_str().unwrap_or("").to_owned(),
+                len_s: excursion_len_s(msg)
+                    .unwrap_or_else(|| panic!("no length in the excursion alert `{msg}`")),
+                peak_kw: v["fields"]["kw"].as_f64().unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
+/// The length of an excursion from its alert's message: "... after 5.0 s above it ...".
+pub fn excursion_len_s(msg: &str) -> Option<f64> {
+    let (_, rest) = msg.split_once(" after ")?;
+    let (len, _) = rest.split_once(" s above")?;
+    len.trim().parse().ok()
+}
+
+/// The two-limit guarantee (docs/control.md, "Model"; docs/alerts.md): on every feed, the
+/// simulator's meter never reached the ceiling H, and every stretch above the budget B
+/// was shorter than `excursion_max_s` (its samples are 5 s apart, so a stretch lasted at
+/// least `last_s - first_s`); the agent measured no excursion longer than that, never
+/// had to take the emergency levers for one (`power.excursion.long`) and never saw a
+/// feed at its ceiling (`power.budget.emergency`). `limits`: each feed's B and H.
+pub fn assert_two_limits(
+    meters: &[Value],
+    agent: &Proc,
+    limits: &std::collections::HashMap<String, Limits>,
+    excursion_max_s: f64,
+) {
+    assert!(meters.len() > 50, "too few meter samples: {}", meters.len());
+    for m in meters {
+        let node = m["fields"]["node"].as_str().unwrap_or("");
+        let kw = m["fields"]["kw"].as_f64().unwrap();
+        let l = limits
+            .get(node)
+            .unwrap_or_else(|| panic!("no limits for {node}"));
+        assert!(
+            kw < l.ceiling_kw,
+            "{node} measured {kw:.1} kW at {}: at or above its {:.1} kW ceiling",
+            m["fields"]["t_s"],
+            l.ceiling_kw
+        );
+    }
+    for s in meter_stretches(meters) {
+        assert!(
+            s.last_s - s.first_s < excursion_max_s,
+            "{} above its budget from {:.0} s to {:.0} s (peak {:.1} kW): longer than {excursion_max_s} s",
+            s.node,
+            s.first_s,
+            s.last_s,
+            s.peak_kw
+        );
+    }
+    for e in excursions(agent) {
+        assert!(
+            e.len_s <= excursion_max_s,
+            "the agent measured {} above its budget for {:.1} s (peak {:.1} kW)",
+            e.node,
+            e.len_s,
+            e.peak_kw
+        );
+    }
+    let names = agent.alert_names();
+    for bad in ["power.excursion.long", "power.budget.emergency"] {
+        assert!(
+            !names.iter().any(|n| n == bad),
+            "the agent raised {bad}\n{}",
+            agent.dump()
+        );
+    }
+}
+
+/// With `RW_DEBUG_DUMP=/some/prefix`, both processes' lines go to `prefix.agent` and
+/// `prefix.sim` (for working on these tests; nothing is written otherwise).
+pub fn debug_dump(a: &Proc, s: &Proc) {
+    if let Ok(p) = std::env::var("RW_DEBUG_DUMP") {
+        std::fs::write(format!("{p}.agent"), a.lines().join("\n")).unwrap();
+        std::fs::write(format!("{p}.sim"), s.lines().join("\n")).unwrap();
+    }
+}
+
+/// The agent's `/api/v1/status` (its `http_listen` of the example site, moved by
+/// [`relocate`]), or `Null` when it does not answer within a few seconds.
+pub fn agent_status() -> Value {
+    use std::io::{Read, Write};
+    let addr = format!("127.{}.250.1:9180", net_k());
+    let Ok(mut c) =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+    else {
+        return Value::Null;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if write!(c, "GET /api/v1/status HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+        return Value::Null;
+    }
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Node `id`'s row in a `/api/v1/status` frame (`Null` if absent).
+pub fn status_node<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["frame"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+        .unwrap_or(&Value::Null)
 }

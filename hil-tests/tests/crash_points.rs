@@ -1,15 +1,15 @@
 //! The agent killed (SIGKILL) at every step of a curtail, then restarted on the same
-//! state file, against one simulator that keeps running (issue 10's fault matrix).
+//! database, against one simulator that keeps running (issue 10's fault matrix).
 //!
 //! A curtail goes: decision (`control.decided`) -> intent saved, journal line,
 //! `action.sent` -> the command reaches the miner (the simulator logs
-//! `sim.miner.command`) -> a read-back confirms it (`action.confirmed`) -> the state file
+//! `sim.miner.command`) -> a read-back confirms it (`action.confirmed`) -> the database
 //! records the confirmation. The test kills the agent right after each of these, in
 //! turn, each time on the next curtail the scenario (or the restarted agent) makes, and
 //! checks that no control intent is lost: the restarted agent resumes what the file
 //! holds and sends again every shed command the killed one left unconfirmed (it may never
 //! have left the process), every miner shed before a kill stays at least as shed to the
-//! end (state file), no miner is woken or raised by anyone (agents' actions and the
+//! end (`rackwarden state`), no miner is woken or raised by anyone (agents' actions and the
 //! commands the simulated miners received), no sleep is sent more than once per run, the
 //! journal has no torn line, the agent raises no alert that a restart should not cause,
 //! and the last one exits 0 on SIGTERM.
@@ -81,9 +81,9 @@ enum Step {
     Sent,
     /// The simulated miner received the command; no read-back yet.
     OnWire,
-    /// `action.confirmed`: confirmed in memory, maybe not yet in the state file.
+    /// `action.confirmed`: confirmed in memory, maybe not yet in the database.
     Confirmed,
-    /// The state file records the confirmation.
+    /// The database records the confirmation.
     Persisted,
 }
 
@@ -97,16 +97,6 @@ enum Intent {
 }
 
 impl Intent {
-    fn from_json(v: &Value) -> Intent {
-        match v["intent"].as_str().unwrap() {
-            "normal" => Intent::Normal,
-            "target" => Intent::Target(v["w"].as_f64().unwrap()),
-            "sleep" => Intent::Sleep,
-            "outlet_off" => Intent::OutletOff,
-            other => panic!("unknown intent {other}"),
-        }
-    }
-
     /// Whether `self` sheds at least as much as `before`.
     fn at_least(self, before: Intent) -> bool {
         let rank = |i: Intent| match i {
@@ -126,19 +116,17 @@ impl Intent {
 type Intents = HashMap<String, (Intent, bool)>;
 
 fn persisted(site: &TempSite) -> Intents {
-    let text = std::fs::read_to_string(site.state_file()).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let c = &v["control"];
-    c["miner_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(c["miners"].as_array().unwrap())
-        .map(|(id, m)| {
-            (
-                id.as_str().unwrap().to_owned(),
-                (Intent::from_json(&m["intent"]), !m["pending"].is_null()),
-            )
+    site.miner_intents()
+        .into_iter()
+        .map(|(id, (intent, w, pending))| {
+            let i = match intent.as_str() {
+                "normal" => Intent::Normal,
+                "target" => Intent::Target(w.unwrap()),
+                "sleep" => Intent::Sleep,
+                "outlet_off" => Intent::OutletOff,
+                other => panic!("unknown intent {other}"),
+            };
+            (id, (i, pending))
         })
         .collect()
 }
@@ -265,7 +253,7 @@ fn agent_killed_at_every_step_of_a_curtail_loses_no_intent() {
             .count();
         let pending = before.values().filter(|(_, p)| *p).count();
         eprintln!(
-            "killed after {step:?} ({what}) at {:.1} s: {shed} miners shed in the state file, {pending} awaiting confirmation",
+            "killed after {step:?} ({what}) at {:.1} s: {shed} miners shed in the database, {pending} awaiting confirmation",
             started.elapsed().as_secs_f64()
         );
         sim_mark = s.mark();
@@ -383,6 +371,45 @@ fn agent_killed_at_every_step_of_a_curtail_loses_no_intent() {
         let ok = serde_json::from_str::<Value>(l).is_ok();
         assert!(ok || i + 1 == lines.len(), "torn journal line {i}: {l}");
     }
+    // 5. The database's journal (`rackwarden journal`, the operator's way in): every
+    //    command any of the agents sent is in it (its row commits with the intent,
+    //    before the command goes out), however the agent that sent it died.
+    let rows = site.journal_db(&[]);
+    let in_db: std::collections::HashSet<(String, String, u64)> = rows
+        .iter()
+        .filter(|r| r["result"].as_str() == Some("sent"))
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap().to_owned(),
+                r["lever"].as_str().unwrap().to_owned(),
+                r["now_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sent_total = 0;
+    for (n, p) in killed.iter().enumerate() {
+        for v in p.events("action.sent") {
+            sent_total += 1;
+            let key = (
+                v["fields"]["device"].as_str().unwrap().to_owned(),
+                v["fields"]["lever"].as_str().unwrap().to_owned(),
+                v["fields"]["now_ms"].as_u64().unwrap(),
+            );
+            assert!(
+                in_db.contains(&key),
+                "agent #{n} sent {key:?}, not in the database's journal"
+            );
+        }
+    }
+    assert!(sent_total > 0);
+    // Filters: one device's rows are exactly its rows of the whole journal.
+    let dev = &rows[0]["device"];
+    let one = site.journal_db(&["--device", dev.as_str().unwrap()]);
+    assert_eq!(
+        one.len(),
+        rows.iter().filter(|r| r["device"] == *dev).count(),
+        "--device {dev}"
+    );
     eprintln!(
         "{} kills, {} miners commanded, {shed_at_end} shed at the end, {:.0} s wall",
         kills.len(),

@@ -3,9 +3,9 @@
 //! cooling trip, silent meter, ignored sleep, kill mid-curtail). For each: the agent keeps
 //! running, raises the documented alert, and keeps guarding the site.
 //!
-//! - the state file corrupt at start-up (`control.state.corrupt`, the file set aside, a
-//!   surge still shed, a valid state written again);
-//! - the state file missing (start-up hold, no miner woken);
+//! - the database corrupt at start-up (`control.state.corrupt` naming it, the file set
+//!   aside as it was, a surge still shed, the intent in a sound database again);
+//! - the database missing (start-up hold, no miner woken, every miner's row written);
 //! - GPU nodes refusing the agent (a token that no longer matches: every request 401), so
 //!   they stop answering (`telemetry.stale` per GPU node, no GPU lever used);
 //! - Modbus wire faults on meters and PDUs (`late`, `reset`, `exception`, `garbage`,
@@ -28,7 +28,10 @@
 
 use std::time::Duration;
 
-use rackwarden_hil_tests::{actions, agent, serial, sim, Proc, TempSite};
+use rackwarden_hil_tests::{
+    actions, agent, agent_status, assert_two_limits, debug_dump, limits_of, serial, sim,
+    status_node, Proc, TempSite,
+};
 
 /// Virtual seconds per real second (as in scenarios.rs).
 const SPEED: f64 = 8.0;
@@ -49,12 +52,15 @@ fn alerts_named(p: &Proc, name: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn corrupt_state_file_is_set_aside_and_the_agent_keeps_guarding() {
+fn corrupt_database_is_set_aside_and_the_agent_keeps_guarding() {
     let _g = serial();
     let site = TempSite::new("fault-corrupt-state", |s| s);
-    let state = site.state_file();
-    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
-    std::fs::write(&state, b"{\"last_now\": 12, \"control\": {\"miners\": [tor").unwrap();
+    let db = site.db_file();
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    // Not a database at all (a disk fault, a file written over): SQLite refuses it.
+    let mut garbage = b"rackwarden-garbage ".to_vec();
+    garbage.resize(16_384, 0x5a);
+    std::fs::write(&db, &garbage).unwrap();
     let mut s = sim(&site, "gpu-surge", SPEED);
     let mut a = agent(&site, SPEED, &[]);
     // The surge on feed-a starts at 120 s.
@@ -62,41 +68,50 @@ fn corrupt_state_file_is_set_aside_and_the_agent_keeps_guarding() {
     let corrupt = alerts_named(&a, "control.state.corrupt");
     assert_eq!(corrupt.len(), 1, "{}", a.dump());
     assert_eq!(corrupt[0]["fields"]["severity"].as_str(), Some("critical"));
-    // Set aside for the post-mortem, not overwritten with the garbage lost.
-    let dir = state.parent().unwrap();
+    assert!(
+        corrupt[0]["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rackwarden.db")),
+        "the alert names the file: {}",
+        corrupt[0]
+    );
+    // Set aside for the post-mortem, not overwritten; energy's own open finds the new
+    // database sound (no second alert).
+    assert!(alerts_named(&a, "energy.store.corrupt").is_empty());
+    let dir = db.parent().unwrap();
     let aside: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("rackwarden.db.corrupt.") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
         .collect();
     assert_eq!(aside.len(), 1, "quarantined copies: {aside:?}");
     let kept = std::fs::read(aside[0].path()).unwrap();
-    assert!(
-        kept.starts_with(b"{\"last_now\": 12"),
-        "the corrupt file is kept"
-    );
+    assert_eq!(kept, garbage, "the corrupt file is kept as it was");
     // Still guarding: the surge is shed.
     let sent = actions(&a, "action.sent");
     assert!(
         sent.iter().any(|(_, lever, _)| is_shed(lever)),
-        "no shed after a corrupt state file\n{}",
+        "no shed after a corrupt database\n{}",
         a.dump()
     );
     assert_eq!(a.stop(), Some(0), "agent exit\n{}", a.dump());
-    let text = std::fs::read_to_string(&state).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // A sound database holds the intent again: the sheds are in it.
+    let intents = site.miner_intents();
     assert!(
-        v["control"]["miners"].is_array(),
-        "a valid state is written again"
+        intents.values().any(|(i, _, _)| i != "normal"),
+        "no curtailed miner in the new database: {intents:?}"
     );
     assert_eq!(s.stop(), Some(0));
 }
 
 #[test]
-fn missing_state_file_starts_on_hold_and_wakes_nothing() {
+fn missing_database_starts_on_hold_and_wakes_nothing() {
     let _g = serial();
     let site = TempSite::new("fault-missing-state", |s| s);
-    assert!(!site.state_file().exists());
+    assert!(!site.db_file().exists() && !site.state_file().exists());
     let mut s = sim(&site, "steady", SPEED);
     let mut a = agent(&site, SPEED, &[]);
     std::thread::sleep(real(90.0));
@@ -111,10 +126,9 @@ fn missing_state_file_starts_on_hold_and_wakes_nothing() {
         assert!(is_shed(&lever), "{dev} {lever} on a fresh start");
     }
     assert_eq!(a.stop(), Some(0), "agent exit\n{}", a.dump());
-    assert!(
-        site.state_file().exists(),
-        "no state file after a clean stop"
-    );
+    // Every miner of the site has its row after a clean stop.
+    let intents = site.miner_intents();
+    assert!(intents.len() > 100, "{} miner rows", intents.len());
     assert_eq!(s.stop(), Some(0));
 }
 
@@ -239,20 +253,12 @@ fn write_scenario(site: &TempSite, name: &str, toml: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// The feeds' meters as the simulator showed them never reached their budgets.
-fn feeds_within_budget(s: &Proc) {
-    let meters = s.events("sim.meter");
-    assert!(meters.len() > 50, "too few meter samples: {}", meters.len());
-    for m in &meters {
-        let kw = m["fields"]["kw"].as_f64().unwrap();
-        let budget = m["fields"]["budget_kw"].as_f64().unwrap();
-        assert!(
-            kw < budget,
-            "{} measured {kw:.1} kW over its {budget} kW budget at {}",
-            m["fields"]["node"],
-            m["fields"]["t_s"]
-        );
-    }
+/// The two limits (docs/control.md, "Model") on every feed: the simulator's meters never
+/// reached a ceiling H, every stretch above a budget B was shorter than
+/// `excursion_max_s`, and the agent measured no longer one ([`assert_two_limits`]).
+fn feeds_within_limits(site: &TempSite, a: &Proc, s: &Proc) {
+    let (limits, max_s) = limits_of(&site.config);
+    assert_two_limits(&s.events("sim.meter"), a, &limits, max_s);
 }
 
 /// Stops both processes: the agent must exit 0 on SIGTERM (it kept running through the
@@ -282,7 +288,8 @@ fn is_restore(lever: &str) -> bool {
 ///   on pdu-mine-b3, from 60 s to 360 s: each raises `telemetry.stale` naming the device
 ///   and its node, and `telemetry.fresh` once it is back;
 /// - feed B surges at 200 s with its meters stale: it is still shed (feed-forward from
-///   the GPUs' limits), and no feed goes over its budget;
+///   the GPUs' limits), and no feed reaches its ceiling H or stays above its budget B
+///   longer than `excursion_max_s`;
 /// - feed A surges from 120 s to 300 s (shed), then meter-feed-a times out from 300 s to
 ///   360 s. A stale meter freezes restores on its node and every node above it, the site
 ///   included: no miner anywhere is restored until every meter is fresh again, and feed
@@ -402,34 +409,15 @@ until_s = 360
         a.dump()
     );
     stop_clean(&mut a, &mut s);
-    feeds_within_budget(&s);
+    feeds_within_limits(&site, &a, &s);
 }
 
-/// With `RW_DEBUG_DUMP=/some/prefix`, both processes' lines go to `prefix.agent` and
-/// `prefix.sim` (for working on these tests; nothing is written otherwise).
-fn debug_dump(a: &Proc, s: &Proc) {
-    if let Ok(p) = std::env::var("RW_DEBUG_DUMP") {
-        std::fs::write(format!("{p}.agent"), a.lines().join("\n")).unwrap();
-        std::fs::write(format!("{p}.sim"), s.lines().join("\n")).unwrap();
-    }
-}
-
-/// Each miner's intent in the state file the agent wrote at its stop (`normal`,
-/// `target`, `sleep`, `outlet_off`), by id.
+/// Each miner's intent in the database at the agent's stop (`normal`, `target`,
+/// `sleep`, `outlet_off`), by id, as `rackwarden state` prints it.
 fn final_intents(site: &TempSite) -> std::collections::HashMap<String, String> {
-    let text = std::fs::read_to_string(site.state_file()).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = v["control"]["miner_ids"].as_array().unwrap();
-    let miners = v["control"]["miners"].as_array().unwrap();
-    assert_eq!(ids.len(), miners.len());
-    ids.iter()
-        .zip(miners)
-        .map(|(id, m)| {
-            (
-                id.as_str().unwrap().to_owned(),
-                m["intent"]["intent"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
+    site.miner_intents()
+        .into_iter()
+        .map(|(id, (intent, _, _))| (id, intent))
         .collect()
 }
 
@@ -444,7 +432,8 @@ fn final_intents(site: &TempSite) -> std::collections::HashMap<String, String> {
 ///   unavailable, the air-mining zone loses its cooling (`cooling.capacity.exceeded`) and
 ///   its miners are shed; the units read again afterwards;
 /// - the miners shed for it stay shed (no restore before the end, every one of them
-///   still curtailed in the state file at the stop), feeds stay within budget, and the
+///   still curtailed in the database at the stop), feeds stay within their two limits
+///   (under H, above B never longer than `excursion_max_s`), and the
 ///   agent exits 0.
 #[test]
 fn taken_connection_and_gateway_reboot_go_stale_shed_and_keep_intent() {
@@ -547,7 +536,7 @@ down_s = 45
         "restored within the off time: {restores:?}"
     );
     stop_clean(&mut a, &mut s);
-    feeds_within_budget(&s);
+    feeds_within_limits(&site, &a, &s);
     let intents = final_intents(&site);
     for x in &shed {
         if x.dev.starts_with("mine-") {
@@ -572,11 +561,15 @@ fn stale_spans(a: &Proc, clock: &SimClock) -> std::collections::HashMap<String, 
             continue;
         };
         let t = clock.at(&v);
-        let list = spans.entry(dev.to_owned()).or_default();
+        // Only the stale/fresh pair makes a span: a device with another alert (an
+        // unconfirmed action, say) was not stale and gets no entry.
         match v["fields"]["alert"].as_str() {
-            Some("telemetry.stale") => list.push((t, f64::INFINITY)),
+            Some("telemetry.stale") => spans
+                .entry(dev.to_owned())
+                .or_default()
+                .push((t, f64::INFINITY)),
             Some("telemetry.fresh") => {
-                if let Some(last) = list.last_mut() {
+                if let Some(last) = spans.get_mut(dev).and_then(|l| l.last_mut()) {
                     if last.1.is_infinite() {
                         last.1 = t;
                     }
@@ -596,10 +589,11 @@ fn stale_spans(a: &Proc, clock: &SimClock) -> std::collections::HashMap<String, 
 ///   shed yet;
 /// - each faulted group raises `telemetry.stale` naming its miners (and their rack);
 /// - feed B surges at 240 s: it is still shed (around the broken miners: other miners'
-///   targets, sleeps or outlets), and no feed goes over its budget;
+///   targets, sleeps or outlets), and no feed reaches its ceiling H or stays above its
+///   budget B longer than `excursion_max_s`;
 /// - feed A's surge ends at 330 s: its healthy miners are restored, but no miner is ever
 ///   restored while its stale alert is out, and the broken miners shed before the faults
-///   (garbage, hang, close-early) are still curtailed in the state file at the stop;
+///   (garbage, hang, close-early) are still curtailed in the database at the stop;
 /// - the agent keeps deciding and exits 0. (A miner that ignores commands is
 ///   `scenarios.rs`'s `miner_ignoring_sleep_is_unconfirmed_and_its_outlet_goes_off`.)
 #[test]
@@ -704,7 +698,7 @@ limit_w = 1200
         a.dump()
     );
     stop_clean(&mut a, &mut s);
-    feeds_within_budget(&s);
+    feeds_within_limits(&site, &a, &s);
     let intents = final_intents(&site);
     let broken_a = ["mine-a1-braiins-", "mine-a1-luxos-", "mine-a4-luxos-"];
     let mut kept = 0;
@@ -724,12 +718,16 @@ limit_w = 1200
 }
 
 /// GPU nodes that stop answering (accept the request, never reply), unlike the 401 case:
-/// - gpunode-gpu-b1 hangs from 60 s to 180 s: `telemetry.stale` naming it, its rack is
-///   reserved at its rated maximum, so feed B's miners are shed (stale never counts as
-///   free capacity) and feed A is left alone; no GPU cap is sent to the hung node; it
-///   reads again (`telemetry.fresh`) once it answers;
-/// - gpunode-gpu-a2 hangs from 200 s to the end: stale too, and both processes still stop
-///   cleanly (exit 0) with its requests in flight.
+/// - gpunode-gpu-b1 hangs from 60 s to 180 s: `telemetry.stale` naming it; its rack's
+///   worst case X is its rated maximum while its limits are unknown (stale never counts
+///   as free capacity: `/api/v1/status` shows it, and feed B's worst case stays under its
+///   ceiling H), nothing on feed B is restored, and feed A is left alone; no GPU cap is
+///   sent to the hung node; it reads again (`telemetry.fresh`) once it answers and its
+///   rack is reserved at its limits again. (Its sustained reserve S still follows the
+///   rack's PDU, which reads on: feed B, short of its budget, need not shed.)
+/// - gpunode-gpu-a2 hangs from 200 s to the end: stale too, reserved at its rated
+///   maximum, and both processes still stop cleanly (exit 0) with its requests in
+///   flight.
 #[test]
 fn hung_gpu_nodes_go_stale_reserve_their_rack_and_never_block_the_agent() {
     let _g = serial();
@@ -750,8 +748,17 @@ host = "gpunode-gpu-a2"
 "#,
     );
     let mut s = sim(&site, &scenario, SPEED);
+    let t0 = std::time::Instant::now();
     let mut a = agent(&site, SPEED, &[]);
-    std::thread::sleep(real(250.0));
+    // What the agent reserves for each GPU rack (X: `gpu_reserve_kw` of the rack's row),
+    // while gpunode-gpu-b1 hangs and after, while gpunode-gpu-a2 hangs.
+    let status_at = |t: f64| {
+        std::thread::sleep((t0 + real(t)).saturating_duration_since(std::time::Instant::now()));
+        agent_status()
+    };
+    let during = status_at(130.0);
+    let after = status_at(240.0);
+    std::thread::sleep((t0 + real(255.0)).saturating_duration_since(std::time::Instant::now()));
     let clock = SimClock::of(&s);
     let acts = acts(&a, &clock);
     debug_dump(&a, &s);
@@ -782,15 +789,64 @@ host = "gpunode-gpu-a2"
             a.dump()
         );
     }
-    // Worst case for the hung rack: feed B shed during the hang, feed A not before its
-    // own node hung.
+    // Worst case for the hung rack: X at its rated maximum while its limits are unknown,
+    // at its limits (the tenant's 600 W) otherwise; feed B's worst case with it under H.
+    let cfg = rackwarden_config::load(&site.config).unwrap();
+    let rated = |id: &str| {
+        cfg.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.rated_max_kw)
+            .unwrap()
+    };
+    let x = |status: &serde_json::Value, id: &str| {
+        status_node(status, id)["gpu_reserve_kw"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no reserve of {id} in the status\n{status}"))
+    };
+    for (status, hung, fresh) in [
+        (&during, "gpu-b1", ["gpu-a1", "gpu-a2", "gpu-b2"]),
+        (&after, "gpu-a2", ["gpu-a1", "gpu-b1", "gpu-b2"]),
+    ] {
+        eprintln!(
+            "{hung} hung: X {:?} kW, feed-b worst case {} kW",
+            ["gpu-a1", "gpu-a2", "gpu-b1", "gpu-b2"].map(|r| x(status, r)),
+            status_node(status, "feed-b")["worst_kw"]
+        );
+        let max = rated(hung);
+        assert!(
+            (x(status, hung) - max).abs() < 0.5,
+            "{hung}'s node hung, yet reserved at {} kW, not its rated {max} kW\n{status}",
+            x(status, hung)
+        );
+        for r in fresh {
+            assert!(
+                x(status, r) < 0.8 * rated(r),
+                "{r} reserved at {} kW with its limits known\n{status}",
+                x(status, r)
+            );
+        }
+        for feed in ["feed-a", "feed-b"] {
+            let n = status_node(status, feed);
+            let (worst, h) = (
+                n["worst_kw"].as_f64().unwrap(),
+                n["ceiling_kw"].as_f64().unwrap(),
+            );
+            assert!(
+                worst <= h,
+                "{feed}'s worst case {worst} kW above its ceiling {h} kW"
+            );
+        }
+    }
+    // Nothing on feed B was freed while gpunode-gpu-b1 was unknown, and feed A was not
+    // acted on before its own node hung.
+    let b_restores: Vec<&Act> = acts
+        .iter()
+        .filter(|x| x.dev.starts_with("mine-b") && is_restore(&x.lever) && x.t < b1_fresh)
+        .collect();
     assert!(
-        acts.iter().any(|x| x.dev.starts_with("mine-b")
-            && is_shed(&x.lever)
-            && x.t >= b1_stale - 1.0
-            && x.t < 180.0),
-        "nothing shed on feed B while gpunode-gpu-b1 was unknown\n{}",
-        a.dump()
+        b_restores.is_empty(),
+        "restored on feed B while gpunode-gpu-b1 was unknown: {b_restores:?}"
     );
     let early_a: Vec<&Act> = acts
         .iter()
@@ -805,5 +861,5 @@ host = "gpunode-gpu-a2"
     // A hang, not a refusal.
     assert!(!s.dump().contains("gpu node request refused"));
     stop_clean(&mut a, &mut s);
-    feeds_within_budget(&s);
+    feeds_within_limits(&site, &a, &s);
 }

@@ -114,6 +114,18 @@ fn figures(dom: &str, kind: &str) -> BTreeMap<(String, String), String> {
     out
 }
 
+/// The energy table: account -> the kWh shown.
+fn figures_energy(dom: &str) -> BTreeMap<String, String> {
+    dom.split("<tr data-energy-account=\"")
+        .skip(1)
+        .filter_map(|row| {
+            let account = row.split('"').next()?;
+            let kwh = row.split("data-field=\"kwh\">").nth(1)?.split('<').next()?;
+            Some((account.to_owned(), kwh.to_owned()))
+        })
+        .collect()
+}
+
 fn shown(v: &Value) -> String {
     match v.as_f64() {
         Some(x) => format!("{x:.1}"),
@@ -203,6 +215,7 @@ fn site_page_shows_the_status_figures_in_chromium() {
             speed: SPEED,
             state_file: out.join("state.json"),
             journal_file: out.join("journal.jsonl"),
+            database_file: out.join("rackwarden.db"),
         };
         let agent = tokio::spawn(agent::run_with_hub(
             site.clone(),
@@ -227,6 +240,20 @@ fn site_page_shows_the_status_figures_in_chromium() {
         }
         // A few virtual minutes of the demo (the GPU surge sheds miners on feed A).
         tokio::time::sleep(Duration::from_secs(8)).await;
+        // And the first energy commit (once a virtual minute): the page's energy table.
+        let energy_before = loop {
+            let (code, body) = get(&format!("{base}/api/v1/energy?by=day")).await;
+            assert_eq!(code, 200, "{body}");
+            let rows: Value = serde_json::from_str(&body).unwrap();
+            if !rows.as_array().unwrap().is_empty() {
+                break rows;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no energy recorded after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
 
         // The page, rendered by Chromium (off the runtime's threads).
         let dump = {
@@ -287,6 +314,8 @@ fn site_page_shows_the_status_figures_in_chromium() {
         let (code, body) = get(&format!("{base}/api/v1/status?at_ms={now}")).await;
         assert_eq!(code, 200, "{body}");
         let status: Value = serde_json::from_str(&body).unwrap();
+        let (_, energy_after) = get(&format!("{base}/api/v1/energy?by=day")).await;
+        let energy_after: Value = serde_json::from_str(&energy_after).unwrap();
         let (_, live) = get(&format!("{base}/api/v1/status")).await;
         let live: Value = serde_json::from_str(&live).unwrap();
         std::fs::write(out.join("status.json"), &body).unwrap();
@@ -295,9 +324,9 @@ fn site_page_shows_the_status_figures_in_chromium() {
         let _ = agent.await;
         let _ = server.await;
         sim.shutdown().await;
-        ((status, live, dump), now)
+        ((status, live, dump, energy_before, energy_after), now)
     });
-    let ((status, live, dump), _) = (status, at_ms);
+    let ((status, live, dump, energy_before, energy_after), _) = (status, at_ms);
 
     // Every node's figures as shown equal the API's for that frame.
     let nodes = figures(&dump, "node");
@@ -383,6 +412,32 @@ fn site_page_shows_the_status_figures_in_chromium() {
         assert!(
             known.contains(m),
             "page lists {m} as curtailed, the API does not"
+        );
+    }
+    // Energy: each tenant and mining drawn with the day's kWh, between what the API said
+    // just before and just after the page was rendered (a commit may fall between).
+    let shown_kwh = figures_energy(&dump);
+    for account in ["acme", "borealis", "mining"] {
+        let on_page: f64 = shown_kwh
+            .get(account)
+            .unwrap_or_else(|| panic!("no energy row for {account} on the page"))
+            .parse()
+            .unwrap();
+        let latest = |rows: &Value| -> f64 {
+            let rows = rows.as_array().unwrap();
+            let last = rows
+                .iter()
+                .map(|r| r["period_start_ms"].as_u64().unwrap())
+                .max()
+                .unwrap();
+            rows.iter()
+                .find(|r| r["account"] == account && r["period_start_ms"].as_u64() == Some(last))
+                .map_or(0.0, |r| r["kwh"].as_f64().unwrap())
+        };
+        let (lo, hi) = (latest(&energy_before), latest(&energy_after));
+        assert!(
+            on_page > 0.0 && on_page >= lo - 0.05 && on_page <= hi + 0.05,
+            "{account}: page shows {on_page} kWh, the API {lo} then {hi}"
         );
     }
     eprintln!(

@@ -1,13 +1,16 @@
 //! `rackwarden check-config`: the same load and validation the agent runs at start-up,
-//! then a one-screen summary.
+//! then a one-screen summary: counts, and per feed and row the two limits with the
+//! mining they leave at the rated GPU reserves, and warnings for GPU racks the limits
+//! cannot hold (docs/config.md, "What check-config prints").
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use rackwarden_config::{GpuSource, NodeKind, RackKind, Redundancy, Site};
+use rackwarden_config::{GpuReserve, GpuSource, NodeIdx, NodeKind, RackKind, Redundancy, Site};
 
 use super::EX_CONFIG;
+use crate::control::load::uplift_kw;
 
 pub fn run(path: &Path) -> ExitCode {
     match rackwarden_config::load(path) {
@@ -86,6 +89,14 @@ pub fn summary(site: &Site) -> String {
         count(NodeKind::Rack(RackKind::Mining)),
         count(NodeKind::Rack(RackKind::Mixed))
     );
+    if !site.tenants.is_empty() {
+        let t: Vec<String> = site
+            .tenants
+            .iter()
+            .map(|t| format!("{} ({} racks)", t.id, t.racks.len()))
+            .collect();
+        let _ = writeln!(s, "  tenants     {}: {}", t.len(), t.join(", "));
+    }
     let units: usize = site.zones.iter().map(|z| z.units.len()).sum();
     let no_red = site
         .zones
@@ -113,7 +124,7 @@ pub fn summary(site: &Site) -> String {
             None => fw.push((m.firmware.name(), 1)),
         }
     }
-    let nominal_kw: f64 = site.miners.iter().map(|m| m.nominal_w).sum::<f64>() / 1000.0;
+    let nominal_kw = site.miners.iter().fold(0.0, |w, m| w + m.nominal_w) / 1000.0;
     let fw: Vec<String> = fw.iter().map(|(n, c)| format!("{n} {c}")).collect();
     let _ = writeln!(
         s,
@@ -128,7 +139,13 @@ pub fn summary(site: &Site) -> String {
         .iter()
         .filter(|g| g.source == GpuSource::Remote)
         .count();
-    let gpu_kw: f64 = site.nodes.iter().filter_map(|n| n.rated_max_kw).sum();
+    // Folded from +0.0: an empty f64 `sum()` is -0.0, printed "-0.0 kW" for a site
+    // without GPU racks.
+    let gpu_kw: f64 = site
+        .nodes
+        .iter()
+        .filter_map(|n| n.rated_max_kw)
+        .fold(0.0, |a, k| a + k);
     let _ = writeln!(
         s,
         "  gpus        {} on {} hosts ({} remote), {:.1} kW rated max",
@@ -137,6 +154,8 @@ pub fn summary(site: &Site) -> String {
         remote,
         gpu_kw
     );
+    limits(&mut s, site);
+    let warnings = warnings(site);
     match &site.ha {
         Some(h) => {
             let _ = writeln!(
@@ -152,5 +171,141 @@ pub fn summary(site: &Site) -> String {
             let _ = writeln!(s, "  ha          none: this agent runs alone");
         }
     }
+    for line in warnings {
+        let _ = writeln!(s, "{line}");
+    }
     s
+}
+
+/// A GPU or mixed rack's worst-case reserve X at its rated figures, kW: the larger of
+/// its `rated_max_kw` (what the agent reserves without GPU telemetry) and its GPU hosts'
+/// `gpus x gpu_max_w` (the limits NVML may be set to), since either can apply at run time.
+fn rated_x_kw(site: &Site, rack: NodeIdx) -> f64 {
+    let rated = site.nodes[rack].rated_max_kw.unwrap_or(0.0);
+    rated.max(hosts_max_kw(site, rack))
+}
+
+/// The most a rack's GPU hosts can be set to draw, `sum(gpus x gpu_max_w)`, kW.
+fn hosts_max_kw(site: &Site, rack: NodeIdx) -> f64 {
+    site.gpu_nodes
+        .iter()
+        .filter(|g| g.rack == rack)
+        .fold(0.0, |kw, g| {
+            kw + f64::from(g.gpus) * g.gpu_max_w.unwrap_or(0.0) / 1000.0
+        })
+}
+
+/// One node's limits and the mining they leave at the rated GPU reserves, kW.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatedLimits {
+    /// Sustained budget B.
+    pub budget_kw: f64,
+    /// Never-trip ceiling H.
+    pub ceiling_kw: f64,
+    /// `sum(X)` of the GPU and mixed racks under the node, at their rated figures.
+    pub gpu_x_kw: f64,
+    /// `max(0, B - sum(X))`: what mining keeps whatever the GPUs do.
+    pub guaranteed_kw: f64,
+    /// The most the trough can add above it for fast miners (GPUs idle):
+    /// `max(0, max(0, min(F - sum(S_min), H - sum(X))) - guaranteed)`, with the fill line
+    /// `F = restore_fraction x B` and each rack's smallest sustained reserve
+    /// `S_min = min(X, uplift)` (`X` for racks reserved at their limits).
+    pub trough_kw: f64,
+}
+
+/// [`RatedLimits`] of node `n` on its own (the node above it may allow less).
+pub fn rated_limits(site: &Site, n: NodeIdx) -> RatedLimits {
+    let node = &site.nodes[n];
+    let (mut x, mut s_min) = (0.0, 0.0);
+    for r in site.racks_under(n) {
+        let rack = &site.nodes[r];
+        if !matches!(rack.rack_kind(), Some(RackKind::Gpu | RackKind::Mixed)) {
+            continue;
+        }
+        let xr = rated_x_kw(site, r);
+        x += xr;
+        s_min += match rack.reserve {
+            GpuReserve::Limits => xr,
+            GpuReserve::Measured => xr.min(uplift_kw(xr)),
+        };
+    }
+    let (b, h) = (node.budget_kw, node.ceiling_kw);
+    let fill = site.policy.restore_fraction * b;
+    let guaranteed = (b - x).max(0.0);
+    let allowance = (fill - s_min).min(h - x).max(0.0);
+    RatedLimits {
+        budget_kw: b,
+        ceiling_kw: h,
+        gpu_x_kw: x,
+        guaranteed_kw: guaranteed,
+        trough_kw: (allowance - guaranteed).max(0.0),
+    }
+}
+
+/// The limits table: the site, its feeds and rows.
+fn limits(s: &mut String, site: &Site) {
+    let shown: Vec<NodeIdx> = (0..site.nodes.len())
+        .filter(|&i| {
+            matches!(
+                site.nodes[i].kind,
+                NodeKind::Site | NodeKind::Feed | NodeKind::Row
+            )
+        })
+        .collect();
+    let w = shown
+        .iter()
+        .map(|&i| site.nodes[i].id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        s,
+        "  limits      kW at the rated GPU reserves X; mining: guaranteed = B - X, trough = what fast miners may add"
+    );
+    let _ = writeln!(
+        s,
+        "              {:<w$} {:>8} {:>8} {:>8} {:>10} {:>8}",
+        "node", "B", "H", "GPU X", "guaranteed", "trough"
+    );
+    for &i in &shown {
+        let l = rated_limits(site, i);
+        let _ = writeln!(
+            s,
+            "              {:<w$} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>8.1}",
+            site.nodes[i].id, l.budget_kw, l.ceiling_kw, l.gpu_x_kw, l.guaranteed_kw, l.trough_kw
+        );
+    }
+}
+
+/// `warning:` lines: GPU racks whose rated maximum reaches their own budget, and nodes
+/// whose GPU racks' rated maxima exceed the ceiling H.
+pub fn warnings(site: &Site) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, n) in site.nodes.iter().enumerate() {
+        if matches!(n.rack_kind(), Some(RackKind::Gpu | RackKind::Mixed)) {
+            let x = rated_x_kw(site, i);
+            if x >= n.budget_kw {
+                let what = if hosts_max_kw(site, i) > n.rated_max_kw.unwrap_or(0.0) {
+                    "its GPU hosts' gpus x gpu_max_w"
+                } else {
+                    "rated_max_kw"
+                };
+                out.push(format!(
+                    "warning: rack `{}`: its rated GPU maximum {x:.1} kW ({what}) reaches its budget B {:.1} kW: reserved at it (no GPU telemetry, or reserve = \"limits\") the rack alone is always over budget",
+                    n.id, n.budget_kw
+                ));
+            }
+        }
+        let l = rated_limits(site, i);
+        if l.gpu_x_kw > l.ceiling_kw {
+            out.push(format!(
+                "warning: {} `{}`: the rated GPU maxima under it ({:.1} kW) exceed its ceiling H {:.1} kW: with every GPU at its maximum no mining shed keeps the breaker under H, only GPU caps can",
+                n.kind.name(),
+                n.id,
+                l.gpu_x_kw,
+                l.ceiling_kw
+            ));
+        }
+    }
+    out
 }

@@ -112,6 +112,7 @@ async fn play(site: Site, scenario: Scenario, args: DemoArgs, dir: PathBuf) -> E
         speed: args.speed,
         state_file: dir.join("state.json"),
         journal_file: dir.join("journal.jsonl"),
+        database_file: dir.join("rackwarden.db"),
     };
     let agent = tokio::spawn(agent::run(site.clone(), opts, events, cancel.clone()));
     let real = Duration::from_secs_f64(args.duration_s / args.speed.max(1e-3));
@@ -250,5 +251,44 @@ async fn play(site: Site, scenario: Scenario, args: DemoArgs, dir: PathBuf) -> E
         .collect();
     println!("  alerts: {}", al.join(", "));
     println!("  PDU writes seen by the simulator: {writes}");
+    print_energy(&site, &dir.join("rackwarden.db"));
     ExitCode::SUCCESS
+}
+
+/// Energy per account over the demo, from the agent's database (what `rackwarden energy`
+/// prints for a real site; docs/energy.md).
+fn print_energy(site: &rackwarden_config::Site, db: &std::path::Path) {
+    use crate::energy::report::{self, By, Query};
+    let rows = crate::energy::store::Store::open_read_only(db)
+        .map_err(|e| e.to_string())
+        .and_then(|store| {
+            let q = Query {
+                account: None,
+                from: 0,
+                to: u64::MAX / 4,
+                by: By::Month,
+            };
+            report::report(&store, site, &q).map_err(|e| e.to_string())
+        });
+    match rows {
+        Ok(rows) => {
+            let mut per: std::collections::BTreeMap<&str, (f64, f64, f64)> = Default::default();
+            for r in &rows {
+                let e = per.entry(r.account.as_str()).or_default();
+                e.0 += r.kwh;
+                e.1 += r.trough_kwh.unwrap_or(0.0);
+                e.2 += r.curtailed_miner_h.values().sum::<f64>();
+            }
+            for (account, (kwh, trough, curtailed)) in per {
+                if account == rackwarden_config::MINING_ACCOUNT {
+                    println!(
+                        "  energy {account}: {kwh:.1} kWh ({trough:.1} kWh from trough filling, {curtailed:.2} miner-hours curtailed)"
+                    );
+                } else {
+                    println!("  energy {account}: {kwh:.1} kWh");
+                }
+            }
+        }
+        Err(e) => println!("  energy: not recorded ({e})"),
+    }
 }

@@ -29,8 +29,8 @@ pub struct GpuNodeArgs {
     /// config's `token_file`); chmod 600.
     #[arg(long, value_name = "FILE")]
     pub token_file: PathBuf,
-    /// Serve simulated GPUs instead of NVML: idle, training, inference, job-start or
-    /// job-start@SECONDS.
+    /// Serve simulated GPUs instead of NVML: idle, training, inference, inference-day,
+    /// training-swings, job-start or job-start@SECONDS.
     #[arg(long, value_name = "PROFILE")]
     pub simulate: Option<LoadProfile>,
     /// Number of simulated GPUs.
@@ -176,6 +176,24 @@ mod tests {
         let p = dir.join("token");
         std::fs::write(&p, contents).unwrap();
         p
+    }
+
+    /// `--help` names every load profile `--simulate` accepts, and each one it names parses.
+    #[test]
+    fn simulate_help_names_every_profile() {
+        use clap::CommandFactory;
+        let help = Wrap::command().render_long_help().to_string();
+        for name in [
+            "idle",
+            "training",
+            "inference",
+            "inference-day",
+            "training-swings",
+            "job-start",
+        ] {
+            assert!(help.contains(name), "--simulate help misses {name}: {help}");
+            assert!(name.parse::<LoadProfile>().is_ok(), "{name}");
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 mod check;
 pub mod demo;
+pub mod energy;
 mod gpu_node;
+pub mod journal;
 mod probe;
 pub mod run;
 pub mod sim;
@@ -70,6 +72,12 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// The agent against its own simulated example site, with a summary at the end.
     Demo(demo::DemoArgs),
+    /// Energy per tenant, for mining and at the site meter, from the agent's database.
+    Energy(energy::EnergyArgs),
+    /// The commands the agent sent (or would have, dry), from its database.
+    Journal(journal::JournalArgs),
+    /// The control intent in force: curtailed miners, levers, since when, why.
+    State(journal::StateArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -94,5 +102,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args, explicit),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Energy(args) => energy::run(&args),
+        Command::Journal(args) => journal::run_journal(&args),
+        Command::State(args) => journal::run_state(&args),
     }
 }

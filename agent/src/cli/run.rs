@@ -45,6 +45,7 @@ pub fn run_options(site: &Site, config: &Path, dry_run: bool, speed: f64) -> Run
         speed,
         state_file: rackwarden_config::validate::resolve(base, &site.agent.state_file),
         journal_file: rackwarden_config::validate::resolve(base, &site.agent.journal_file),
+        database_file: crate::energy::database_path(site, base),
     }
 }
 

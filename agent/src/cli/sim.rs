@@ -15,7 +15,8 @@ pub struct SimArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// A built-in scenario (steady, gpu-surge, cooling-trip, meter-silent,
-    /// miner-ignores-sleep, restart-mid-curtail, inference-day, demo) or a TOML file.
+    /// miner-ignores-sleep, restart-mid-curtail, inference-day, training-swings, colo,
+    /// colo-surge, demo) or a TOML file.
     #[arg(long, default_value = "steady")]
     pub scenario: String,
     /// Virtual time runs this many times faster than real time.
@@ -86,4 +87,33 @@ pub fn run(args: SimArgs) -> ExitCode {
         sim.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: SimArgs,
+    }
+
+    /// `--help` lists every built-in scenario (the list grows with the simulator).
+    #[test]
+    fn scenario_help_lists_every_builtin() {
+        let help = Wrap::command().render_long_help().to_string();
+        // Whole words only: `colo` must be listed on its own, not as part of `colo-surge`.
+        let words: Vec<&str> = help
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .collect();
+        for name in crate::sim::scenario::BUILTIN {
+            assert!(
+                words.contains(name),
+                "--scenario help misses {name}: {help}"
+            );
+        }
+    }
 }

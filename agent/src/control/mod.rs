@@ -10,8 +10,13 @@
 //! - `plan.rs`: [`Plan`] (actions, alerts, next state, load views), [`Action`], [`Lever`],
 //!   [`Alert`], the alert catalogue [`ALERTS`].
 //! - `topology.rs`: [`Topology`], per-site indices built once (paths, shed order).
-//! - `load.rs`: [`Loads`], projected (feed-forward) and measured load per node.
-//! - `decide.rs`: [`decide`], one tick of the policy.
+//! - `load.rs`: [`Loads`]: per GPU rack the worst-case reserve X and the sustained
+//!   reserve S (rolling peak), per node `P_proj`, `P_worst`, measured load, the mining
+//!   allowance `M_n` and the guaranteed allocation; which miners are fast.
+//! - `decide/`: [`decide`], one tick of the policy: `telemetry.rs`, `confirm.rs`
+//!   (read-backs, learned times, escalation), `act.rs` (the levers), `power.rs` (sheds
+//!   against B and H), `shed.rs` (one shed in lever order), `cooling.rs`, `restore.rs`
+//!   (restores and trough filling).
 //!
 //! Use: build a [`Topology`] from the [`rackwarden_config::Site`] once, start from
 //! [`ControlState::new`] (or [`ControlState::for_site`] on a persisted state), and every

@@ -75,10 +75,21 @@ pub enum Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// `P_eff` in the shed band.
+    /// `P_eff` at or above the shed threshold (`shed_fraction x B`): the sustained
+    /// projection went over the budget.
     Shed,
-    /// `P_eff` at or above the emergency threshold, or a reading above a breaker rating.
+    /// A measured load at or above the emergency threshold (`emergency_fraction x H`),
+    /// or a reading above a breaker rating.
     Emergency,
+    /// Measured above B (an excursion, typically a GPU job starting in a trough that
+    /// mining filled): fast miners shed in the same decision.
+    Excursion,
+    /// The worst case `P_worst` (every GPU at its cap, every shed failing) above the
+    /// ceiling H.
+    Ceiling,
+    /// Miners that are not fast held more than the guaranteed allocation
+    /// `B - sum(X) - other` (the trough is for fast miners only).
+    SlowInTrough,
     /// A node meter silent with no device-level bound: miners down to `0.8 x B - GPU_reserve`.
     MeterSilent,
     /// A zone lost N+1.
@@ -89,8 +100,11 @@ pub enum Reason {
     Escalation,
     /// An operator override.
     Operator,
-    /// Headroom came back.
+    /// Headroom came back, within the guaranteed allocation.
     Restore,
+    /// Trough filling: a fast miner takes headroom the AI load leaves unused, above the
+    /// guaranteed allocation.
+    Fill,
     /// A shed command the previous run persisted as in flight, sent again after a
     /// restart (the run may have died before it left).
     Resume,
@@ -193,6 +207,11 @@ pub const GPU_CAP_APPLIED: &str = "gpu.cap.applied";
 pub const GPU_CAP_LIFTED: &str = "gpu.cap.lifted";
 pub const CONTROL_STARTUP_HOLD: &str = "control.startup.hold";
 pub const CONTROL_STARTUP_RELEASED: &str = "control.startup.released";
+pub const POWER_EXCURSION: &str = "power.excursion";
+pub const POWER_EXCURSION_LONG: &str = "power.excursion.long";
+pub const POWER_CEILING_SHED: &str = "power.ceiling.shed";
+pub const MINER_SLOW: &str = "miner.slow";
+pub const MINER_NO_DRIVER: &str = "miner.no_driver";
 
 /// Every alert name `decide` can emit (docs/alerts.md is checked against it).
 pub const ALERTS: &[&str] = &[
@@ -213,20 +232,38 @@ pub const ALERTS: &[&str] = &[
     GPU_CAP_LIFTED,
     CONTROL_STARTUP_HOLD,
     CONTROL_STARTUP_RELEASED,
+    POWER_EXCURSION,
+    POWER_EXCURSION_LONG,
+    POWER_CEILING_SHED,
+    MINER_SLOW,
+    MINER_NO_DRIVER,
 ];
 
 /// A node as the decision saw it (before its actions).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct NodeView {
+    /// Sustained budget B, kW.
     pub budget_kw: f64,
-    /// Feed-forward projection, kW.
+    /// Never-trip ceiling H, kW.
+    pub ceiling_kw: f64,
+    /// Feed-forward projection `P_proj = sum(S) + miners + other`, kW.
     pub proj_kw: f64,
+    /// Worst case `P_worst = sum(X) + miners + other`, kW.
+    pub worst_kw: f64,
     /// `max(P_proj, measured peak less in-flight sheds)`, kW.
     pub eff_kw: f64,
     /// Fresh measured peak, kW (None: no fresh meter).
     pub measured_kw: Option<f64>,
-    /// GPU reserve under the node, kW.
+    /// Worst-case GPU reserve `sum(X)` under the node, kW.
     pub gpu_reserve_kw: f64,
+    /// Sustained GPU reserve `sum(S)` under the node, kW.
+    pub gpu_sustained_kw: f64,
+    /// Mining the node allows, `M_n` (its ancestors' limits included), kW.
+    pub mining_allowance_kw: f64,
+    /// The guaranteed mining allocation `B - sum(X) - other` (ancestors included), kW.
+    pub guaranteed_kw: f64,
+    /// Miners' committed power under the node, kW.
+    pub mining_kw: f64,
     pub band: Band,
     /// Restores are frozen here (stale meter at or below it).
     pub frozen: bool,

@@ -156,6 +156,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status_doc))
         .route("/api/v1/overrides", get(list_overrides))
+        .route("/api/v1/energy", get(energy_doc))
         .route(
             "/api/v1/overrides/{kind}/{id}",
             put(set_override).delete(clear_override),
@@ -241,15 +242,77 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 #[derive(serde::Deserialize)]
 struct StatusQuery {
     at_ms: Option<u64>,
+    /// Every miner's learned shed and restore times (off by default: tens of thousands
+    /// of rows on a large site, and the page does not need them).
+    #[serde(default)]
+    miners: bool,
 }
 
 async fn status_doc(State(s): State<HttpState>, Query(q): Query<StatusQuery>) -> Response {
-    match s.hub.status(q.at_ms) {
+    match s.hub.status_with(q.at_ms, q.miners) {
         Some(st) => Json(st).into_response(),
         None if q.at_ms.is_some() => {
             (StatusCode::NOT_FOUND, "no such frame (too old)\n").into_response()
         }
         None => (StatusCode::SERVICE_UNAVAILABLE, "agent not started\n").into_response(),
+    }
+}
+
+/// `/api/v1/energy?tenant=ID&from=DATE&to=DATE&by=hour|day|month`: what `rackwarden
+/// energy --json` prints (docs/energy.md). Default: every account, by day, the last 31
+/// days.
+#[derive(Debug, serde::Deserialize)]
+struct EnergyQuery {
+    tenant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    by: Option<crate::energy::report::By>,
+}
+
+async fn energy_doc(State(s): State<HttpState>, Query(q): Query<EnergyQuery>) -> Response {
+    use crate::energy::report;
+    let Some((path, site)) = s.hub.energy_db() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "energy accounting is off (no database: see the agent's log)\n",
+        )
+            .into_response();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let time = |v: &Option<String>, default: u64| -> Result<u64, String> {
+        v.as_deref().map_or(Ok(default), report::parse_time)
+    };
+    let span = match (
+        time(&q.from, now.saturating_sub(31 * 86_400_000)),
+        time(&q.to, now + crate::energy::meter::SLOT_MS),
+    ) {
+        (Ok(f), Ok(t)) if f < t => (f, t),
+        (Err(e), _) | (_, Err(e)) => {
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+        }
+        _ => return (StatusCode::BAD_REQUEST, "`to` is not after `from`\n").into_response(),
+    };
+    let query = report::Query {
+        account: q.tenant,
+        from: span.0,
+        to: span.1,
+        by: q.by.unwrap_or(report::By::Day),
+    };
+    let rows = tokio::task::spawn_blocking(move || {
+        let store = crate::energy::store::Store::open_read_only(&path)
+            .map_err(report::ReportError::from)?;
+        report::report(&store, &site, &query)
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => Json(rows).into_response(),
+        Ok(Err(e @ report::ReportError::NoAccount(..))) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

@@ -11,9 +11,11 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rackwarden_config::{NodeKind, Site};
+use rackwarden_config::{Firmware, NodeKind, Site};
 use serde::Serialize;
 
+use crate::control::load::miner_fast;
+use crate::control::state::{MinerState, Percentiles};
 use crate::control::{
     Action, Alert, ControlState, Device, Intent, Millis, NodeView, Overrides, Reason, Snapshot,
     Tick, UnitState, ZoneView,
@@ -56,6 +58,72 @@ pub struct NodeRow {
     pub utilization: f64,
     pub band: crate::control::Band,
     pub frozen: bool,
+    /// The never-trip ceiling H (`ceiling_fraction x rating`).
+    pub ceiling_kw: f64,
+    /// The worst case `P_worst = sum(X) + miners + other`: what the node would carry if
+    /// every GPU under it jumped to its cap and every shed failed. Kept under H.
+    pub worst_kw: f64,
+    /// Worst-case GPU reserve `sum(X)` of the racks under the node.
+    pub gpu_reserve_kw: f64,
+    /// Sustained GPU reserve `sum(S)` (rolling peak plus uplift, at most X).
+    pub gpu_sustained_kw: f64,
+    /// The mining allowance `M_n` (its ancestors' limits included).
+    pub mining_allowance_kw: f64,
+    /// The guaranteed mining allocation `B - sum(X) - other` (ancestors included): what
+    /// any miner may hold whatever the AI load does.
+    pub guaranteed_kw: f64,
+    /// Trough headroom, `max(0, M_n - guaranteed)`: the part of the allowance only
+    /// fast miners may hold.
+    pub trough_kw: f64,
+    /// Miners' committed power under the node as the decision counted it (commanded,
+    /// at least measured; nameplate when stale or without a driver).
+    pub mining_committed_kw: f64,
+}
+
+/// A miner's learned shed and restore times (command to the confirming read-back), ms;
+/// the firmware's default until measured (`samples` 0).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MinerTimesRow {
+    pub id: String,
+    pub firmware: &'static str,
+    /// May hold trough headroom: it has a driver, can sleep, and its p99 shed time is
+    /// within `policy.fast_shed_s`.
+    pub fast: bool,
+    /// False when its driver could not be built (credentials missing): no command is
+    /// sent to it, only its outlet is switched.
+    pub driver: bool,
+    pub shed: Percentiles,
+    pub restore: Percentiles,
+}
+
+/// The learned times of one firmware's miners.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FirmwareTimesRow {
+    pub firmware: &'static str,
+    pub miners: u32,
+    /// Miners that may hold trough headroom.
+    pub fast: u32,
+    /// Miners kept out of the trough: p99 shed time over `fast_shed_s`, no sleep lever,
+    /// or no driver.
+    pub slow: u32,
+    pub no_driver: u32,
+    /// Miners with at least one measured shed time.
+    pub learned: u32,
+    /// The firmware's defaults, used until a miner is measured.
+    pub default_shed_ms: u32,
+    pub default_restore_ms: u32,
+    /// Highest p99 among its miners (learned, or the default).
+    pub shed_p99_max_ms: u32,
+    pub restore_p99_max_ms: u32,
+}
+
+/// One miner's times as the hub keeps them (ids are looked up when a document asks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MinerTimes {
+    fast: bool,
+    driver: bool,
+    shed: Percentiles,
+    restore: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -169,6 +237,11 @@ pub struct Status {
     pub alerts: Vec<AlertRow>,
     pub actions: Vec<ActionRow>,
     pub overrides: OverrideSet,
+    /// Learned shed and restore times per firmware (the miners of a site present).
+    pub miner_times: Vec<FirmwareTimesRow>,
+    /// Per miner, with `?miners=true` only (a site has tens of thousands).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub miners: Option<Vec<MinerTimesRow>>,
 }
 
 /// Per-site indices built once per site.
@@ -242,6 +315,8 @@ impl Layout {
 #[derive(Default)]
 struct Inner {
     layout: Option<Arc<Layout>>,
+    /// The agent's database and its site, for `/api/v1/energy` (None: accounting off).
+    energy: Option<(std::path::PathBuf, Arc<Site>)>,
     dry_run: bool,
     frames: VecDeque<Arc<Frame>>,
     last_decision: Option<tokio::time::Instant>,
@@ -253,6 +328,9 @@ struct Inner {
     alerts: VecDeque<AlertRow>,
     actions: VecDeque<ActionRow>,
     role: Option<&'static str>,
+    /// Per miner, refreshed on slow ticks (times change only with a confirmation).
+    miner_times: Arc<Vec<MinerTimes>>,
+    firmware_times: Vec<FirmwareTimesRow>,
 }
 
 /// Shared between the control loop, the collectors and the HTTP handlers.
@@ -286,6 +364,16 @@ impl StatusHub {
 
     /// A (re)started agent announces its site. `real_tick` is the real duration of one
     /// fast tick (a loop silent for 5 of them, or 5 s, is not ready).
+    /// Where the energy accounting commits (`/api/v1/energy` reads it).
+    pub fn set_energy_db(&self, path: std::path::PathBuf, site: Arc<Site>) {
+        lock(&self.inner).energy = Some((path, site));
+    }
+
+    /// The energy database and its site, if accounting is on.
+    pub fn energy_db(&self) -> Option<(std::path::PathBuf, Arc<Site>)> {
+        lock(&self.inner).energy.clone()
+    }
+
     pub fn set_site(&self, site: Arc<Site>, dry_run: bool, real_tick: Duration) {
         let layout = Arc::new(Layout::new(site));
         let mut g = lock(&self.inner);
@@ -297,10 +385,22 @@ impl StatusHub {
         g.readiness_reasons = vec!["no decision yet: waiting for the first readings".into()];
         g.why.clear();
         g.curtailed.clear();
+        g.miner_times = Arc::new(Vec::new());
+        g.firmware_times.clear();
         for f in [
             &self.metrics.node_measured_watts,
             &self.metrics.node_projected_watts,
             &self.metrics.node_budget_watts,
+            &self.metrics.node_ceiling_watts,
+            &self.metrics.node_worst_case_watts,
+            &self.metrics.node_gpu_reserve_watts,
+            &self.metrics.node_gpu_sustained_watts,
+            &self.metrics.node_mining_allowance_watts,
+            &self.metrics.node_mining_guaranteed_watts,
+            &self.metrics.miner_shed_p99_max_seconds,
+            &self.metrics.miner_restore_p99_max_seconds,
+            &self.metrics.miners_slow,
+            &self.metrics.miners_no_driver,
             &self.metrics.node_utilization_ratio,
             &self.metrics.node_gpu_watts,
             &self.metrics.node_mining_watts,
@@ -457,6 +557,16 @@ impl StatusHub {
                     },
                     band: v.map_or(crate::control::Band::Normal, |v| v.band),
                     frozen: v.is_some_and(|v| v.frozen),
+                    ceiling_kw: round1(n.ceiling_kw),
+                    worst_kw: round1(v.map_or(f64::NAN, |v| v.worst_kw)),
+                    gpu_reserve_kw: round1(v.map_or(f64::NAN, |v| v.gpu_reserve_kw)),
+                    gpu_sustained_kw: round1(v.map_or(f64::NAN, |v| v.gpu_sustained_kw)),
+                    mining_allowance_kw: round1(v.map_or(f64::NAN, |v| v.mining_allowance_kw)),
+                    guaranteed_kw: round1(v.map_or(f64::NAN, |v| v.guaranteed_kw)),
+                    trough_kw: round1(v.map_or(f64::NAN, |v| {
+                        (v.mining_allowance_kw - v.guaranteed_kw).max(0.0)
+                    })),
+                    mining_committed_kw: round1(v.map_or(f64::NAN, |v| v.mining_kw)),
                 }
             })
             .collect();
@@ -587,11 +697,38 @@ impl StatusHub {
             }
         }
 
+        // Learned times: refreshed on slow ticks, and at the first decision of a site.
+        let times = if tick == Tick::Slow || lock(&self.inner).miner_times.is_empty() {
+            let per_miner = miner_times(site, snap, state);
+            let per_fw = firmware_times(site, &per_miner);
+            self.metrics_times(&per_fw);
+            Some((Arc::new(per_miner), per_fw))
+        } else {
+            None
+        };
+
         // Metrics.
         let mx = &self.metrics;
-        for (n, row) in site.nodes.iter().zip(&node_rows) {
+        for (i, (n, row)) in site.nodes.iter().zip(&node_rows).enumerate() {
             let l: Labels = vec![("node", n.id.clone()), ("kind", row.kind.to_owned())];
             let w = |kw: f64| kw * 1000.0;
+            mx.node_ceiling_watts.get_or_create(&l).set(w(n.ceiling_kw));
+            let view = |f: fn(&NodeView) -> f64| nodes.get(i).map_or(f64::NAN, |v| w(f(v)));
+            mx.node_worst_case_watts
+                .get_or_create(&l)
+                .set(view(|v| v.worst_kw));
+            mx.node_gpu_reserve_watts
+                .get_or_create(&l)
+                .set(view(|v| v.gpu_reserve_kw));
+            mx.node_gpu_sustained_watts
+                .get_or_create(&l)
+                .set(view(|v| v.gpu_sustained_kw));
+            mx.node_mining_allowance_watts
+                .get_or_create(&l)
+                .set(view(|v| v.mining_allowance_kw));
+            mx.node_mining_guaranteed_watts
+                .get_or_create(&l)
+                .set(view(|v| v.guaranteed_kw));
             mx.node_measured_watts
                 .get_or_create(&l)
                 .set(row.measured_kw.map_or(f64::NAN, w));
@@ -743,6 +880,10 @@ impl StatusHub {
         }));
         g.last_decision = Some(tokio::time::Instant::now());
         g.readiness_reasons = reasons;
+        if let Some((per_miner, per_fw)) = times {
+            g.miner_times = per_miner;
+            g.firmware_times = per_fw;
+        }
         // Why each was shed: looked up only for the curtailed ones, under the lock.
         let curtailed = curtailed
             .into_iter()
@@ -873,8 +1014,55 @@ impl StatusHub {
         }
     }
 
+    /// The per-firmware gauges of the learned times.
+    fn metrics_times(&self, per_fw: &[FirmwareTimesRow]) {
+        let mx = &self.metrics;
+        for f in per_fw {
+            let l: Labels = vec![("firmware", f.firmware.to_owned())];
+            mx.miner_shed_p99_max_seconds
+                .get_or_create(&l)
+                .set(f64::from(f.shed_p99_max_ms) / 1000.0);
+            mx.miner_restore_p99_max_seconds
+                .get_or_create(&l)
+                .set(f64::from(f.restore_p99_max_ms) / 1000.0);
+            mx.miners_slow.get_or_create(&l).set(f64::from(f.slow));
+            mx.miners_no_driver
+                .get_or_create(&l)
+                .set(f64::from(f.no_driver));
+        }
+    }
+
+    /// Every miner's learned times, by id (`/api/v1/status?miners=true`).
+    pub fn miner_rows(&self) -> Vec<MinerTimesRow> {
+        let (site, times) = {
+            let g = lock(&self.inner);
+            let Some(layout) = g.layout.as_ref() else {
+                return Vec::new();
+            };
+            (layout.site.clone(), g.miner_times.clone())
+        };
+        site.miners
+            .iter()
+            .zip(times.iter())
+            .map(|(m, t)| MinerTimesRow {
+                id: m.id.clone(),
+                firmware: m.firmware.name(),
+                fast: t.fast,
+                driver: t.driver,
+                shed: t.shed,
+                restore: t.restore,
+            })
+            .collect()
+    }
+
     /// The status document; `at_ms` picks a recent frame by its decision time.
     pub fn status(&self, at_ms: Option<Millis>) -> Option<Status> {
+        self.status_with(at_ms, false)
+    }
+
+    /// [`StatusHub::status`], with every miner's learned times when `miners`.
+    pub fn status_with(&self, at_ms: Option<Millis>, miners: bool) -> Option<Status> {
+        let rows = miners.then(|| self.miner_rows());
         let ready = self.readiness().ready;
         let overrides = self.override_set();
         let g = lock(&self.inner);
@@ -894,8 +1082,68 @@ impl StatusHub {
             alerts: g.alerts.iter().rev().cloned().collect(),
             actions: g.actions.iter().rev().cloned().collect(),
             overrides,
+            miner_times: g.firmware_times.clone(),
+            miners: rows,
         })
     }
+}
+
+/// Every miner's learned times and whether it may hold trough headroom.
+fn miner_times(site: &Site, snap: &Snapshot, state: &ControlState) -> Vec<MinerTimes> {
+    let none = MinerState::default();
+    site.miners
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let ms = state.miners.get(i).unwrap_or(&none);
+            MinerTimes {
+                fast: miner_fast(site, snap, ms, i),
+                driver: !snap.undriveable(i),
+                shed: ms.times.shed(m.firmware.default_shed_ms()),
+                restore: ms.times.restore(m.firmware.default_restore_ms()),
+            }
+        })
+        .collect()
+}
+
+/// The per-firmware summary of `per_miner` (firmwares the site has, in a fixed order).
+fn firmware_times(site: &Site, per_miner: &[MinerTimes]) -> Vec<FirmwareTimesRow> {
+    let mut rows: Vec<FirmwareTimesRow> = Firmware::ALL
+        .iter()
+        .map(|&fw| FirmwareTimesRow {
+            firmware: fw.name(),
+            miners: 0,
+            fast: 0,
+            slow: 0,
+            no_driver: 0,
+            learned: 0,
+            default_shed_ms: fw.default_shed_ms(),
+            default_restore_ms: fw.default_restore_ms(),
+            shed_p99_max_ms: 0,
+            restore_p99_max_ms: 0,
+        })
+        .collect();
+    for (m, t) in site.miners.iter().zip(per_miner) {
+        let Some(r) = Firmware::ALL
+            .iter()
+            .position(|&f| f == m.firmware)
+            .and_then(|k| rows.get_mut(k))
+        else {
+            continue;
+        };
+        r.miners += 1;
+        if t.fast {
+            r.fast += 1;
+        } else {
+            r.slow += 1;
+        }
+        r.no_driver += u32::from(!t.driver);
+        r.learned += u32::from(t.shed.samples > 0);
+        r.shed_p99_max_ms = r.shed_p99_max_ms.max(t.shed.p99_ms);
+        r.restore_p99_max_ms = r.restore_p99_max_ms.max(t.restore.p99_ms);
+    }
+    rows.retain(|r| r.miners > 0);
+    rows
 }
 
 /// What an override names.

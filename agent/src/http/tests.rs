@@ -209,6 +209,174 @@ async fn status_shows_the_tree_zones_and_frames_by_time() {
     );
 }
 
+/// The two-limit figures (B, H, `P_proj`, `P_worst`, sum S, sum X, `M_n`, the guaranteed
+/// allocation) and the learned shed and restore times reach `/api/v1/status` and
+/// `/metrics` from a real decision: one that confirms a fast and a slow sleep.
+#[tokio::test]
+async fn status_and_metrics_show_both_limits_and_the_learned_times() {
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let r = router(state_without_token(hub.clone()));
+    let topo = Topology::new(&site);
+    let now = 50_000;
+    let luxos: Vec<usize> = (0..site.miners.len())
+        .filter(|&i| site.miners[i].firmware == rackwarden_config::Firmware::Luxos)
+        .take(2)
+        .collect();
+    let (slow, fast) = (luxos[0], luxos[1]);
+    // Two sleeps in flight, each with two earlier samples: the slow one confirms 45 s
+    // after its command, the fast one 4 s after.
+    let mut state = ControlState::new(&site, 0);
+    let mut snap = full_snapshot(&site, now);
+    for (i, took, earlier) in [(slow, 45_000, 40_000), (fast, 4_000, 4_000)] {
+        let ms = &mut state.miners[i];
+        ms.intent = control::Intent::Sleep;
+        ms.times.shed_ms = vec![earlier, earlier];
+        ms.pending = Some(control::Pending {
+            lever: control::Lever::Sleep,
+            issued_at: now - took,
+            deadline: now + 10_000,
+            from_w: site.miners[i].nominal_w,
+            to_w: site.miners[i].idle_w,
+            emergency: false,
+        });
+        snap.set_miner(i, site.miners[i].idle_w, MinerMode::Sleeping, now);
+    }
+    let plan = control::decide(&site, &topo, &snap, &state, now, Tick::Slow);
+    hub.record_decision(
+        now,
+        Tick::Slow,
+        &snap,
+        &plan.state,
+        &plan.nodes,
+        &plan.zones,
+    );
+
+    let (c, body) = call(&r, Method::GET, "/api/v1/status", None).await;
+    assert_eq!(c, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v.get("miners").is_none(), "per-miner rows only on request");
+    let r1 = |x: f64| (x * 10.0).round() / 10.0;
+    let num = |row: &serde_json::Value, k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+    let rows = v["frame"]["nodes"].as_array().unwrap();
+    let mut gpu_racks = 0;
+    for (i, (n, row)) in site.nodes.iter().zip(rows).enumerate() {
+        let view = &plan.nodes[i];
+        assert_eq!(num(row, "budget_kw"), r1(n.budget_kw), "{}", n.id);
+        assert_eq!(num(row, "ceiling_kw"), r1(n.ceiling_kw), "{}", n.id);
+        for (k, want) in [
+            ("projected_kw", view.proj_kw),
+            ("worst_kw", view.worst_kw),
+            ("gpu_reserve_kw", view.gpu_reserve_kw),
+            ("gpu_sustained_kw", view.gpu_sustained_kw),
+            ("mining_allowance_kw", view.mining_allowance_kw),
+            ("guaranteed_kw", view.guaranteed_kw),
+            ("mining_committed_kw", view.mining_kw),
+            (
+                "trough_kw",
+                (view.mining_allowance_kw - view.guaranteed_kw).max(0.0),
+            ),
+        ] {
+            assert_eq!(num(row, k), r1(want), "{}.{k}", n.id);
+        }
+        if n.rack_kind() == Some(rackwarden_config::RackKind::Gpu) {
+            // Measured well below its limits: S under X, the worst case above the
+            // projection by as much, and a trough for fast miners above the guarantee.
+            gpu_racks += 1;
+            assert!(
+                view.gpu_sustained_kw < view.gpu_reserve_kw - 1.0,
+                "{}: S {} X {}",
+                n.id,
+                view.gpu_sustained_kw,
+                view.gpu_reserve_kw
+            );
+            let gap =
+                (view.worst_kw - view.proj_kw) - (view.gpu_reserve_kw - view.gpu_sustained_kw);
+            assert!(gap.abs() < 1e-6, "{}: P_worst - P_proj != X - S", n.id);
+            assert!(num(row, "trough_kw") > 0.0, "{}: no trough", n.id);
+        }
+    }
+    assert!(gpu_racks > 0);
+    // H = ceiling_fraction x rating (0.95 by default).
+    let feed = site.node_index("feed-a").unwrap();
+    let h = site.policy.ceiling_fraction * site.nodes[feed].rating_kw;
+    assert!(h > site.nodes[feed].budget_kw);
+    assert_eq!(num(&rows[feed], "ceiling_kw"), r1(h));
+
+    // Per firmware: the slow LuxOS miner is out of the trough.
+    let fw = v["miner_times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["firmware"] == "luxos")
+        .unwrap();
+    assert_eq!(fw["shed_p99_max_ms"], 45_000);
+    assert_eq!(fw["slow"], 1, "{fw}");
+    assert_eq!(fw["learned"], 2, "{fw}");
+    assert_eq!(fw["default_shed_ms"], 5_000);
+    let luxos_n = site
+        .miners
+        .iter()
+        .filter(|m| m.firmware == rackwarden_config::Firmware::Luxos)
+        .count();
+    assert_eq!(fw["miners"], luxos_n);
+
+    // Per miner, on request.
+    let (c, body) = call(&r, Method::GET, "/api/v1/status?miners=true", None).await;
+    assert_eq!(c, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let miners = v["miners"].as_array().unwrap();
+    assert_eq!(miners.len(), site.miners.len());
+    let row = |i: usize| {
+        miners
+            .iter()
+            .find(|m| m["id"] == site.miners[i].id.as_str())
+            .unwrap()
+    };
+    for (i, p99, fast_) in [(slow, 45_000, false), (fast, 4_000, true)] {
+        let m = row(i);
+        assert_eq!(m["shed"]["samples"], 3, "{m}");
+        assert_eq!(m["shed"]["p99_ms"], p99, "{m}");
+        assert_eq!(m["fast"], fast_, "{m}");
+        assert_eq!(m["driver"], true, "{m}");
+        assert_eq!(m["restore"]["samples"], 0, "{m}");
+        assert_eq!(m["restore"]["p99_ms"], 10_000, "{m}");
+    }
+
+    // The same figures in /metrics.
+    let (_, text) = call(&r, Method::GET, "/metrics", None).await;
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(has(
+        "rackwarden_miner_shed_p99_max_seconds{firmware=\"luxos\"} 45.0"
+    ));
+    assert!(has("rackwarden_miners_slow{firmware=\"luxos\"} 1.0"));
+    assert!(has("rackwarden_miners_no_driver{firmware=\"luxos\"} 0.0"));
+    let view = &plan.nodes[feed];
+    for (name, kw) in [
+        ("rackwarden_node_ceiling_watts", site.nodes[feed].ceiling_kw),
+        ("rackwarden_node_worst_case_watts", view.worst_kw),
+        ("rackwarden_node_gpu_reserve_watts", view.gpu_reserve_kw),
+        ("rackwarden_node_gpu_sustained_watts", view.gpu_sustained_kw),
+        (
+            "rackwarden_node_mining_allowance_watts",
+            view.mining_allowance_kw,
+        ),
+        (
+            "rackwarden_node_mining_guaranteed_watts",
+            view.guaranteed_kw,
+        ),
+    ] {
+        let got: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{node=\"feed-a\",kind=\"feed\"}} ")))
+            .unwrap_or_else(|| panic!("no {name} for feed-a"))
+            .parse()
+            .unwrap();
+        assert!((got - kw * 1000.0).abs() < 1e-3, "{name}: {got} vs {kw} kW");
+    }
+}
+
 #[tokio::test]
 async fn metrics_exposition_parses_and_holds_the_documented_series() {
     let site = site();
@@ -500,5 +668,75 @@ fn token_comparison_is_exact() {
         Token::from_file(&dir.join("missing")),
         Err(HttpError::TokenFile { .. })
     ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn energy_api_reports_tenants_by_period_and_names_bad_queries() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    // The example site's tenants: acme holds gpu-a1 and gpu-a2.
+    let site = rackwarden_config::load(&examples.join("site.toml")).unwrap();
+    assert_eq!(site.tenants[0].id, "acme");
+    let dir = std::env::temp_dir().join(format!("rw-http-energy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = dir.join("rackwarden.db");
+    let hub = StatusHub::new();
+    let r = router(state_without_token(hub.clone()));
+    // Accounting off: said so, not an empty list.
+    let (c, body) = call(&r, Method::GET, "/api/v1/energy", None).await;
+    assert_eq!(c, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // 2026-12-01T00:00Z and the next slot: acme's two racks, a mining rack.
+    let t0 = crate::energy::report::parse_time("2026-12-01").unwrap();
+    let slot = |kwh: f64, resets: u32| crate::energy::meter::Slot {
+        measured_kwh: kwh,
+        resets,
+        ..Default::default()
+    };
+    crate::energy::store::Store::open(&db)
+        .unwrap()
+        .commit(
+            &[
+                ("gpu-a1".into(), t0, slot(25.0, 0)),
+                ("gpu-a2".into(), t0, slot(20.0, 1)),
+                ("gpu-a1".into(), t0 + 900_000, slot(30.0, 0)),
+                ("mine-a1".into(), t0, slot(24.0, 0)),
+            ],
+            &[],
+        )
+        .unwrap();
+    hub.set_energy_db(db, Arc::new(site));
+    let (c, body) = call(
+        &r,
+        Method::GET,
+        "/api/v1/energy?from=2026-12-01&to=2026-12-02&by=hour",
+        None,
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let acme = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["account"] == "acme")
+        .unwrap();
+    assert_eq!(acme["period"], "2026-12-01T00:00:00Z");
+    assert_eq!(acme["kwh"], 75.0);
+    assert_eq!(acme["resets"], 1);
+    // The busiest slot: 45 kWh in 15 minutes.
+    assert_eq!(acme["peak_kw"], 180.0);
+    let mining = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["account"] == "mining")
+        .unwrap();
+    assert_eq!(mining["kwh"], 24.0);
+    let (c, body) = call(&r, Method::GET, "/api/v1/energy?tenant=nobody", None).await;
+    assert_eq!(c, StatusCode::NOT_FOUND);
+    assert!(body.contains("`acme`"), "{body}");
+    let (c, body) = call(&r, Method::GET, "/api/v1/energy?from=soon", None).await;
+    assert_eq!(c, StatusCode::BAD_REQUEST);
+    assert!(body.contains("soon"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -25,14 +25,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::clock::{Clock, Millis};
-use super::persist::{self, Journal};
+use super::persist::{ActionJournal, IntentStore};
 use crate::alerts;
 use crate::control::{
     self, Action, Alert, ControlState, Device, GpuLimits, GpuNodeReading, Lever, MeterReading,
     MinerMode, MinerReading, NodeView, OutletReading, Snapshot, Tick, Topology, UnitReading,
     UnitState, ZoneView,
 };
+use crate::energy::mining::MiningBook;
+use crate::energy::recorder::{Recorder, Writer, COMMIT_EVERY_MS};
+use crate::energy::EnergyBook;
 use crate::ha::Ha;
+use crate::store::journal::JournalRow;
 // Issue 8: the status hub the HTTP layer reads, and poll metrics.
 use crate::http::StatusHub;
 use crate::metrics::PollClass;
@@ -46,6 +50,8 @@ pub struct RunOptions {
     pub speed: f64,
     pub state_file: PathBuf,
     pub journal_file: PathBuf,
+    /// The agent's SQLite database (energy accounting, docs/energy.md).
+    pub database_file: PathBuf,
 }
 
 /// [`Persisted`] borrowed for writing (the state file, the HA intent): serialising a
@@ -90,23 +96,6 @@ pub enum AgentEvent {
     },
 }
 
-/// One line of the action journal.
-#[derive(Debug, Serialize)]
-struct JournalEntry<'a> {
-    time: String,
-    now_ms: Millis,
-    node: &'a str,
-    device: &'a str,
-    lever: &'static str,
-    from: f64,
-    to: f64,
-    reason: String,
-    confirmed: bool,
-    dry_run: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<String>,
-}
-
 /// A GPU host as the agent reaches it.
 enum GpuIo {
     Remote(GpuNodeClient),
@@ -123,7 +112,8 @@ pub struct Io {
 
 impl Io {
     /// Builds every driver. Problems (a missing credential, an unreadable token) are
-    /// logged with the device's id; that device then reads as missing data (worst case).
+    /// logged with the device's id; that device then reads as missing data (worst case),
+    /// and a miner without a driver is marked for `decide` ([`Io::snapshot`]).
     pub fn new(site: &Site) -> Io {
         let modbus = ModbusPool::new(site);
         let factory = DriverFactory::new(DriverOptions::default());
@@ -134,7 +124,7 @@ impl Io {
                 Ok(f) => match f.build(m) {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        warn!(device = %m.id, error = %e, "miner driver unavailable: it counts at nameplate and is never restored");
+                        warn!(device = %m.id, error = %e, "miner driver unavailable: no command is sent to it, it counts at nameplate, its outlet is its only lever");
                         None
                     }
                 },
@@ -172,6 +162,36 @@ impl Io {
             modbus,
             miners,
             gpus,
+        }
+    }
+
+    /// Per miner: no driver could be built for it. Empty when every miner has one (the
+    /// snapshot is cloned every tick; a site without the problem carries nothing).
+    pub fn undriveable(&self) -> Vec<bool> {
+        if self.miners.iter().all(Option::is_some) {
+            return Vec::new();
+        }
+        self.miners.iter().map(Option::is_none).collect()
+    }
+
+    /// An empty snapshot for `site` that tells `decide` which miners have no driver: it
+    /// sends them no command, counts them at nameplate and uses only their outlet.
+    pub fn snapshot(&self, site: &Site) -> Snapshot {
+        Snapshot {
+            undriveable: self.undriveable(),
+            ..Snapshot::empty(site)
+        }
+    }
+
+    /// Whether `a` needs a miner driver that could not be built: anything but an outlet
+    /// switch for a miner without one. Such an action is never sent.
+    fn lacks_driver(&self, a: &Action) -> bool {
+        match a.device {
+            Device::Miner(i) => {
+                !matches!(a.lever, Lever::OutletOff | Lever::OutletOn)
+                    && self.miners.get(i).is_none_or(Option::is_none)
+            }
+            Device::GpuNode(_) => false,
         }
     }
 
@@ -224,6 +244,8 @@ struct Shared {
     hub: Arc<StatusHub>,
     /// With `[ha]`: the election; the actuator asks it before every write (fencing).
     ha: Option<Arc<Ha>>,
+    /// Energy per metered node from the Modbus readings (None: accounting is off).
+    energy: Mutex<Option<crate::energy::EnergyBook>>,
 }
 
 /// Commands and read-back polls in flight at once (as many as the poll loop's).
@@ -242,6 +264,11 @@ impl Shared {
     fn apply_device(&self, dev: usize, r: &DeviceReading, now: Millis) {
         let uses = &self.uses[dev];
         let site = &self.site;
+        if !uses.meters.is_empty() {
+            if let Some(book) = lock(&self.energy).as_mut() {
+                book.observe_device(dev, now, |p, i| r.get(p, i));
+            }
+        }
         let mut snap = lock(&self.snapshot);
         if !uses.meters.is_empty() {
             let mut cache = lock(&self.meters);
@@ -392,36 +419,22 @@ pub async fn run_with_ha(
     ha: Option<Arc<Ha>>,
 ) -> anyhow::Result<ControlState> {
     let site = Arc::new(site);
-    let persisted: Option<Persisted> = match persist::read(&opts.state_file) {
-        Ok(s) => s,
-        Err(e) => {
-            // A corrupt intent file must not stop the agent guarding the site, nor be
-            // overwritten: set it aside, start with every miner's state unknown-but-safe
-            // (no wake until the start-up hold is over and the policy allows it).
-            let aside = persist::quarantine(&opts.state_file);
-            alerts::log(
-                &Alert::new(
-                    alerts::STATE_CORRUPT,
-                    control::Severity::Critical,
-                    format!(
-                        "{e}; moved aside to {}",
-                        aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string())
-                    ),
-                ),
-                0,
-            );
-            None
-        }
-    };
-    let last_ms = persisted.as_ref().map(|s| s.last_now);
-    let persisted = persisted.map(|p| p.control);
+    // The control intent a previous run committed (a corrupt database is set aside with
+    // an alert and the agent starts on the safe side; a legacy state file is imported).
+    let (mut intents, persisted) = IntentStore::open(
+        &opts.database_file,
+        &opts.state_file,
+        site.agent.journal_retention_days,
+    );
+    let last_ms = persisted.as_ref().map(|s| s.0);
+    let persisted = persisted.map(|p| p.1);
     let clock = Clock::resume(last_ms, opts.speed);
     let now = clock.now_ms();
     let mut state = match &persisted {
         Some(old) => {
             info!(
                 event = "state.resumed",
-                file = %opts.state_file.display(),
+                database = %opts.database_file.display(),
                 curtailed = old
                     .miners
                     .iter()
@@ -429,18 +442,23 @@ pub async fn run_with_ha(
                     .count(),
                 "resuming the persisted control intent"
             );
-            ControlState::for_site(&site, old, now)
+            let st = ControlState::for_site(&site, old, now);
+            intents.resumed(old, &st);
+            st
         }
         None => ControlState::new(&site, now),
     };
     // With `[ha]` only a leader sends, after taking over the pair's intent (`take_over`).
+    // The resumed state as the database holds it: the resend's fresh deadlines are what
+    // its commit writes.
+    let resumed = state.clone();
     let resend = if persisted.is_some() && ha.is_none() {
         resend_after_restart(&site, &mut state, now)
     } else {
         Vec::new()
     };
     let topo = Topology::new(&site);
-    let mut journal = Journal::open(&opts.journal_file)?;
+    let mut journal = ActionJournal::open(&opts.journal_file);
 
     let mut uses = vec![DeviceUse::default(); site.modbus_devices.len()];
     let mut cache = MeterCache {
@@ -468,17 +486,29 @@ pub async fn run_with_ha(
         }
     }
     cache.values.shrink_to_fit();
+    let io = Io::new(&site);
+    // Energy accounting (docs/energy.md): a database that cannot be had turns it off,
+    // never the agent.
+    let (writer, book) = match Recorder::open(&site, &opts.database_file, &hub.metrics, now) {
+        Some((r, b)) => {
+            hub.set_energy_db(opts.database_file.clone(), site.clone());
+            (Some(Writer::spawn(r, hub.clone())), Some(b))
+        }
+        None => (None, None),
+    };
+    let mut last_energy = now;
     let shared = Arc::new(Shared {
         clock,
-        snapshot: Mutex::new(Snapshot::empty(&site)),
+        snapshot: Mutex::new(io.snapshot(&site)),
         meters: Mutex::new(cache),
         uses,
-        io: Io::new(&site),
+        io,
         events: events.clone(),
         site: site.clone(),
         in_flight: tokio::sync::Semaphore::new(COMMANDS_IN_FLIGHT),
         hub: hub.clone(),
         ha: ha.clone(),
+        energy: Mutex::new(book),
     });
     hub.set_site(
         site.clone(),
@@ -507,10 +537,9 @@ pub async fn run_with_ha(
             "sending again {} shed command(s) the previous run left unconfirmed",
             resend.len()
         );
-        // Saved first, so a crash now finds the fresh deadlines.
-        if let Err(e) = save(&opts, &state, now) {
-            warn!(error = %e, "control intent not persisted");
-        }
+        // Saved first, with their journal rows, so a crash now finds the fresh deadlines.
+        journal_actions(&shared, &mut journal, &resend, now, opts.dry_run);
+        intents.commit(&resumed, &state, now, &mut journal, true);
         for a in resend {
             execute(&shared, &mut journal, a, now, opts.dry_run, None);
         }
@@ -538,6 +567,15 @@ pub async fn run_with_ha(
         .max(p.cooling_stale_ms)
         .max(p.miner_stale_ms);
     let mut warm = false;
+    let mut mining = MiningBook::new(site.miners.len());
+    // Feeds for mining's trough energy, an A/B pair once (its racks count in both).
+    let feed_idx: Vec<usize> = (0..site.nodes.len())
+        .filter(|&i| site.nodes[i].kind == rackwarden_config::NodeKind::Feed)
+        .filter(|&i| site.nodes[i].pair.is_none_or(|p| p > i))
+        .collect();
+    // Buffers kept across ticks: the snapshot `decide` reads, and the state before it.
+    let mut snap = control::Snapshot::empty(&site);
+    let mut prev = state.clone();
     // HA: the term whose intent this agent has taken over (None: standing by).
     let mut term: Option<i64> = None;
     // HA standby: when it last refreshed its view of the leader's intent.
@@ -547,6 +585,13 @@ pub async fn run_with_ha(
             () = cancel.cancelled() => break,
             _ = ticker.tick() => {}
         }
+        commit_energy(
+            &shared,
+            writer.as_ref(),
+            &mut last_energy,
+            &mut mining,
+            false,
+        );
         if !warm {
             let all_read = {
                 let g = lock(&shared.snapshot);
@@ -574,15 +619,15 @@ pub async fn run_with_ha(
         };
         n += 1;
         let now = shared.clock.now_ms();
-        let mut snap = {
+        {
             let mut g = lock(&shared.snapshot);
-            let s = g.clone();
+            // Into the buffers of the last tick's copy: nothing allocated per tick.
+            snap.clone_from(&g);
             // The safety net's peak restarts with every tick.
             for m in g.meters.iter_mut().flatten() {
                 m.max_kw = m.kw;
             }
-            s
-        };
+        }
         snap.overrides = hub.overrides_for(&site);
         let acting = match &ha {
             None => Acting::Alone,
@@ -594,6 +639,8 @@ pub async fn run_with_ha(
                     match take_over(h, &site, &mut state, now).await {
                         Ok(()) => {
                             term = Some(l.fence);
+                            // The local database follows the intent taken over, whole.
+                            intents.rewrite();
                             // Shed commands the last leader left in flight may never have
                             // reached their miners (it may have died between storing the
                             // intent and sending): sent again, as after a restart.
@@ -622,6 +669,8 @@ pub async fn run_with_ha(
                                 if let Err(e) = store(h, l.fence, &state, now).await {
                                     warn!(error = %e, "resent intent not stored in etcd");
                                 }
+                                // Into the database with this tick's commit.
+                                journal_actions(&shared, &mut journal, &again, now, opts.dry_run);
                                 for a in again {
                                     execute(
                                         &shared,
@@ -658,10 +707,13 @@ pub async fn run_with_ha(
                 }
             },
         };
-        let plan = control::decide(&site, &topo, &snap, &state, now, tick);
+        // The state goes into `decide` by value; `prev` keeps its copy (in buffers
+        // reused from tick to tick) for the database commit's diff and the journal.
+        prev.clone_from(&state);
+        let plan = control::decide_owned(&site, &topo, &snap, state, now, tick);
         // A standby shows the intent in force (the leader's), not what it would do.
         let shown = if acting == Acting::Standby {
-            &state
+            &prev
         } else {
             &plan.state
         };
@@ -675,6 +727,7 @@ pub async fn run_with_ha(
         if acting == Acting::Standby {
             // The leader alerts, journals, stores the intent and acts; the standby keeps
             // its views fresh and its state as it was (it carries out nothing).
+            state = std::mem::replace(&mut prev, plan.state);
             continue;
         }
         if !plan.actions.is_empty() {
@@ -698,16 +751,34 @@ pub async fn run_with_ha(
         }
         if !opts.dry_run {
             // Nothing was sent in a dry run: there is nothing to confirm or escalate.
-            journal_confirmations(&mut journal, &site, &state, &plan.state, now, false);
+            journal_confirmations(&mut journal, &site, &prev, &plan.state, now, false);
         }
-        let changed = !plan.actions.is_empty() || plan.state.miners != state.miners;
+        if !opts.dry_run {
+            // Mining's curtailed hours and trough energy (docs/energy.md); a dry run
+            // curtails nothing.
+            let feeds: Vec<&control::NodeView> = feed_idx
+                .iter()
+                .map(|&i| match site.nodes[i].pair {
+                    // The pair's busier side: the trough both sides leave.
+                    Some(p)
+                        if plan.nodes[p].mining_kw - plan.nodes[p].guaranteed_kw
+                            > plan.nodes[i].mining_kw - plan.nodes[i].guaranteed_kw =>
+                    {
+                        &plan.nodes[p]
+                    }
+                    _ => &plan.nodes[i],
+                })
+                .collect();
+            mining.on_decision(now, &plan.state, &plan.actions, &feeds);
+        }
+        let changed = !plan.actions.is_empty() || plan.state.miners != prev.miners;
+        // Intent first (what changed, with the journal rows, in one transaction), then
+        // the commands: a crash between the two never leaves a command the intent does
+        // not know about.
+        journal_actions(&shared, &mut journal, &plan.actions, now, opts.dry_run);
+        intents.commit(&prev, &plan.state, now, &mut journal, false);
         state = plan.state;
         if changed || now.saturating_sub(last_persist) >= 30_000 {
-            // Intent first, then the commands: a crash between the two never leaves
-            // a command the state file does not know about.
-            if let Err(e) = save(&opts, &state, now) {
-                warn!(error = %e, "control intent not persisted");
-            }
             last_persist = now;
             if let (Some(h), Acting::Leader(fence)) = (&ha, acting) {
                 // Bounded at half a tick: a slow etcd must not hold back a shed. The
@@ -736,8 +807,28 @@ pub async fn run_with_ha(
             execute(&shared, &mut journal, a, now, opts.dry_run, fence);
         }
     }
-    if let Err(e) = save(&opts, &state, shared.clock.now_ms()) {
-        warn!(error = %e, "control intent not persisted at shutdown");
+    intents.commit(&state, &state, shared.clock.now_ms(), &mut journal, true);
+    if let Some((p50, p99)) = intents.latency_ms() {
+        info!(
+            event = "state.commits",
+            commits = intents.commits,
+            rows = intents.rows,
+            p50_ms = p50,
+            p99_ms = p99,
+            "control intent commits this run: {} ({} rows), p50 {p50:.2} ms, p99 {p99:.2} ms",
+            intents.commits,
+            intents.rows
+        );
+    }
+    commit_energy(
+        &shared,
+        writer.as_ref(),
+        &mut last_energy,
+        &mut mining,
+        true,
+    );
+    if let Some(w) = writer {
+        w.close().await;
     }
     if let (Some(h), Some(fence)) = (&ha, term) {
         if h.may_act(fence) {
@@ -877,17 +968,35 @@ fn first_round_done(site: &Site, s: &Snapshot) -> bool {
                     .is_some_and(Option::is_some)
         })
     });
-    metered && units && s.miners.iter().all(Option::is_some) && s.gpus.iter().all(Option::is_some)
+    // A miner without a driver is never polled: it cannot hold the first decision back.
+    let miners = s
+        .miners
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m.is_some() || s.undriveable(i));
+    metered && units && miners && s.gpus.iter().all(Option::is_some)
 }
 
-fn save(opts: &RunOptions, state: &ControlState, now: Millis) -> Result<(), persist::PersistError> {
-    persist::write_atomic(
-        &opts.state_file,
-        &PersistedRef {
-            last_now: now,
-            control: state,
-        },
-    )
+/// Hands the energy book's slots and mining's figures to the writer once a minute
+/// (every time with `force`); the book's lock is held only to take them.
+fn commit_energy(
+    shared: &Shared,
+    writer: Option<&Writer>,
+    last: &mut Millis,
+    mining: &mut MiningBook,
+    force: bool,
+) {
+    let Some(w) = writer else { return };
+    let now = shared.clock.now_ms();
+    if !force && now.saturating_sub(*last) < COMMIT_EVERY_MS {
+        return;
+    }
+    *last = now;
+    let taken = lock(&shared.energy)
+        .as_mut()
+        .map(EnergyBook::take)
+        .unwrap_or_default();
+    w.send((taken, mining.take(), now));
 }
 
 fn spawn_collectors(
@@ -1037,7 +1146,7 @@ async fn poll_bounded(d: &dyn MinerDriver, budget: Duration) -> Result<MinerTele
 
 /// Journals commands that a later reading confirmed (or that escalated unconfirmed).
 fn journal_confirmations(
-    journal: &mut Journal,
+    journal: &mut ActionJournal,
     site: &Site,
     old: &ControlState,
     new: &ControlState,
@@ -1066,14 +1175,14 @@ fn journal_confirmations(
             site.miners[i].id,
             if confirmed { "confirmed by read-back" } else { "not confirmed in time: escalated" }
         );
-        let entry = JournalEntry {
+        journal.record(JournalRow {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             now_ms: now,
-            node: "",
-            device: &site.miners[i].id,
-            lever: p.lever.name(),
-            from: p.from_w,
-            to: p.to_w,
+            node: String::new(),
+            device: site.miners[i].id.clone(),
+            lever: p.lever.name().to_owned(),
+            from_w: p.from_w,
+            to_w: p.to_w,
             reason: if confirmed {
                 "confirmed by read-back".into()
             } else {
@@ -1082,17 +1191,58 @@ fn journal_confirmations(
             confirmed,
             dry_run,
             result: None,
-        };
-        if let Err(e) = journal.append(&entry) {
-            warn!(error = %e, "journal write failed");
-        }
+        });
     }
 }
 
-/// Carries out one action: journal, then (live) the command through its driver.
+/// Journals the actions about to be carried out, before the intent commit that holds
+/// them (their rows go into the database in the same transaction). An action the
+/// actuator will refuse for want of a driver is not journaled.
+fn journal_actions<'a>(
+    shared: &Shared,
+    journal: &mut ActionJournal,
+    actions: impl IntoIterator<Item = &'a Action>,
+    now: Millis,
+    dry_run: bool,
+) {
+    for a in actions {
+        if shared.io.lacks_driver(a) {
+            continue;
+        }
+        journal.record(journal_row(
+            a,
+            now,
+            dry_run,
+            if dry_run { "would" } else { "sent" },
+        ));
+    }
+}
+
+fn journal_row(a: &Action, now: Millis, dry_run: bool, result: &str) -> JournalRow {
+    JournalRow {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        now_ms: now,
+        node: a.constraint.clone(),
+        device: a.device_id.clone(),
+        lever: a.lever.name().to_owned(),
+        from_w: a.from_w,
+        to_w: a.to_w,
+        // The serde name, as the API and the logs spell it (`meter_silent`).
+        reason: serde_json::to_value(a.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        confirmed: false,
+        dry_run,
+        result: Some(result.to_owned()),
+    }
+}
+
+/// Carries out one action (journaled already, [`journal_actions`]): (live) the command
+/// through its driver.
 fn execute(
     shared: &Arc<Shared>,
-    journal: &mut Journal,
+    journal: &mut ActionJournal,
     a: Action,
     now: Millis,
     dry_run: bool,
@@ -1100,26 +1250,33 @@ fn execute(
 ) {
     if let (Some(h), Some(f)) = (&shared.ha, fence) {
         if !h.may_act(f) {
-            // The term ended between the decision and now: journal nothing as sent.
+            // The term ended between the decision and now: the journal says so.
+            journal.record(journal_row(&a, now, dry_run, "fenced"));
             fenced(shared, &a, f);
             return;
         }
     }
-    let entry = JournalEntry {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        now_ms: now,
-        node: &a.constraint,
-        device: &a.device_id,
-        lever: a.lever.name(),
-        from: a.from_w,
-        to: a.to_w,
-        reason: format!("{:?}", a.reason).to_lowercase(),
-        confirmed: false,
-        dry_run,
-        result: Some(if dry_run { "would" } else { "sent" }.into()),
-    };
-    if let Err(e) = journal.append(&entry) {
-        warn!(error = %e, "journal write failed");
+    if shared.io.lacks_driver(&a) {
+        // `decide` knows these miners (`Snapshot::undriveable`) and plans only their
+        // outlet; anything else reaching here (a command a previous run left in flight,
+        // resent after a restart or a takeover) is refused before the journal and the
+        // wire. It stays unconfirmed, and its escalation is the outlet.
+        warn!(
+            event = "action.refused",
+            now_ms = now,
+            device = %a.device_id,
+            lever = a.lever.name(),
+            "{} {} not sent: the miner has no driver",
+            a.lever.name(),
+            a.device_id
+        );
+        let _ = shared.events.send(AgentEvent::ActionResult {
+            now,
+            device_id: a.device_id.clone(),
+            lever: a.lever,
+            error: Some(format!("miner {} has no driver", a.device_id)),
+        });
+        return;
     }
     if dry_run {
         info!(
@@ -1349,6 +1506,58 @@ mod tests {
         let p = st.miners[0].pending.unwrap();
         assert_eq!((p.issued_at, p.deadline), (now, now + 10_000));
         assert_eq!(st.miners[0].intent, Intent::Target { w: 2600.0 });
+    }
+
+    /// A miner whose credentials cannot be read has no driver: the snapshot says so, and
+    /// only its outlet levers may reach the actuator.
+    #[tokio::test]
+    async fn a_miner_without_a_driver_is_marked_and_only_its_outlet_is_driven() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let text =
+            std::fs::read_to_string(repo.join("config/tests/data/valid/minimal.toml")).unwrap();
+        let var = format!("RACKWARDEN_TEST_UNSET_{}", std::process::id());
+        let text = text.replace(
+            "min_w = 1800\n",
+            &format!("min_w = 1800\ncredentials = {{ password_env = \"{var}\" }}\n"),
+        );
+        let site =
+            rackwarden_config::load_str(&text, std::path::Path::new("m.toml"), &repo).unwrap();
+        assert!(site.miners[0].credentials.is_some());
+        let io = Io::new(&site);
+        let snap = io.snapshot(&site);
+        assert_eq!(snap.undriveable, vec![true]);
+        assert!(snap.undriveable(0));
+        let action = |lever| Action {
+            scope: control::Scope::Device,
+            constraint: "m-1".into(),
+            device: Device::Miner(0),
+            device_id: "m-1".into(),
+            lever,
+            from_w: 3250.0,
+            to_w: 0.0,
+            reason: control::Reason::Shed,
+            emergency: false,
+        };
+        for lever in [
+            Lever::Sleep,
+            Lever::Wake,
+            Lever::PowerTarget,
+            Lever::PowerTargetRaise,
+        ] {
+            assert!(io.lacks_driver(&action(lever)), "{lever:?}");
+        }
+        for lever in [Lever::OutletOff, Lever::OutletOn] {
+            assert!(!io.lacks_driver(&action(lever)), "{lever:?}");
+        }
+        // With its driver, nothing is marked and nothing refused.
+        let site =
+            rackwarden_config::load(&repo.join("config/tests/data/valid/minimal.toml")).unwrap();
+        let io = Io::new(&site);
+        assert!(io.snapshot(&site).undriveable.is_empty());
+        assert!(!io.lacks_driver(&action(Lever::Sleep)));
     }
 
     #[test]

@@ -8,10 +8,14 @@
 //!   overhead for GPU racks; rows and feeds draw the sum of their racks (a dual-corded
 //!   rack half on each cord); a zone's heat is its racks' power; cooling units trip and
 //!   recover as the scenario says.
-//! - Scenarios ([`scenario::Scenario`]) move GPU limits, trip units, silence meters and
-//!   make miners ignore commands at given virtual times; the fault matrix's events (wire
-//!   faults, a taken connection, a gateway reboot, misbehaving miners, hung GPU nodes)
-//!   are applied by `faults`.
+//! - GPU and mixed racks with no simulated GPU host (a colocation tenant's racks, which
+//!   the operator sees through the rack PDU only) draw `rated_max_kw x`
+//!   [`rack_demand_fraction`] of the scenario's GPU profile, each rack with its own seed,
+//!   or the share a `rack_load` event pins: their PDU, row and feed meters move.
+//! - Scenarios ([`scenario::Scenario`]) move GPU limits, trip units, silence meters,
+//!   pin PDU-only GPU racks and make miners ignore commands at given virtual times; the
+//!   fault matrix's events (wire faults, a taken connection, a gateway reboot,
+//!   misbehaving miners, hung GPU nodes) are applied by `faults`.
 //!
 //! Serial RTU devices and local-NVML GPU hosts cannot be served over loopback: they are
 //! left out, with a warning.
@@ -25,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackwarden_config::profile::Role;
-use rackwarden_config::{GpuSource as GpuSourceKind, ModbusLink, NodeKind, Site};
+use rackwarden_config::{GpuSource as GpuSourceKind, ModbusLink, NodeKind, RackKind, Site};
 use rackwarden_protocols::gpu::node::Token;
-use rackwarden_protocols::gpu::sim::{LoadProfile, SimGpus, SimSpec};
+use rackwarden_protocols::gpu::sim::{rack_demand_fraction, LoadProfile, SimGpus, SimSpec};
 use rackwarden_protocols::gpu::{GpuSource, GpuTarget};
 use rackwarden_protocols::miner::sim::{self as msim, MinerSim, SimMiner};
 use rackwarden_protocols::modbus::sim::{Fault as MbFault, Framing, SimWrite, Simulator};
@@ -47,6 +51,8 @@ pub enum SimError {
     Modbus { addr: String, message: String },
     #[error("miner simulator: {0}")]
     Miners(String),
+    #[error("scenario: {0}")]
+    Scenario(String),
     #[error("gpu node simulator {id} on {addr}: {message}")]
     Gpu {
         id: String,
@@ -69,6 +75,78 @@ struct GpuRack {
     overhead_kw: f64,
 }
 
+/// A GPU or mixed rack with no simulated GPU host: its GPU load, from its PDU's view.
+#[derive(Debug, Clone, PartialEq)]
+struct PduRack {
+    node: usize,
+    rated_max_kw: f64,
+    seed: u64,
+    /// A `rack_load` event's share of `rated_max_kw`, in place of the profile.
+    pinned: Option<f64>,
+}
+
+/// The PDU-only GPU racks of a site, and the load profile they follow.
+#[derive(Debug, Clone, PartialEq)]
+struct PduRacks {
+    profile: LoadProfile,
+    day_s: f64,
+    racks: Vec<PduRack>,
+}
+
+impl PduRacks {
+    /// Every GPU and mixed rack of `site` for which `has_host` is false.
+    fn new(
+        site: &Site,
+        has_host: impl Fn(usize) -> bool,
+        profile: LoadProfile,
+        day_s: f64,
+    ) -> PduRacks {
+        let racks = site
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| {
+                matches!(n.kind, NodeKind::Rack(RackKind::Gpu | RackKind::Mixed)) && !has_host(*i)
+            })
+            .map(|(i, n)| PduRack {
+                node: i,
+                rated_max_kw: n.rated_max_kw.unwrap_or(0.0),
+                // Each rack its own seed: its own drift, its own training jobs.
+                seed: site.policy.seed
+                    ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(u64::try_from(i).unwrap_or(0) + 1),
+                pinned: None,
+            })
+            .collect();
+        PduRacks {
+            profile,
+            day_s,
+            racks,
+        }
+    }
+
+    /// What each rack's GPU load draws at `t`, kW: (node, kW).
+    fn kw(&self, t: f64) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.racks.iter().map(move |r| {
+            let share = r
+                .pinned
+                .unwrap_or_else(|| rack_demand_fraction(self.profile, r.seed, t, self.day_s));
+            (r.node, r.rated_max_kw * share)
+        })
+    }
+
+    /// Pins (`Some`) or frees (`None`) the racks whose id starts with `prefix`; how many.
+    fn pin(&mut self, site: &Site, prefix: &str, share: Option<f64>) -> usize {
+        let mut n = 0;
+        for r in &mut self.racks {
+            if site.nodes[r.node].id.starts_with(prefix) {
+                r.pinned = share;
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
 struct Model {
     site: Arc<Site>,
     servers: Vec<Simulator>,
@@ -76,6 +154,7 @@ struct Model {
     /// Indexed like `site.miners`.
     miners: Vec<Option<Arc<SimMiner>>>,
     gpu_racks: Vec<GpuRack>,
+    pdu_racks: PduRacks,
     /// Units tripped by the scenario.
     tripped: Vec<Vec<bool>>,
     outlet_was_off: Vec<bool>,
@@ -88,6 +167,14 @@ struct Model {
     node_pub: Vec<Option<f64>>,
     /// Per simulated GPU node id: while on, its requests hang (`gpu_node_hang`).
     gpu_hang: HashMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    /// Energy drawn per node since the start, kWh (each meter's counter shows its share),
+    /// the power of the last step and its time (the energy of a step is the power held
+    /// since the step before).
+    energy_kwh: Vec<f64>,
+    last_kw: Vec<f64>,
+    last_t: Option<f64>,
+    /// Last counter value published per node meter share.
+    energy_pub: Vec<f64>,
 }
 
 /// A running simulated site.
@@ -195,11 +282,8 @@ impl SiteSim {
         };
 
         // GPU nodes.
-        let profile = match scenario.gpu_profile.as_str() {
-            "idle" => LoadProfile::Idle,
-            "inference" => LoadProfile::Inference,
-            _ => LoadProfile::Training,
-        };
+        let profile = scenario.load_profile().map_err(SimError::Scenario)?;
+        let day_s = scenario.day_len_s();
         let mut gpu_racks: Vec<GpuRack> = Vec::new();
         let mut gpu_hang = HashMap::new();
         for (gi, g) in site.gpu_nodes.iter().enumerate() {
@@ -217,7 +301,7 @@ impl SiteSim {
                 min_limit_w: max_w / 3.0,
                 max_limit_w: max_w,
                 default_limit_w: max_w,
-                day_s: scenario.day_s.unwrap_or(600.0),
+                day_s,
                 seed: site.policy.seed ^ u64::try_from(gi).unwrap_or(0),
             };
             let clock_start = start;
@@ -281,26 +365,19 @@ impl SiteSim {
             }
         }
 
+        let pdu_racks = PduRacks::new(
+            &site,
+            |node| gpu_racks.iter().any(|r| r.node == node),
+            profile,
+            day_s,
+        );
         let model = Arc::new(std::sync::Mutex::new(Model {
-            tripped: site
-                .zones
-                .iter()
-                .map(|z| vec![false; z.units.len()])
-                .collect(),
-            outlet_was_off: vec![false; site.miners.len()],
-            outlet_pub: vec![None; site.miners.len()],
-            node_pub: vec![None; site.nodes.len()],
-            order: {
-                let mut order: Vec<usize> = (1..site.nodes.len()).collect();
-                order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
-                order
-            },
-            site: site.clone(),
             servers,
             dev_at,
             miners,
             gpu_racks,
             gpu_hang,
+            ..Model::new(site.clone(), pdu_racks)
         }));
         // Outlets start on; cooling units start running.
         {
@@ -341,20 +418,27 @@ impl SiteSim {
                     let p = m.power_kw(t);
                     for (i, n) in m.site.nodes.iter().enumerate() {
                         if n.kind == NodeKind::Feed {
-                            info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, "feed power");
+                            // `kwh`: the feed's energy since the simulator started (its
+                            // meters' counters add up to it).
+                            info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, kwh = m.energy_kwh[i], "feed power");
                         }
                     }
                 }
             }
         });
+        let (modbus_servers, pdu_only_gpu_racks) = {
+            let m = lock(&model);
+            (m.servers.len(), m.pdu_racks.racks.len())
+        };
         info!(
             event = "sim.started",
             site = %site.id,
             scenario = %scenario.name,
             speed,
-            modbus_servers = lock(&model).servers.len(),
+            modbus_servers,
             miners = site.miners.len(),
             gpu_nodes = site.gpu_nodes.len(),
+            pdu_only_gpu_racks,
             "simulator serving the site on loopback"
         );
         Ok(SiteSim {
@@ -509,12 +593,59 @@ async fn apply_event(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind) {
                 });
             }
         }
+        EventKind::RackLoad {
+            prefix, fraction, ..
+        } => {
+            if !(fraction.is_finite() && *fraction >= 0.0) {
+                warn!(prefix = %prefix, fraction, "scenario: rack_load needs a fraction >= 0");
+                return;
+            }
+            let mut m = lock(model);
+            let site = m.site.clone();
+            if m.pdu_racks.pin(&site, prefix, Some(*fraction)) == 0 {
+                warn!(prefix = %prefix, "scenario: no GPU rack without GPU nodes matches");
+            }
+        }
+        EventKind::RackLoadClear { prefix } => {
+            let mut m = lock(model);
+            let site = m.site.clone();
+            m.pdu_racks.pin(&site, prefix, None);
+        }
         // Applied by `faults::apply` before this is called.
         _ => {}
     }
 }
 
 impl Model {
+    /// The physics of `site` with nothing served (no Modbus server, miner or GPU host
+    /// yet) and `pdu_racks` drawing their profile.
+    fn new(site: Arc<Site>, pdu_racks: PduRacks) -> Model {
+        let mut order: Vec<usize> = (1..site.nodes.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(site.ancestors(i).len()));
+        Model {
+            servers: Vec::new(),
+            dev_at: vec![None; site.modbus_devices.len()],
+            miners: vec![None; site.miners.len()],
+            gpu_racks: Vec::new(),
+            pdu_racks,
+            tripped: site
+                .zones
+                .iter()
+                .map(|z| vec![false; z.units.len()])
+                .collect(),
+            outlet_was_off: vec![false; site.miners.len()],
+            order,
+            outlet_pub: vec![None; site.miners.len()],
+            node_pub: vec![None; site.nodes.len()],
+            gpu_hang: HashMap::new(),
+            energy_kwh: vec![0.0; site.nodes.len()],
+            last_kw: vec![0.0; site.nodes.len()],
+            last_t: None,
+            energy_pub: vec![f64::NAN; site.nodes.len()],
+            site,
+        }
+    }
+
     fn set(&self, device: usize, point: &str, index: u32, value: f64) {
         if let Some(at) = self.dev_at[device] {
             let _ = self.servers[at.server].set(at.unit, point, index, value);
@@ -547,6 +678,9 @@ impl Model {
                 .sum();
             p[r.node] += gpu_w / 1000.0 + r.overhead_kw;
         }
+        for (node, kw) in self.pdu_racks.kw(t) {
+            p[node] += kw;
+        }
         // Racks to rows to feeds: deepest first, so a row of rows adds up.
         for &i in &self.order {
             let parents = &site.nodes[i].parents;
@@ -557,6 +691,39 @@ impl Model {
             }
         }
         p
+    }
+
+    /// Integrates each node's power up to `t` (seconds) and publishes each meter's share
+    /// on its energy counter (PDUs and meters whose profile has one), in the counter's
+    /// own resolution: written when it moved by 0.05 kWh or more.
+    fn count_energy(&mut self, t: f64, p: &[f64]) {
+        if let Some(t0) = self.last_t {
+            let h = (t - t0).max(0.0) / 3600.0;
+            for (e, kw) in self.energy_kwh.iter_mut().zip(&self.last_kw) {
+                *e += kw * h;
+            }
+        }
+        self.last_t = Some(t);
+        self.last_kw.clear();
+        self.last_kw.extend_from_slice(p);
+        let site = self.site.clone();
+        for (i, n) in site.nodes.iter().enumerate() {
+            #[allow(clippy::cast_precision_loss)]
+            let share = self.energy_kwh[i] / n.meters.len().max(1) as f64;
+            if (share - self.energy_pub[i]).abs() < 0.05 {
+                continue;
+            }
+            self.energy_pub[i] = share;
+            for mr in &n.meters {
+                if site.modbus_devices[mr.device]
+                    .profile
+                    .role(Role::EnergyKwh)
+                    .is_some()
+                {
+                    self.set(mr.device, Role::EnergyKwh.name(), 1, share);
+                }
+            }
+        }
     }
 
     /// Advances the physics to virtual time `t` (seconds) and publishes every reading.
@@ -591,6 +758,7 @@ impl Model {
             }
         }
         let p = self.power_kw(t);
+        self.count_energy(t, &p);
         for (i, n) in site.nodes.iter().enumerate() {
             #[allow(clippy::cast_precision_loss)]
             let share = p[i] / n.meters.len().max(1) as f64;
@@ -640,5 +808,139 @@ impl Model {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rackwarden_protocols::gpu::sim::INFERENCE_DAY_TROUGH;
+
+    fn example(name: &str) -> Arc<Site> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name);
+        Arc::new(rackwarden_config::load(&path).unwrap())
+    }
+
+    fn colo_model(scenario: &str) -> (Arc<Site>, Arc<std::sync::Mutex<Model>>) {
+        let site = example("site-colo.toml");
+        let s = Scenario::load(scenario).unwrap();
+        let pdu = PduRacks::new(
+            &site,
+            |node| site.gpu_nodes.iter().any(|g| g.rack == node),
+            s.load_profile().unwrap(),
+            s.day_len_s(),
+        );
+        let model = Arc::new(std::sync::Mutex::new(Model::new(site.clone(), pdu)));
+        (site, model)
+    }
+
+    fn kw(site: &Site, model: &Arc<std::sync::Mutex<Model>>, id: &str, t: f64) -> f64 {
+        lock(model).power_kw(t)[site.node_index(id).unwrap()]
+    }
+
+    #[test]
+    fn colo_gpu_racks_draw_their_rated_maximum_times_the_profile() {
+        let (site, model) = colo_model("colo");
+        let day = Scenario::load("colo").unwrap().day_len_s();
+        assert_eq!(
+            lock(&model).pdu_racks.racks.len(),
+            4,
+            "every GPU rack is PDU-only"
+        );
+        let at = |id: &str, hour: f64| kw(&site, &model, id, day * hour / 24.0);
+        for id in ["gpu-a1", "gpu-a2", "gpu-b1", "gpu-b2"] {
+            let night = at(id, 4.0);
+            let peak = at(id, 16.0);
+            // rated_max 40 kW: about 25% at 04:00, about 87.5% at 16:00.
+            assert!((8.0..=12.0).contains(&night), "{id} at 04:00: {night} kW");
+            assert!((34.0..=36.0).contains(&peak), "{id} at 16:00: {peak} kW");
+        }
+        // Each rack its own drift: the racks do not read the same.
+        assert_ne!(at("gpu-a1", 10.0), at("gpu-a2", 10.0));
+        // The racks add up to their row and feed (no miner is served here).
+        let t = day * 0.3;
+        let racks = kw(&site, &model, "gpu-a1", t) + kw(&site, &model, "gpu-a2", t);
+        assert!((kw(&site, &model, "rpp-a", t) - racks).abs() < 1e-9);
+        assert!((kw(&site, &model, "feed-a", t) - racks).abs() < 1e-9);
+        assert!(kw(&site, &model, "mine-a1", t).abs() < 1e-9);
+        // And the trough is what the profile says, on every rack.
+        let lows = ["gpu-a1", "gpu-b2"].map(|id| at(id, 4.0) / 40.0);
+        assert!(
+            lows.iter()
+                .all(|f| (f - INFERENCE_DAY_TROUGH).abs() <= 0.021),
+            "{lows:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rack_load_pins_the_matching_pdu_only_racks_until_cleared() {
+        let (site, model) = colo_model("colo-surge");
+        let t = 130.0;
+        let before_b = kw(&site, &model, "gpu-b1", t);
+        apply_event(
+            &model,
+            &EventKind::RackLoad {
+                prefix: "gpu-a".into(),
+                fraction: 1.0,
+                until_s: None,
+            },
+        )
+        .await;
+        assert_eq!(kw(&site, &model, "gpu-a1", t), 40.0);
+        assert_eq!(kw(&site, &model, "gpu-a2", t), 40.0);
+        assert_eq!(kw(&site, &model, "feed-a", t), 80.0);
+        assert_eq!(
+            kw(&site, &model, "gpu-b1", t),
+            before_b,
+            "feed B is not surged"
+        );
+        // A bad fraction changes nothing.
+        apply_event(
+            &model,
+            &EventKind::RackLoad {
+                prefix: "gpu-a1".into(),
+                fraction: f64::NAN,
+                until_s: None,
+            },
+        )
+        .await;
+        assert_eq!(kw(&site, &model, "gpu-a1", t), 40.0);
+        apply_event(
+            &model,
+            &EventKind::RackLoadClear {
+                prefix: "gpu-a".into(),
+            },
+        )
+        .await;
+        let back = kw(&site, &model, "gpu-a1", t);
+        assert!(back < 30.0, "back on the profile: {back} kW");
+        // The built-in surge is scheduled on feed A's racks and ends by itself.
+        let s = Scenario::load("colo-surge").unwrap();
+        assert!(s.events.iter().any(|e| e.at_s == 420.0
+            && e.kind
+                == EventKind::RackLoadClear {
+                    prefix: "gpu-a".into()
+                }));
+    }
+
+    #[test]
+    fn racks_with_simulated_gpu_hosts_are_not_pdu_only() {
+        let site = example("site.toml");
+        let pdu = PduRacks::new(
+            &site,
+            |node| site.gpu_nodes.iter().any(|g| g.rack == node),
+            LoadProfile::InferenceDay,
+            600.0,
+        );
+        assert!(pdu.racks.is_empty(), "{pdu:?}");
+        // Without the hosts (say, local NVML hosts the simulator cannot serve), the same
+        // racks follow the profile at their rated maximum.
+        let pdu = PduRacks::new(&site, |_| false, LoadProfile::TrainingSwings, 600.0);
+        assert_eq!(pdu.racks.len(), 4);
+        assert!(pdu
+            .kw(1000.0)
+            .all(|(_, kw)| (0.15 * 132.0 - 1e-9..=132.0).contains(&kw)));
     }
 }

@@ -1,18 +1,49 @@
 //! Scenarios: what happens to the simulated site, and when (virtual seconds).
 //!
 //! Built in by name (`gpu-surge`, `cooling-trip`, `meter-silent`, `miner-ignores-sleep`,
-//! `restart-mid-curtail`, `inference-day`, `steady`, `demo`) or read from a TOML file of
-//! the same shape:
+//! `restart-mid-curtail`, `inference-day`, `training-swings`, `colo`, `colo-surge`,
+//! `steady`, `demo`) or read from a TOML file of the same shape:
 //!
 //! ```toml
 //! name = "my-surge"
-//! gpu_profile = "training"   # baseline GPU load: idle, training, inference
+//! gpu_profile = "training"   # baseline GPU load (below)
 //! tenant_limit_w = 600       # per-GPU limit the tenant runs at from the start
+//! day_s = 1440               # inference profiles: the length of one simulated day
 //! [[events]]
 //! at_s = 120
 //! kind = "gpu_limits"        # the tenant raises its GPUs' limits
 //! feed = "feed-a"            # or racks = ["gpu-a1"]
 //! limit_w = 1200
+//! ```
+//!
+//! `gpu_profile` is a [`LoadProfile`] name: `idle`, `training`, `inference`,
+//! `inference-day` (diurnal demand within fixed limits: night trough ~25%, afternoon
+//! peak ~87.5% of full power over `day_s`), `training-swings` (0.2-3 Hz swings between
+//! ~30% of full power and the cap, a 2-3 min checkpoint dip every 20 min, a job restart
+//! every few hours, in real seconds), `job-start`, `job-start@S`. It drives the simulated
+//! GPU hosts and also the GPU and mixed racks that have no simulated GPU host (a
+//! colocation tenant's, seen through the rack PDU only): such a rack's GPU load is
+//! `rated_max_kw x rack_demand_fraction(profile, t)` (each rack its own seed).
+//!
+//! The built-ins `inference-day` and `training-swings` keep the GPU limits where they are
+//! (the GPUs' defaults) and let the load move within them, as real fleets do; `colo` is
+//! `inference-day` for a site whose GPU racks have PDU meters and no GPU nodes
+//! (examples/site-colo.toml), and `colo-surge` adds a surge of feed A's GPU racks to their
+//! rated maximum from 120 s to 420 s.
+//!
+//! A PDU-only GPU rack can be pinned at a share of its `rated_max_kw`:
+//!
+//! ```toml
+//! [[events]]
+//! at_s = 120
+//! kind = "rack_load"         # racks whose id starts with `prefix` (GPU or mixed, no GPU nodes)
+//! prefix = "gpu-a"
+//! fraction = 1.0             # of rated_max_kw; above 1: a tenant over its declared maximum
+//! until_s = 420              # optional; or a `rack_load_clear` event with the same prefix
+//! [[events]]
+//! at_s = 600
+//! kind = "rack_load_clear"   # back to the profile
+//! prefix = "gpu-a"
 //! ```
 //!
 //! Fault events (the fault matrix of the hil-tests), each optionally ended by `until_s`:
@@ -49,6 +80,7 @@
 //! until_s = 180
 //! ```
 
+use rackwarden_protocols::gpu::sim::LoadProfile;
 use serde::Deserialize;
 
 /// One scripted change. (`flatten` rules out `deny_unknown_fields` here.)
@@ -138,6 +170,19 @@ pub enum EventKind {
     GpuNodeBack {
         host: String,
     },
+    /// GPU and mixed racks without a simulated GPU host whose id starts with `prefix`
+    /// draw `fraction x rated_max_kw` (not the profile) until `until_s` or
+    /// `rack_load_clear`.
+    RackLoad {
+        prefix: String,
+        fraction: f64,
+        #[serde(default)]
+        until_s: Option<f64>,
+    },
+    /// Those racks follow the scenario's profile again.
+    RackLoadClear {
+        prefix: String,
+    },
 }
 
 /// How a Modbus device misbehaves (`modbus_fault`).
@@ -207,6 +252,16 @@ impl EventKind {
                 host,
                 until_s: Some(t),
             } => Some((*t, EventKind::GpuNodeBack { host: host.clone() })),
+            EventKind::RackLoad {
+                prefix,
+                until_s: Some(t),
+                ..
+            } => Some((
+                *t,
+                EventKind::RackLoadClear {
+                    prefix: prefix.clone(),
+                },
+            )),
             _ => None,
         }
     }
@@ -221,13 +276,14 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
-    /// Baseline GPU load: `idle`, `training`, `inference`.
+    /// Baseline GPU load: a [`LoadProfile`] name (`idle`, `training`, `inference`,
+    /// `inference-day`, `training-swings`, `job-start`, `job-start@S`).
     #[serde(default = "training")]
     pub gpu_profile: String,
     /// Per-GPU limit the tenant runs at from the start (None: the GPUs' default).
     #[serde(default)]
     pub tenant_limit_w: Option<f64>,
-    /// Length of a simulated inference day, seconds.
+    /// Length of a simulated inference day, seconds (default 600).
     #[serde(default)]
     pub day_s: Option<f64>,
     #[serde(default)]
@@ -255,8 +311,14 @@ pub const BUILTIN: &[&str] = &[
     "miner-ignores-sleep",
     "restart-mid-curtail",
     "inference-day",
+    "training-swings",
+    "colo",
+    "colo-surge",
     "demo",
 ];
+
+/// A simulated day when a scenario gives none.
+pub const DEFAULT_DAY_S: f64 = 600.0;
 
 fn ev(at_s: f64, kind: EventKind) -> Event {
     Event { at_s, kind }
@@ -267,6 +329,17 @@ fn limits(feed: &str, limit_w: f64) -> EventKind {
         racks: vec![],
         feed: Some(feed.to_owned()),
         limit_w,
+    }
+}
+
+/// A scenario whose GPU limits stay at the GPUs' defaults: the load moves within them.
+fn within_limits(name: &str, profile: &str, day_s: Option<f64>, events: Vec<Event>) -> Scenario {
+    Scenario {
+        name: name.to_owned(),
+        gpu_profile: profile.to_owned(),
+        tenant_limit_w: None,
+        day_s,
+        events,
     }
 }
 
@@ -336,24 +409,24 @@ impl Scenario {
                 ));
                 s
             }
-            "inference-day" => Scenario {
-                name: name.to_owned(),
-                gpu_profile: "inference".into(),
-                tenant_limit_w: Some(500.0),
-                day_s: Some(1440.0),
-                // An inference fleet's autoscaler moves the GPU limits with demand:
-                // night trough, morning ramp, day peak, evening, night.
-                events: [
-                    (0.0, 500.0),
-                    (360.0, 900.0),
-                    (600.0, 1200.0),
-                    (1020.0, 800.0),
-                    (1260.0, 500.0),
-                ]
-                .iter()
-                .flat_map(|&(t, w)| [ev(t, limits("feed-a", w)), ev(t, limits("feed-b", w))])
-                .collect(),
-            },
+            // Demand moves within fixed limits (the GPUs' defaults), as in real fleets:
+            // a compressed day of 24 min, night trough to afternoon peak and back.
+            "inference-day" | "colo" => within_limits(name, "inference-day", Some(1440.0), vec![]),
+            "training-swings" => within_limits(name, "training-swings", None, vec![]),
+            // The colocation surge: feed A's PDU-only GPU racks at their rated maximum.
+            "colo-surge" => within_limits(
+                name,
+                "inference-day",
+                Some(1440.0),
+                vec![ev(
+                    120.0,
+                    EventKind::RackLoad {
+                        prefix: "gpu-a".into(),
+                        fraction: 1.0,
+                        until_s: Some(420.0),
+                    },
+                )],
+            ),
             "demo" => base(vec![
                 ev(120.0, limits("feed-a", 1200.0)),
                 ev(330.0, limits("feed-a", 600.0)),
@@ -372,6 +445,22 @@ impl Scenario {
             ]),
             _ => return None,
         })
+        .map(|mut s| {
+            s.expand_endings();
+            s
+        })
+    }
+
+    /// The GPU load profile `gpu_profile` names.
+    pub fn load_profile(&self) -> Result<LoadProfile, String> {
+        self.gpu_profile.parse()
+    }
+
+    /// The simulated day's length, seconds.
+    pub fn day_len_s(&self) -> f64 {
+        self.day_s
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .unwrap_or(DEFAULT_DAY_S)
     }
 
     /// A built-in name or a TOML file path.
@@ -393,6 +482,18 @@ impl Scenario {
             path: name_or_file.to_owned(),
             message: e.message().to_owned(),
         })?;
+        if let Err(message) = s.load_profile() {
+            return Err(ScenarioError::File {
+                path: name_or_file.to_owned(),
+                message: format!("gpu_profile: {message}"),
+            });
+        }
+        if let Some(d) = s.day_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            return Err(ScenarioError::File {
+                path: name_or_file.to_owned(),
+                message: format!("day_s: must be a positive number of seconds, got {d}"),
+            });
+        }
         s.expand_endings();
         Ok(s)
     }
@@ -420,8 +521,110 @@ mod tests {
         for name in BUILTIN {
             let s = Scenario::load(name).unwrap();
             assert_eq!(&s.name, name);
+            assert!(s.load_profile().is_ok(), "{name}: {}", s.gpu_profile);
         }
         assert!(Scenario::load("nope").is_err());
+    }
+
+    #[test]
+    fn fleet_scenarios_move_the_load_within_fixed_limits() {
+        for (name, profile) in [
+            ("inference-day", LoadProfile::InferenceDay),
+            ("training-swings", LoadProfile::TrainingSwings),
+            ("colo", LoadProfile::InferenceDay),
+            ("colo-surge", LoadProfile::InferenceDay),
+        ] {
+            let s = Scenario::load(name).unwrap();
+            assert_eq!(s.load_profile(), Ok(profile), "{name}");
+            assert_eq!(
+                s.tenant_limit_w, None,
+                "{name}: limits stay at the defaults"
+            );
+            assert!(
+                !s.events
+                    .iter()
+                    .any(|e| matches!(e.kind, EventKind::GpuLimits { .. })),
+                "{name}: no limit moves"
+            );
+        }
+        assert_eq!(Scenario::load("inference-day").unwrap().day_len_s(), 1440.0);
+        assert_eq!(Scenario::load("steady").unwrap().day_len_s(), DEFAULT_DAY_S);
+        // The colo surge ends by itself.
+        let surge = Scenario::load("colo-surge").unwrap();
+        assert_eq!(
+            surge.events.last().map(|e| (e.at_s, &e.kind)),
+            Some((
+                420.0,
+                &EventKind::RackLoadClear {
+                    prefix: "gpu-a".into()
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn rack_load_events_parse_and_end() {
+        let text = r#"
+name = "colo"
+gpu_profile = "training-swings"
+[[events]]
+at_s = 10
+kind = "rack_load"
+prefix = "gpu-b"
+fraction = 0.9
+until_s = 50
+[[events]]
+at_s = 20
+kind = "rack_load"
+prefix = "gpu-a1"
+fraction = 1.1
+[[events]]
+at_s = 30
+kind = "rack_load_clear"
+prefix = "gpu-a1"
+"#;
+        let mut s: Scenario = toml::from_str(text).unwrap();
+        s.expand_endings();
+        assert_eq!(s.load_profile(), Ok(LoadProfile::TrainingSwings));
+        let kinds: Vec<(f64, &EventKind)> = s.events.iter().map(|e| (e.at_s, &e.kind)).collect();
+        assert_eq!(kinds.len(), 4);
+        assert_eq!(
+            kinds[0].1,
+            &EventKind::RackLoad {
+                prefix: "gpu-b".into(),
+                fraction: 0.9,
+                until_s: Some(50.0)
+            }
+        );
+        assert_eq!(
+            kinds[3],
+            (
+                50.0,
+                &EventKind::RackLoadClear {
+                    prefix: "gpu-b".into()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn a_scenario_file_with_an_unknown_profile_is_refused() {
+        let dir = std::env::temp_dir().join(format!("rackwarden-scenario-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad-profile.toml");
+        std::fs::write(&path, "name = \"x\"\ngpu_profile = \"inference_day\"\n").unwrap();
+        let err = Scenario::load(path.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gpu_profile") && err.contains("inference-day"),
+            "{err}"
+        );
+        std::fs::write(&path, "name = \"x\"\ngpu_profile = \"inference-day\"\n").unwrap();
+        assert!(Scenario::load(path.to_str().unwrap()).is_ok());
+        std::fs::write(&path, "name = \"x\"\nday_s = 0\n").unwrap();
+        assert!(Scenario::load(path.to_str().unwrap()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

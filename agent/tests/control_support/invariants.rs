@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use rackwarden_config::NodeKind;
+
 use rackwarden::control::decide::has_target;
 use rackwarden::control::{
     decide, Action, ControlState, Device, GpuLimits, GpuNodeReading, Intent, Lever, Loads,
@@ -137,14 +139,19 @@ pub fn inv4_hysteresis(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), S
     }
     let window = p.restore_step_interval_s * 1000;
     mem.restores.retain(|(t, _, _)| now - t < window);
+    // The step limit guards feeds and the site; the first restore of a step through a
+    // node passes whatever its size (a miner larger than the step must come back), so
+    // a window holds at most the step plus its largest single restore.
     for (n, node) in sim.site.nodes.iter().enumerate() {
-        let sum: f64 = mem
+        if !matches!(node.kind, NodeKind::Site | NodeKind::Feed) {
+            continue;
+        }
+        let through = mem
             .restores
             .iter()
-            .filter(|(_, r, _)| sim.topo.ancestors[*r].contains(&n))
-            .map(|(_, _, d)| d)
-            .sum();
-        if sum > p.restore_step_fraction * node.budget_kw + 1e-6 {
+            .filter(|(_, r, _)| sim.topo.ancestors[*r].contains(&n));
+        let (sum, largest) = through.fold((0.0f64, 0.0f64), |(s, l), (_, _, d)| (s + d, l.max(*d)));
+        if sum > p.restore_step_fraction * node.budget_kw + largest + 1e-6 {
             return Err(format!(
                 "4 hysteresis: `{}` restored {sum:.2} kW within {window} ms",
                 node.id
@@ -177,6 +184,13 @@ pub fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
             max_kw: kw,
             taken_at: now,
         });
+        // A rack meter at its worst case has its GPUs at their limits: the GPU power
+        // readings say so too (else the gap would read as non-GPU load).
+        for &g in &sim.topo.rack_gpus[n] {
+            if let Some(r) = worst.gpus[g].as_mut() {
+                r.power_w = r.gpus.iter().map(|l| l.enforced_w).sum();
+            }
+        }
     }
     let stale_miner: Vec<bool> = (0..site.miners.len())
         .map(|m| {
@@ -279,7 +293,32 @@ pub fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
     let (s_stale, s_worst) = (shed(&step.plan.actions), shed(&w.actions));
     if s_stale + 1e-6 < s_worst {
         return Err(format!(
-            "5 stale: stale input shed {s_stale:.3} kW, worst case {s_worst:.3} kW"
+            "5 stale: stale input shed {s_stale:.3} kW, worst case {s_worst:.3} kW ({:?}) {:?}",
+            w.actions
+                .iter()
+                .map(|a| format!(
+                    "{} {} {:?} @{}",
+                    a.device_id,
+                    a.lever.name(),
+                    a.reason,
+                    a.constraint
+                ))
+                .collect::<Vec<_>>(),
+            (0..site.nodes.len())
+                .filter(
+                    |&n| (w.nodes[n].worst_kw - step.plan.nodes[n].worst_kw).abs() > 1e-6
+                        || (w.nodes[n].proj_kw - step.plan.nodes[n].proj_kw).abs() > 1e-6
+                )
+                .map(|n| format!(
+                    "{}: worst {:.2}/{:.2} proj {:.2}/{:.2} H {:.2}",
+                    site.nodes[n].id,
+                    step.plan.nodes[n].worst_kw,
+                    w.nodes[n].worst_kw,
+                    step.plan.nodes[n].proj_kw,
+                    w.nodes[n].proj_kw,
+                    site.nodes[n].ceiling_kw
+                ))
+                .collect::<Vec<_>>()
         ));
     }
     Ok(true)
@@ -292,6 +331,38 @@ pub fn inv6_escalation(sim: &Sim, step: &Step) -> Result<(), String> {
         }
         let true_emergency = matches!(a.reason, Reason::Emergency | Reason::CoolingCapacity)
             || a.emergency && a.reason == Reason::Escalation;
+        // A shed that must be done in this decision (over B, above H, slow miners in
+        // the trough, a silent meter, lost N+1) may sleep a miner with a power target
+        // whose target it did not try, once every power target under the constraint
+        // is at its floor (or its miner cannot take one): lever order inside one
+        // decision.
+        let must_now = a.emergency
+            && matches!(
+                a.reason,
+                Reason::Excursion
+                    | Reason::Shed
+                    | Reason::Ceiling
+                    | Reason::SlowInTrough
+                    | Reason::MeterSilent
+                    | Reason::CoolingRedundancy
+            )
+            && scope_miners(sim, a.scope).iter().all(|&m| {
+                let miner = &sim.site.miners[m];
+                if a.reason == Reason::SlowInTrough
+                    && Loads::compute(&sim.site, &sim.topo, &step.snap, &step.pre, step.now).fast[m]
+                {
+                    return true;
+                }
+                let post = &step.plan.state.miners[m];
+                !has_target(miner)
+                    || post.failed == Some(Lever::PowerTarget)
+                    || post.pending.is_some_and(|p| p.issued_at < step.now)
+                    || match post.intent {
+                        Intent::Target { w } => w <= miner.min_w.unwrap() + 1.0,
+                        Intent::Normal => step.snap.overrides.curtailed_miners.contains(&m),
+                        _ => true,
+                    }
+            });
         match a.device {
             Device::Miner(i) => {
                 let m = &sim.site.miners[i];
@@ -300,6 +371,7 @@ pub fn inv6_escalation(sim: &Sim, step: &Step) -> Result<(), String> {
                 let ok = match a.lever {
                     Lever::Sleep => {
                         true_emergency
+                            || must_now
                             || !has_target(m)
                             || pre.failed == Some(Lever::PowerTarget)
                             || pending == Some(Lever::PowerTarget)
@@ -490,6 +562,110 @@ pub fn inv10_n_plus_1(sim: &Sim, step: &Step) -> Result<(), String> {
                     zone.id, sim.site.miners[m].id
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a miner under the node can still be shed by `decide` (mining, with an API
+/// sleep): where one is left, the node's limits must hold.
+fn sheddable_under(sim: &Sim, step: &Step, n: usize, slow_only: Option<&[bool]>) -> Option<usize> {
+    sim.topo.miners_under[n].iter().copied().find(|&m| {
+        controllable(sim, &step.plan.state, m)
+            && sim.site.miners[m].firmware.levers().sleep
+            && !step.snap.undriveable(m)
+            && step.plan.state.miners[m]
+                .pending
+                .is_none_or(|p| p.issued_at == step.now)
+            && slow_only.is_none_or(|fast| !fast[m])
+    })
+}
+
+/// 11. Ceiling: after each decision `P_worst <= H` wherever mining with a lever is left
+///     below; no restore or fill takes a node on its path above H.
+pub fn inv11_ceiling(sim: &Sim, step: &Step) -> Result<(), String> {
+    let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.plan.state, step.now);
+    for (n, node) in sim.site.nodes.iter().enumerate() {
+        if loads.worst_kw[n] <= node.ceiling_kw + 1e-6 {
+            continue;
+        }
+        if let Some(m) = sheddable_under(sim, step, n, None) {
+            return Err(format!(
+                "11 ceiling: `{}` worst case {:.2} kW over its {:.2} kW ceiling while `{}` still mines",
+                node.id, loads.worst_kw[n], node.ceiling_kw, sim.site.miners[m].id
+            ));
+        }
+        if let Some(a) = step
+            .plan
+            .actions
+            .iter()
+            .find(|a| !a.lever.is_shed() && sim.topo.ancestors[rack_of(sim, a)].contains(&n))
+        {
+            return Err(format!(
+                "11 ceiling: {} {} restored under `{}`, worst case {:.2} kW over H {:.2} kW",
+                a.device_id,
+                a.lever.name(),
+                node.id,
+                loads.worst_kw[n],
+                node.ceiling_kw
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 12. Excursion: a node measured above B (less the sheds in flight) with fast mining
+///     above idle under it gets a shed in the same decision.
+pub fn inv12_excursion(sim: &Sim, step: &Step) -> Result<(), String> {
+    let pre = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.pre, step.now);
+    for (n, node) in sim.site.nodes.iter().enumerate() {
+        let Some(m) = pre.measured_kw[n] else {
+            continue;
+        };
+        let b = node.budget_kw;
+        if m - pre.pending_kw[n] < sim.site.policy.shed_fraction * b + 1e-6 {
+            continue;
+        }
+        let fast_left = sim.topo.miners_under[n].iter().any(|&i| {
+            pre.fast[i]
+                && pre.miner_w[i] > sim.site.miners[i].idle_w + 1.0
+                && controllable(sim, &step.pre, i)
+                && step.pre.miners[i].pending.is_none()
+                && !sim.snap.overrides.curtailed_miners.contains(&i)
+        });
+        if !fast_left {
+            continue;
+        }
+        let shed_here = step
+            .plan
+            .actions
+            .iter()
+            .any(|a| a.lever.is_shed() && sim.topo.ancestors[rack_of(sim, a)].contains(&n));
+        if !shed_here {
+            return Err(format!(
+                "12 excursion: `{}` measured {m:.2} kW over its {b:.2} kW budget, fast mining left, no shed",
+                node.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 13. Slow miners never hold trough headroom: the committed power of the miners under a
+///     node that are not fast fits in `B - sum(X) - other`, wherever a slow one with a
+///     lever is left.
+pub fn inv13_slow_out_of_trough(sim: &Sim, step: &Step) -> Result<(), String> {
+    let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.plan.state, step.now);
+    for (n, node) in sim.site.nodes.iter().enumerate() {
+        let g = loads.guaranteed_kw(&sim.site, n).max(0.0);
+        if loads.slow_kw[n] <= g + 1e-6 {
+            continue;
+        }
+        if let Some(m) = sheddable_under(sim, step, n, Some(&loads.fast)) {
+            return Err(format!(
+                "13 slow: `{}` holds {:.2} kW of slow mining, guaranteed allocation {g:.2} kW, `{}` still mines",
+                node.id, loads.slow_kw[n], sim.site.miners[m].id
+            ));
         }
     }
     Ok(())

@@ -64,7 +64,7 @@ pub fn gen_site(seed: u64) -> String {
     let _ = writeln!(t, "[site]\nid = \"gen-{seed}\"\n");
     let _ = writeln!(
         t,
-        "[policy]\nseed = {}\nshed_margin_fraction = {:.3}\nallow_outlet_off = {}\nrestore_hold_s = {}\nrestore_step_interval_s = {}\nmin_off_s = {}\nmin_on_s = {}\nmax_sleep_cycles_per_hour = {}\nrestore_step_fraction = {:.3}\n",
+        "[policy]\nseed = {}\nshed_margin_fraction = {:.3}\nallow_outlet_off = {}\nrestore_hold_s = {}\nrestore_step_interval_s = {}\nmin_off_s = {}\nmin_on_s = {}\nmax_sleep_cycles_per_hour = {}\nrestore_step_fraction = {:.3}\nreserve_window_s = {}\ngpu_reserve = \"{}\"\n",
         r.random_range(0..1000u32),
         r.random_range(0.01..0.05),
         r.random_bool(0.8),
@@ -75,6 +75,9 @@ pub fn gen_site(seed: u64) -> String {
         r.random_range(2..=6u32),
         // Small racks need a larger step for one miner to fit in it.
         r.random_range(0.05..0.4f64),
+        // Short peak windows, so the traces reach trough filling.
+        r.random_range(60..=240u32),
+        if r.random_bool(0.8) { "measured" } else { "limits" },
     );
     // Racks first (their budgets size the rows and feeds).
     struct Rack {
@@ -316,6 +319,9 @@ pub struct PGpu {
     /// Swing frequency idle <-> cap, Hz (0: steady at `util`).
     pub swing_hz: f64,
     pub util: f64,
+    /// With `swing_hz` 0: the highest `util` within the last second (the meter's peak),
+    /// when it differs from `util`.
+    pub peak_util: Option<f64>,
 }
 
 /// Which inputs read stale (their readings stop advancing).
@@ -351,6 +357,8 @@ pub struct Sim {
     pub snap: Snapshot,
     /// Miner command latency, ms.
     pub latency_ms: u64,
+    /// Per miner: its own command latency, ms (a slow firmware), instead of `latency_ms`.
+    pub miner_latency_ms: Vec<Option<u64>>,
     pub steps: Vec<Step>,
     pub keep_steps: bool,
 }
@@ -387,6 +395,7 @@ impl Sim {
                     nvml: !no_nvml,
                     swing_hz: 0.0,
                     util: 0.3,
+                    peak_util: None,
                 }
             })
             .collect();
@@ -407,6 +416,7 @@ impl Sim {
         };
         let snap = Snapshot::empty(&site);
         let other_kw = vec![0.0; site.nodes.len()];
+        let n_miners = site.miners.len();
         Sim {
             site,
             topo,
@@ -419,6 +429,7 @@ impl Sim {
             other_kw,
             snap,
             latency_ms: 3_000,
+            miner_latency_ms: vec![None; n_miners],
             steps: Vec::new(),
             keep_steps: true,
         }
@@ -440,7 +451,12 @@ impl Sim {
         let p = &self.gpus[g];
         let cap = p.limits.enforced_w * p.count as f64;
         if p.swing_hz <= 0.0 {
-            return cap * p.util;
+            return cap
+                * if peak {
+                    p.peak_util.unwrap_or(p.util).max(p.util)
+                } else {
+                    p.util
+                };
         }
         if peak {
             return cap;
@@ -585,6 +601,7 @@ impl Sim {
         for a in actions {
             match a.device {
                 rackwarden::control::Device::Miner(i) => {
+                    let latency = self.miner_latency_ms[i].unwrap_or(self.latency_ms);
                     let pm = &mut self.miners[i];
                     match a.lever {
                         Lever::OutletOff => {
@@ -595,10 +612,10 @@ impl Sim {
                             pm.outlet_on = true;
                             pm.mode = MinerMode::Unknown;
                             pm.power_w = 0.0;
-                            pm.change = Some((self.now + self.latency_ms, Lever::OutletOn, 0.0));
+                            pm.change = Some((self.now + latency, Lever::OutletOn, 0.0));
                         }
                         l if !pm.ignores => {
-                            pm.change = Some((self.now + self.latency_ms, l, a.to_w));
+                            pm.change = Some((self.now + latency, l, a.to_w));
                         }
                         _ => {}
                     }

@@ -85,6 +85,35 @@ function drawAlerts(alerts) {
     `<li><span class="sev ${a.severity}">${esc(a.name)}</span>${esc(a.message)}</li>`).join("") || `<li class="muted">none since start</li>`;
 }
 
+// Energy per account for the latest day recorded (`/api/v1/energy`, by day): what each
+// tenant and mining drew, its 15-minute peak, and what had to be estimated.
+function drawEnergy(rows) {
+  if (!rows.length) return;
+  const last = rows.reduce((m, r) => Math.max(m, r.period_start_ms), 0);
+  const today = rows.filter((r) => r.period_start_ms === last);
+  $("energy").innerHTML = `<p class="muted">${esc(today[0].period.slice(0, 10))}</p>
+    <table><tr><th>account</th><th>kWh</th><th>peak kW</th><th>notes</th></tr>${today.map((r) => {
+      const notes = [];
+      if (r.estimated_kwh > 0) notes.push(`${fmt(r.estimated_kwh)} kWh estimated`);
+      if (r.resets) notes.push(`${r.resets} counter resets`);
+      if (r.missing_h > 0) notes.push(`${fmt(r.missing_h)} h missing`);
+      if (r.trough_kwh > 0) notes.push(`trough ${fmt(r.trough_kwh)} kWh`);
+      const curtailed = Object.values(r.curtailed_miner_h || {}).reduce((a, b) => a + b, 0);
+      if (curtailed > 0) notes.push(`${fmt(curtailed)} miner-h curtailed`);
+      return `<tr data-energy-account="${esc(r.account)}"><td>${esc(r.account)}</td>
+        <td data-field="kwh">${fmt(r.kwh)}</td><td data-field="peak_kw">${fmt(r.peak_kw)}</td><td>${esc(notes.join(", "))}</td></tr>`;
+    }).join("")}</table>`;
+}
+
+async function refreshEnergy() {
+  try {
+    // Since yesterday (UTC) only: the agent's clock may run a little ahead of this one.
+    const from = new Date(Date.now() - 86400000).toISOString().slice(0, 10);
+    const r = await fetch(`/api/v1/energy?by=day&from=${from}`, { cache: "no-store" });
+    if (r.ok) drawEnergy(await r.json());
+  } catch (e) { /* the status line already says when the agent does not answer */ }
+}
+
 async function refresh() {
   try {
     const r = await fetch("/api/v1/status", { cache: "no-store" });
@@ -115,3 +144,5 @@ async function refresh() {
 
 refresh();
 setInterval(refresh, 2000);
+refreshEnergy();
+setInterval(refreshEnergy, 10000);
