@@ -145,23 +145,24 @@ pub fn load(file: &Path) -> Result<Site, ConfigErrors> {
     Ok(site)
 }
 
-/// A file the agent reads that others on the host can read too.
+/// A secret file the agent reads that others on the host can read too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposure {
     pub path: PathBuf,
-    /// `site file`, `miner password file`, `gpu node token file`, `http token file`.
+    /// `miner password file`, `gpu node token file`, `http token file`.
     pub what: &'static str,
     /// Permission bits (`0o644`).
     pub mode: u32,
 }
 
-/// The site file and every secret file it names (miner password files, GPU node token
-/// files, the HTTP override token file) that group or others may read: the site file
-/// maps every breaker and miner of the site, the others hold credentials. Files that
-/// cannot be read are left to the code that reads them (it reports them as errors).
-/// [`load`] logs each as a warning; `check-config` and start-up both go through it.
-pub fn exposed_files(file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
-    let mut files: Vec<(PathBuf, &'static str)> = vec![(file.to_path_buf(), "site file")];
+/// Every secret file the site file names (miner password files, GPU node token files,
+/// the HTTP override token file) that group or others may read. The site file itself
+/// holds no secret (credentials are only ever named, by environment variable or file),
+/// so its own mode is the operator's choice and is not warned about. Files that cannot
+/// be read are left to the code that reads them (it reports them as errors). [`load`]
+/// logs each as a warning; `check-config` and start-up both go through it.
+pub fn exposed_files(_file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
+    let mut files: Vec<(PathBuf, &'static str)> = Vec::new();
     for m in &site.miners {
         if let Some(p) = m
             .credentials
