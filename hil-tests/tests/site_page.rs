@@ -1,8 +1,9 @@
 //! The live site page in a real browser: the example site simulated on loopback, the
 //! agent running live against it with its HTTP layer, and headless Chromium loading `/`.
 //! The figures the page shows must be those of `/api/v1/status` for the same decision
-//! (`?at_ms=` of the frame the page drew), and a screenshot is kept under
-//! `target/hil-output/site_page/` for a human to look at.
+//! (`?at_ms=` of the frame the page drew), the history charts (uPlot) must hold exactly
+//! the series of `/api/v1/history` for the window they drew, and a screenshot is kept
+//! under `target/hil-output/site_page/` for a human to look at.
 //!
 //! Needs Debian's `chromium` (installed by `.ci/run`). Without it the test fails and says
 //! so, unless `RACKWARDEN_SKIP_BROWSER=1`. The simulator, agent and HTTP server run in
@@ -124,6 +125,106 @@ fn figures_energy(dom: &str) -> BTreeMap<String, String> {
             Some((account.to_owned(), kwh.to_owned()))
         })
         .collect()
+}
+
+/// What the page's charts hold (`#chart-data`, written from each uPlot's own data).
+fn chart_data(dom: &str) -> Value {
+    let text = dom
+        .split("id=\"chart-data\"")
+        .nth(1)
+        .and_then(|s| s.split_once('>'))
+        .and_then(|(_, s)| s.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no #chart-data on the page: {dom}"));
+    let text = text
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("#chart-data: {e}: {text}"))
+}
+
+/// Every chart's series equal `/api/v1/history` for the same window: a chart per feed
+/// and row (measured, projected, budget, ceiling), the site's GPU against mining, and
+/// the miners curtailed with the sheds and restores as marks.
+fn charts_match_history(site: &rackwarden_config::Site, drawn: &Value, h: &Value) {
+    let points = h["t_ms"].as_array().unwrap().len();
+    assert!(points >= 3, "fewer than 3 samples in the history: {h}");
+    assert_eq!(drawn["points"].as_u64(), Some(points as u64));
+    let charts = drawn["charts"].as_object().unwrap();
+    let nodes = h["nodes"].as_array().unwrap();
+    let feeds_rows = site
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.kind,
+                rackwarden_config::NodeKind::Feed | rackwarden_config::NodeKind::Row
+            )
+        })
+        .count();
+    assert_eq!(charts.len(), feeds_rows + 2, "{:?}", charts.keys());
+    let mut series = 0;
+    // As numbers (JSON.stringify writes 456 where the API writes 456.0); null stays a gap.
+    let nums = |v: &Value| -> Vec<Option<f64>> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not a series: {v}"))
+            .iter()
+            .map(Value::as_f64)
+            .collect()
+    };
+    let mut same = |chart: &str, label: &str, api: &Value| {
+        let on_page = &charts
+            .get(chart)
+            .unwrap_or_else(|| panic!("no chart {chart}"))[label];
+        assert_eq!(nums(on_page), nums(api), "chart {chart}, series {label}");
+        series += 1;
+    };
+    for n in nodes {
+        let id = n["id"].as_str().unwrap();
+        if n["kind"] == "site" {
+            same("site:gpu-mining", "GPU", &n["gpu_kw"]);
+            same("site:gpu-mining", "mining", &n["mining_kw"]);
+            continue;
+        }
+        let chart = format!("node:{id}");
+        for (label, field) in [
+            ("measured", "measured_kw"),
+            ("projected", "projected_kw"),
+            ("budget", "budget_kw"),
+            ("ceiling", "ceiling_kw"),
+        ] {
+            same(&chart, label, &n[field]);
+        }
+    }
+    same("miners:curtailed", "curtailed", &h["miners_curtailed"]);
+    // Marks: a count where commands went out, nothing (null) elsewhere.
+    for (label, field) in [("sheds", "sheds"), ("restores", "restores")] {
+        let marks: Vec<Value> = h[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                if v.as_u64() > Some(0) {
+                    v.clone()
+                } else {
+                    Value::Null
+                }
+            })
+            .collect();
+        same("miners:curtailed", label, &Value::Array(marks));
+    }
+    assert_eq!(series, feeds_rows * 4 + 5);
+    // The feeds' charts carry real readings.
+    let metered = nodes
+        .iter()
+        .filter(|n| n["kind"] == "feed")
+        .flat_map(|n| n["measured_kw"].as_array().unwrap().iter())
+        .filter(|v| v.as_f64().is_some_and(|kw| kw > 10.0))
+        .count();
+    assert!(
+        metered >= points,
+        "feeds' measured series mostly empty: {h}"
+    );
 }
 
 fn shown(v: &Value) -> String {
@@ -287,7 +388,7 @@ fn site_page_shows_the_status_figures_in_chromium() {
                     &b,
                     &p,
                     &[
-                        "--window-size=1500,1100".into(),
+                        "--window-size=1500,2600".into(),
                         "--virtual-time-budget=3000".into(),
                         format!("--screenshot={}", shot.display()),
                         format!("{url}/"),
@@ -319,14 +420,27 @@ fn site_page_shows_the_status_figures_in_chromium() {
         let (_, live) = get(&format!("{base}/api/v1/status")).await;
         let live: Value = serde_json::from_str(&live).unwrap();
         std::fs::write(out.join("status.json"), &body).unwrap();
+        // The history the charts drew, by the last sample's time they hold.
+        let drawn = chart_data(&dump);
+        let to = drawn["to_ms"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("the charts hold no sample: {drawn}"));
+        let (code, body) = get(&format!("{base}/api/v1/history?minutes=60&to_ms={to}")).await;
+        assert_eq!(code, 200, "{body}");
+        std::fs::write(out.join("history.json"), &body).unwrap();
+        let history: Value = serde_json::from_str(&body).unwrap();
 
         cancel.cancel();
         let _ = agent.await;
         let _ = server.await;
         sim.shutdown().await;
-        ((status, live, dump, energy_before, energy_after), now)
+        (
+            (status, live, dump, energy_before, energy_after),
+            (now, drawn, history),
+        )
     });
-    let ((status, live, dump, energy_before, energy_after), _) = (status, at_ms);
+    let ((status, live, dump, energy_before, energy_after), (_, drawn, history)) = (status, at_ms);
+    charts_match_history(&site, &drawn, &history);
 
     // Every node's figures as shown equal the API's for that frame.
     let nodes = figures(&dump, "node");

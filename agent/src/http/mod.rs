@@ -2,6 +2,8 @@
 //! `/api/v1/status`, the live site page at `/`, and operator overrides.
 //!
 //! - `status.rs`: [`StatusHub`], what the control loop publishes for this layer.
+//! - `history.rs`: the bounded past of the site, feeds and rows behind the page's charts
+//!   and `/api/v1/history`.
 //! - `page/`: the site page (plain HTML/CSS/JS compiled into the binary, no build step).
 //!
 //! Overrides (`PUT`/`DELETE /api/v1/overrides/{miner|rack|unit}/{id}`) need
@@ -11,6 +13,7 @@
 //! raised as alerts and written (atomically) to `overrides.json` next to the state file,
 //! so a restart keeps them; the loop applies them from its next tick.
 
+pub mod history;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -144,6 +147,9 @@ impl HttpState {
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_CSS: &str = include_str!("page/page.css");
 const PAGE_JS: &str = include_str!("page/page.js");
+/// uPlot 1.6.32 (MIT, vendor/uplot/LICENSE), as published on the npm registry.
+const UPLOT_JS: &str = include_str!("page/vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("page/vendor/uplot/uPlot.min.css");
 
 /// Every route.
 pub fn router(state: HttpState) -> Router {
@@ -151,12 +157,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(index))
         .route("/page.css", get(page_css))
         .route("/page.js", get(page_js))
+        .route("/vendor/uplot/uPlot.iife.min.js", get(uplot_js))
+        .route("/vendor/uplot/uPlot.min.css", get(uplot_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status_doc))
         .route("/api/v1/overrides", get(list_overrides))
         .route("/api/v1/energy", get(energy_doc))
+        .route("/api/v1/history", get(history_doc))
         .route(
             "/api/v1/overrides/{kind}/{id}",
             put(set_override).delete(clear_override),
@@ -197,6 +206,20 @@ async fn page_css() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         PAGE_CSS,
+    )
+}
+
+async fn uplot_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        UPLOT_JS,
+    )
+}
+
+async fn uplot_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        UPLOT_CSS,
     )
 }
 
@@ -267,6 +290,31 @@ struct EnergyQuery {
     from: Option<String>,
     to: Option<String>,
     by: Option<crate::energy::report::By>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    /// Minutes back from the last sample (default 60, at most the span kept).
+    minutes: Option<u64>,
+    /// Last sample's site time to include (ms since the epoch); default the latest.
+    to_ms: Option<u64>,
+}
+
+/// `/api/v1/history?minutes=60[&to_ms=T]`: the charts' columns.
+async fn history_doc(State(s): State<HttpState>, Query(q): Query<HistoryQuery>) -> Response {
+    let minutes = q.minutes.unwrap_or(60);
+    let span_ms = minutes.saturating_mul(60_000);
+    if minutes == 0 || span_ms > history::SPAN_MS {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "minutes must be 1 to {} (the history kept)\n",
+                history::SPAN_MS / 60_000
+            ),
+        )
+            .into_response();
+    }
+    Json(s.hub.history(span_ms, q.to_ms)).into_response()
 }
 
 async fn energy_doc(State(s): State<HttpState>, Query(q): Query<EnergyQuery>) -> Response {

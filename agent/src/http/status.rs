@@ -22,6 +22,8 @@ use crate::control::{
 };
 use crate::metrics::{Labels, Metrics, PollClass};
 
+use super::history::{History, HistoryDoc, Point};
+
 /// Frames kept for `?at_ms=` (a few seconds of fast ticks even at high speed).
 const FRAMES: usize = 256;
 /// Recent alerts and actions kept for the status document and the page.
@@ -328,6 +330,8 @@ struct Inner {
     alerts: VecDeque<AlertRow>,
     actions: VecDeque<ActionRow>,
     role: Option<&'static str>,
+    /// The charts' past (`/api/v1/history`).
+    history: History,
     /// Per miner, refreshed on slow ticks (times change only with a confirmation).
     miner_times: Arc<Vec<MinerTimes>>,
     firmware_times: Vec<FirmwareTimesRow>,
@@ -377,6 +381,7 @@ impl StatusHub {
     pub fn set_site(&self, site: Arc<Site>, dry_run: bool, real_tick: Duration) {
         let layout = Arc::new(Layout::new(site));
         let mut g = lock(&self.inner);
+        g.history.set_site(&layout.site);
         g.layout = Some(layout);
         g.dry_run = dry_run;
         g.frames.clear();
@@ -867,6 +872,20 @@ impl StatusHub {
         mx.ready.set(if reasons.is_empty() { 1.0 } else { 0.0 });
 
         let mut g = lock(&self.inner);
+        if g.history.due(now) {
+            let n_curtailed = curtailed.len();
+            g.history.sample(now, n_curtailed, |i| {
+                let r = &node_rows[i];
+                Point {
+                    measured_kw: r.measured_kw,
+                    projected_kw: r.projected_kw,
+                    budget_kw: r.budget_kw,
+                    ceiling_kw: r.ceiling_kw,
+                    gpu_kw: r.gpu_kw,
+                    mining_kw: r.mining_kw,
+                }
+            });
+        }
         let zones = zone_rows
             .unwrap_or_else(|| g.frames.back().map(|f| f.zones.clone()).unwrap_or_default());
         if g.frames.len() == FRAMES {
@@ -909,6 +928,7 @@ impl StatusHub {
             ])
             .inc();
         let mut g = lock(&self.inner);
+        g.history.action(a.lever.is_shed());
         if let Device::Miner(i) = a.device {
             if a.lever.is_shed() {
                 g.why.insert(i, (a.reason, a.constraint.clone()));
@@ -953,6 +973,11 @@ impl StatusHub {
             zone: a.zone.clone(),
             device: a.device.clone(),
         });
+    }
+
+    /// The samples of the last `span_ms` up to `to_ms` (None: the latest) for the charts.
+    pub fn history(&self, span_ms: Millis, to_ms: Option<Millis>) -> HistoryDoc {
+        lock(&self.inner).history.doc(span_ms, to_ms)
     }
 
     /// The latest decision's clock (for alerts raised outside the loop).

@@ -740,3 +740,94 @@ async fn energy_api_reports_tenants_by_period_and_names_bad_queries() {
     assert!(body.contains("soon"), "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `/api/v1/history`: one sample per 10 s of site time from real decisions, with the
+/// same figures as the status rows at that decision; the page and uPlot are served;
+/// a bad window is 400.
+#[tokio::test]
+async fn history_samples_the_status_figures_and_serves_the_charts() {
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let r = router(state_without_token(hub.clone()));
+    // 95 s of decisions, one a second.
+    for s in 0..95u64 {
+        let now = 1_000_000 + s * 1000;
+        decide_into(&hub, &site, &full_snapshot(&site, now), now, Tick::Fast);
+    }
+    let (c, body) = call(&r, Method::GET, "/api/v1/history?minutes=60", None).await;
+    assert_eq!(c, StatusCode::OK, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let t: Vec<u64> = h["t_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(t.len(), 10, "{t:?}");
+    assert!(t.windows(2).all(|w| w[1] - w[0] == 10_000));
+    // The site, each feed and each row, in site order.
+    let followed: Vec<&str> = site
+        .nodes
+        .iter()
+        .filter(|n| !matches!(n.kind, rackwarden_config::NodeKind::Rack(_)))
+        .map(|n| n.id.as_str())
+        .collect();
+    let ids: Vec<&str> = h["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, followed);
+    // The last sample holds the status figures of its decision.
+    let last = *t.last().unwrap();
+    let (_, st) = call(
+        &r,
+        Method::GET,
+        &format!("/api/v1/status?at_ms={last}"),
+        None,
+    )
+    .await;
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    for n in h["nodes"].as_array().unwrap() {
+        let row = st["frame"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == n["id"])
+            .unwrap();
+        for f in [
+            "measured_kw",
+            "projected_kw",
+            "budget_kw",
+            "ceiling_kw",
+            "gpu_kw",
+            "mining_kw",
+        ] {
+            assert_eq!(n[f][9], row[f], "{} {f}", n["id"]);
+        }
+    }
+    // A window ending earlier.
+    let (_, early) = call(
+        &r,
+        Method::GET,
+        &format!("/api/v1/history?minutes=1&to_ms={}", t[4]),
+        None,
+    )
+    .await;
+    let early: serde_json::Value = serde_json::from_str(&early).unwrap();
+    assert_eq!(early["t_ms"].as_array().unwrap().last().unwrap(), t[4]);
+    for bad in ["minutes=0", "minutes=100000", "minutes=x"] {
+        let (c, _) = call(&r, Method::GET, &format!("/api/v1/history?{bad}"), None).await;
+        assert_eq!(c, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // The page loads uPlot from the agent itself, and uPlot is served with its type.
+    let (_, html) = call(&r, Method::GET, "/", None).await;
+    assert!(html.contains("/vendor/uplot/uPlot.iife.min.js") && html.contains("id=\"charts\""));
+    let (c, js) = call(&r, Method::GET, "/vendor/uplot/uPlot.iife.min.js", None).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(js.contains("uPlot"));
+    let (c, _) = call(&r, Method::GET, "/vendor/uplot/uPlot.min.css", None).await;
+    assert_eq!(c, StatusCode::OK);
+}

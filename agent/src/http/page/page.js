@@ -1,6 +1,8 @@
-// rackwarden site page: fetches /api/v1/status every 2 s and draws it. No build step,
-// no dependencies. Every figure carries data-node/data-zone and data-field attributes so
-// a test (and a curious operator) can match it against the API.
+// rackwarden site page: fetches /api/v1/status every 2 s and draws it, and the last hour
+// of /api/v1/history every 10 s as charts (uPlot, vendored under vendor/uplot with its
+// licence; no build step). Every figure carries data-node/data-zone and data-field
+// attributes so a test (and a curious operator) can match it against the API; the
+// charts' own data is written to #chart-data for the same reason.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -142,7 +144,112 @@ async function refresh() {
   }
 }
 
+// ---- History charts (uPlot) ----
+
+const charts = new Map(); // chart id -> uPlot
+let chartKey = "";
+
+// One chart per site, feed and row (measured, projected, budget, ceiling), the site's GPU
+// against mining, and the miners curtailed with the sheds and restores marked.
+function chartSpecs(h) {
+  const specs = [];
+  const site = h.nodes.find((n) => n.kind === "site");
+  for (const n of h.nodes) {
+    if (n.kind === "site") continue;
+    specs.push({
+      id: `node:${n.id}`, title: `${n.id} (${n.kind}), kW`,
+      series: [
+        { label: "measured", stroke: "#1f6feb", width: 2, values: n.measured_kw },
+        { label: "projected", stroke: "#8957e5", dash: [6, 4], values: n.projected_kw },
+        { label: "budget", stroke: "#d29922", values: n.budget_kw },
+        { label: "ceiling", stroke: "#cf222e", values: n.ceiling_kw },
+      ],
+    });
+  }
+  if (site) {
+    specs.push({
+      id: "site:gpu-mining", title: `${site.id}: GPU against mining, kW`,
+      series: [
+        { label: "GPU", stroke: "#2da44e", width: 2, fill: "rgba(45,164,78,0.12)", values: site.gpu_kw },
+        { label: "mining", stroke: "#bf8700", width: 2, fill: "rgba(191,135,0,0.12)", values: site.mining_kw },
+      ],
+    });
+  }
+  const marks = (v) => v.map((x) => (x > 0 ? x : null));
+  specs.push({
+    id: "miners:curtailed", title: "miners curtailed; sheds and restores sent (points)",
+    series: [
+      { label: "curtailed", stroke: "#57606a", width: 2, values: h.miners_curtailed },
+      { label: "sheds", stroke: "#cf222e", points: true, values: marks(h.sheds) },
+      { label: "restores", stroke: "#2da44e", points: true, values: marks(h.restores) },
+    ],
+  });
+  return specs;
+}
+
+function chartOpts(spec, width) {
+  return {
+    title: spec.title, width, height: 170,
+    scales: { x: { time: true } },
+    // UTC, as the header's decision time.
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+    legend: { live: false },
+    axes: [0, 1].map(() => ({ stroke: "#7d8b99", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" } })),
+    series: [{}].concat(spec.series.map((s) => ({
+      label: s.label, stroke: s.stroke, width: s.width || 1, dash: s.dash, fill: s.fill,
+      spanGaps: false,
+      ...(s.points ? { paths: () => null, points: { show: true, size: 7, fill: s.stroke } } : { points: { show: false } }),
+    }))),
+  };
+}
+
+function drawHistory(h) {
+  const xs = h.t_ms.map((t) => t / 1000);
+  const specs = chartSpecs(h);
+  const key = specs.map((s) => s.id).join("|");
+  const box = $("charts");
+  if (key !== chartKey) {
+    for (const u of charts.values()) u.destroy();
+    charts.clear();
+    box.innerHTML = "";
+    chartKey = key;
+  }
+  const width = Math.max(320, Math.min(900, box.clientWidth || 800));
+  const drawn = { to_ms: h.t_ms.length ? h.t_ms[h.t_ms.length - 1] : null, points: h.t_ms.length, charts: {} };
+  for (const spec of specs) {
+    const data = [xs].concat(spec.series.map((s) => s.values));
+    let u = charts.get(spec.id);
+    if (u) u.setData(data);
+    else {
+      const div = document.createElement("div");
+      div.className = "chart";
+      div.dataset.chart = spec.id;
+      box.appendChild(div);
+      u = new uPlot(chartOpts(spec, width), data, div);
+      charts.set(spec.id, u);
+    }
+    // What the chart holds, series by series (uPlot's own data).
+    const held = {};
+    u.series.forEach((s, i) => { if (i > 0) held[s.label] = u.data[i]; });
+    drawn.charts[spec.id] = held;
+  }
+  $("chart-data").textContent = JSON.stringify(drawn);
+  document.body.dataset.charts = String(specs.length);
+}
+
+async function refreshHistory() {
+  try {
+    const r = await fetch("/api/v1/history?minutes=60", { cache: "no-store" });
+    if (r.ok) {
+      const h = await r.json();
+      if (h.t_ms.length) drawHistory(h);
+    }
+  } catch (e) { /* the status line already says when the agent does not answer */ }
+}
+
 refresh();
 setInterval(refresh, 2000);
+refreshHistory();
+setInterval(refreshHistory, 10000);
 refreshEnergy();
 setInterval(refreshEnergy, 10000);
