@@ -24,3 +24,16 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.with_target(false).try_init(),
     };
 }
+
+/// Installs the global subscriber writing text logs, without colour codes, to a new file
+/// at `path` (truncated). `rackwarden demo` keeps its terminal for the timeline this way.
+pub fn init_file(path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}

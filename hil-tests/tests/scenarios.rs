@@ -442,6 +442,49 @@ fn the_readme_demo_runs_and_summarises() {
             .unwrap()
     };
     assert!(out.contains("demo summary"), "{out}");
+    // The terminal is the timeline (issue 18): short enough to read, no raw log lines,
+    // no colour codes, no warning about the files the demo made.
+    let lines = d.lines();
+    assert!(
+        lines.len() < 60,
+        "{} lines on the terminal\n{out}",
+        lines.len()
+    );
+    for l in &lines {
+        assert!(
+            !l.contains('\u{1b}') && !l.contains(" WARN ") && !l.contains("rackwarden::"),
+            "a log line on the terminal: {l}"
+        );
+    }
+    let shed_line = lines
+        .iter()
+        .find(|l| l.contains(" SHED ") && l.contains("why: "))
+        .unwrap_or_else(|| panic!("no SHED line with its reason\n{out}"));
+    assert!(shed_line.contains("mine-a"), "{shed_line}");
+    let feed_lines = lines
+        .iter()
+        .filter(|l| l.contains(" feeds ") && l.contains("% of B") && l.contains("% of H"))
+        .count();
+    assert!(
+        feed_lines >= 8,
+        "a feed line a simulated minute: {feed_lines}\n{out}"
+    );
+    // The logs went to the file named at the start and at the end.
+    let named: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("agent logs: "))
+        .map(|l| l.split(" (").next().unwrap_or(l))
+        .collect();
+    assert_eq!(named.len(), 2, "log file named at start and end\n{out}");
+    assert_eq!(named[0], named[1]);
+    let log = std::fs::read_to_string(named[0]).unwrap();
+    assert!(
+        log.lines().count() > 100 && log.contains("alert") && !log.contains('\u{1b}'),
+        "log file {}: {} lines",
+        named[0],
+        log.lines().count()
+    );
+    let _ = std::fs::remove_file(named[0]);
     let shed = field("miners shed:");
     let restored = field("miners restored:");
     assert!(shed > 0 && restored > 0, "shed {shed}, restored {restored}");

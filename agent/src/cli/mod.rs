@@ -90,9 +90,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // `run` logs in the site file's format unless the command line says otherwise.
+    // `run` logs in the site file's format unless the command line says otherwise; the
+    // demo logs to a file unless `--verbose` (its terminal holds the timeline).
     let explicit = cli.log_format.is_some();
-    if explicit || !matches!(cli.command, Command::Run(_)) {
+    if !matches!(cli.command, Command::Run(_) | Command::Demo(_)) || explicit {
         crate::logging::init(cli.log_format.map_or(LogFormat::Text, Into::into));
     }
     match cli.command {
@@ -101,7 +102,7 @@ pub fn main() -> ExitCode {
         Command::Probe { config } => probe::run(&config),
         Command::Run(args) => run::run(args, explicit),
         Command::Sim(args) => sim::run(args),
-        Command::Demo(args) => demo::run(args),
+        Command::Demo(args) => demo::run(args, explicit),
         Command::Energy(args) => energy::run(&args),
         Command::Journal(args) => journal::run_journal(&args),
         Command::State(args) => journal::run_state(&args),
