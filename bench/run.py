@@ -439,10 +439,10 @@ def fig_scan(args, rows):
         walls.sort()
         med = walls[len(walls) // 2]
         ok = all(f == 188 for f in found)
-        rows.append(row("scan: 1,024 addresses, 188 miners (wall, median)", med, "s", goal="<= 5 s, all 188 found",
-                        met=med <= 5.0 and ok,
-                        note=f"{len(walls)} runs, {walls[0]:.2f}-{walls[-1]:.2f} s; miners found per run: {found}; "
-                             "default concurrency 256 and timeout 1000 ms"))
+        rows.append(row("scan: 1,024 addresses, 188 miners (wall, median)", med * 1000, "ms",
+                        goal="<= 5000 ms, all 188 found", met=med <= 5.0 and ok,
+                        note=f"{len(walls)} runs, {walls[0] * 1000:.0f}-{walls[-1] * 1000:.0f} ms; miners found per "
+                             f"run: {found}; whole process; default concurrency 256 and timeout 1000 ms"))
     finally:
         if sim is not None:
             sim.terminate()
