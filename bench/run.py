@@ -3,7 +3,7 @@
 
 Run through bench/run.sh (which builds in release mode and sets up the pyasic venv):
 
-    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal] [--json FILE]
+    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal,scan] [--json FILE]
 
 Every figure runs on loopback (127.0.0.0/8) against the project's simulators, each in a
 child process bounded in time. Figures:
@@ -24,7 +24,9 @@ child process bounded in time. Figures:
      with gpu_reserve = "limits" and "measured": mining energy against the ideal, sleep
      cycles, GPU caps, excursions above B, worst case against H (agent/examples/bench_policy.rs);
   7. journal: `rackwarden journal --since 1h` on a 90-day journal of the example site
-     (built through the agent's commit path by agent/examples/bench_journal.rs).
+     (built through the agent's commit path by agent/examples/bench_journal.rs);
+  8. scan: `rackwarden scan` over 1,024 loopback addresses holding the example site's 188
+     simulated miners (served by `rackwarden sim`): wall time, median of 5 runs.
 """
 
 import argparse
@@ -42,7 +44,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+REL = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -409,6 +411,49 @@ def fig_journal(args, rows):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fig_scan(args, rows):
+    """`rackwarden scan` over 1,024 loopback addresses (8 x /25, a /28 and a /31) holding
+    the example site's 188 miners, six firmwares, served by `rackwarden sim`."""
+    exe = os.path.join(REL, "rackwarden")
+    tmp = tempfile.mkdtemp(prefix="rackwarden-bench-scan-")
+    sim = None
+    try:
+        shutil.copy(os.path.join(ROOT, "examples", "site.toml"), tmp)
+        shutil.copy(os.path.join(ROOT, "examples", "gpu-node.token"), tmp)
+        sim_log = os.path.join(tmp, "sim.log")
+        with open(sim_log, "w") as so:
+            sim = subprocess.Popen([exe, "--log-format", "json", "sim", "--config", os.path.join(tmp, "site.toml"),
+                                    "--scenario", "steady"], stdout=so, stderr=subprocess.STDOUT, cwd=tmp)
+        if not wait_for(sim_log, "sim.started", sim, 120):
+            raise RuntimeError("simulator did not start: " + open(sim_log).read()[-600:])
+        nets = [f"127.1.{n}.0/25" for n in range(1, 9)] + ["127.1.9.0/28", "127.1.9.16/31"]
+        walls, found = [], []
+        for _ in range(3 if args.quick else 5):
+            t = time.monotonic()
+            r = subprocess.run([exe, "scan", *nets], capture_output=True, text=True, timeout=120)
+            walls.append(time.monotonic() - t)
+            if r.returncode != 0:
+                raise RuntimeError(f"scan exited {r.returncode}: {r.stderr[-600:]}")
+            found.append(r.stdout.count("[[miners]]"))
+            print(f"  {walls[-1]:.2f} s, {found[-1]} miners; {r.stderr.strip()}", flush=True)
+        walls.sort()
+        med = walls[len(walls) // 2]
+        ok = all(f == 188 for f in found)
+        rows.append(row("scan: 1,024 addresses, 188 miners (wall, median)", med * 1000, "ms",
+                        goal="<= 5000 ms, all 188 found", met=med <= 5.0 and ok,
+                        note=f"{len(walls)} runs, {walls[0] * 1000:.0f}-{walls[-1] * 1000:.0f} ms; miners found per "
+                             f"run: {found}; whole process; default concurrency 256 and timeout 1000 ms"))
+    finally:
+        if sim is not None:
+            sim.terminate()
+            try:
+                sim.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def fmt(v, digits=1):
     if v is None:
         return "-"
@@ -451,7 +496,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="miners,modbus,decide,reaction,site,policy,journal")
+    ap.add_argument("--only", default="miners,modbus,decide,reaction,site,policy,journal,scan")
     ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "bench.json"))
     ap.add_argument("--python-pyasic", default=None, help="python of a venv with pyasic")
@@ -464,7 +509,7 @@ def main():
     rows = []
     figs = {"miners": fig_miners, "modbus": fig_modbus, "decide": fig_decide,
             "reaction": fig_reaction, "site": fig_site, "policy": fig_policy,
-            "journal": fig_journal}
+            "journal": fig_journal, "scan": fig_scan}
     for name in args.only.split(","):
         try:
             print(f"== {name}", flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rackwarden's benchmark, one command from a clean checkout:
-#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal]
+#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal,scan]
 # Builds in release mode, puts pyasic and pymodbus into a virtual environment under
 # target/bench/venv (from the package registry, once), then runs bench/run.py, which
 # prints one table and writes target/bench/bench.json. Loopback only; every step is
@@ -8,7 +8,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `--only scan` needs the binary alone: no examples, no Python peers.
+only_scan=0
+prev=""
+for a in "$@"; do
+    case "$prev:$a" in
+        --only:scan | *:--only=scan) only_scan=1 ;;
+    esac
+    prev=$a
+done
+
 echo "== build (release)"
+if [ "$only_scan" = 1 ]; then
+    timeout 3600 cargo build --release --locked -p rackwarden --bin rackwarden
+    exec timeout 600 python3 bench/run.py "$@"
+fi
 timeout 3600 cargo build --release --locked -p rackwarden --bin rackwarden \
     --example bench_decide --example bench_reaction --example bench_policy --example bench_journal
 timeout 3600 cargo build --release --locked -p rackwarden-protocols \

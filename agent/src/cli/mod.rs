@@ -10,6 +10,7 @@ mod gpu_node;
 pub mod journal;
 mod probe;
 pub mod run;
+pub mod scan;
 pub mod sim;
 
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ pub enum Command {
     Journal(journal::JournalArgs),
     /// The control intent in force: curtailed miners, levers, since when, why.
     State(journal::StateArgs),
+    /// Find miners on networks and print them as site-file TOML (`[[miners]]`).
+    Scan(scan::ScanArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -106,5 +109,6 @@ pub fn main() -> ExitCode {
         Command::Energy(args) => energy::run(&args),
         Command::Journal(args) => journal::run_journal(&args),
         Command::State(args) => journal::run_state(&args),
+        Command::Scan(args) => scan::run(&args),
     }
 }

@@ -12,6 +12,7 @@ pub mod client;
 mod drivers;
 pub mod http;
 pub mod reply;
+pub mod scan;
 pub mod secret;
 pub mod sim;
 pub mod telemetry;

@@ -314,6 +314,34 @@ impl SimMiner {
         }
     }
 
+    /// This miner's MAC: locally administered (`02:...`), derived from its id so every
+    /// simulated miner has its own and keeps it across runs.
+    pub fn mac(&self) -> [u8; 6] {
+        // FNV-1a over the id.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.spec.id.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        [0x02, b[3], b[4], b[5], b[6], b[7]]
+    }
+
+    /// [`SimMiner::mac`] as `aa:bb:cc:dd:ee:ff` (`upper`: as btminer writes it).
+    pub fn mac_text(&self, upper: bool) -> String {
+        let s = self
+            .mac()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        if upper {
+            s.to_ascii_uppercase()
+        } else {
+            s
+        }
+    }
+
     fn scaled(&self, secs: f64) -> Duration {
         Duration::from_secs_f64((secs / self.time_scale).max(0.0))
     }
@@ -619,6 +647,16 @@ fn answer(m: &SimMiner, req: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The model a simulated bmminer-family miner reports (`Type` of `version` and `stats`).
+/// Vnish appends its name and version, as its REST summary's `miner_type` does.
+fn sim_model(fw: Firmware) -> &'static str {
+    match fw {
+        Firmware::Luxos => "Antminer S19k Pro",
+        Firmware::Vnish => "Antminer S19 Pro (Vnish 1.2.5)",
+        _ => "Antminer S19 Pro",
+    }
+}
+
 fn cg_obj(status: Value, section: Option<(&str, Value)>) -> String {
     let mut o = serde_json::Map::new();
     o.insert("STATUS".into(), status);
@@ -667,11 +705,7 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
             ok(11, "Summary", Some(("SUMMARY", json!([s]))))
         }
         (Firmware::AntminerStock | Firmware::Vnish | Firmware::Luxos, "stats") => {
-            let model = if fw == Firmware::Luxos {
-                "Antminer S19k Pro"
-            } else {
-                "Antminer S19 Pro"
-            };
+            let model = sim_model(fw);
             let head = json!({"BMMiner": "1.0.0", "Miner": "49.0.1.3", "CompileTime": "Tue Dec  6 16:12:30 CST 2022", "Type": model});
             let on = mode == MinerMode::Mining;
             let (fan, t) = if on { (6000, 73) } else { (1200, 35) };
@@ -696,15 +730,40 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
             )
             .into_bytes()
         }
-        (
-            Firmware::AntminerStock | Firmware::Vnish | Firmware::Luxos | Firmware::Braiins,
-            "version",
-        ) => ok(
+        // LuxOS and stock bmminer as in the fixtures (luxos_version.json,
+        // antminer-s19pro-stock_version.json); Vnish's `Type` names it.
+        (Firmware::Luxos, "version") => ok(
+            22,
+            "LUXminer versions",
+            Some((
+                "VERSION",
+                json!([{"API": "3.7", "CompileTime": "Tue Apr  8 22:05:35 UTC 2025", "LUXminer": "2025.4.8.220305-57b389c7", "Miner": "2025.4.8.220305", "Type": sim_model(fw)}]),
+            )),
+        ),
+        // BOSminer's `version` names the software only; the model is in `devdetails`
+        // (where pyasic reads it, with a `Bitmain ` prefix).
+        (Firmware::Braiins, "version") => ok(
+            22,
+            "BOSminer versions",
+            Some((
+                "VERSION",
+                json!([{"API": "3.7", "BOSminer": "0.2.0-ea64aec8e"}]),
+            )),
+        ),
+        (Firmware::Braiins, "devdetails") => ok(
+            69,
+            "Device Details",
+            Some((
+                "DEVDETAILS",
+                json!([6, 7, 8].iter().enumerate().map(|(i, id)| json!({"DEVDETAILS": i, "Name": "Hashchain", "ID": id, "Driver": "bitmain", "Kernel": "", "Model": "Bitmain Antminer S19 Pro"})).collect::<Vec<_>>()),
+            )),
+        ),
+        (Firmware::AntminerStock | Firmware::Vnish, "version") => ok(
             22,
             "CGMiner versions",
             Some((
                 "VERSION",
-                json!([{"API": "3.1", "Miner": "49.0.1.3", "Type": "Antminer S19 Pro"}]),
+                json!([{"API": "3.1", "BMMiner": "1.0.0", "CompileTime": "Tue Dec  6 16:12:30 CST 2022", "Miner": "49.0.1.3", "Type": sim_model(fw)}]),
             )),
         ),
         (Firmware::Braiins, "tunerstatus") => ok(
@@ -755,7 +814,8 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 "CONFIG",
                 json!([{
                     "CurtailMode": if mode == MinerMode::Mining { "None" } else { "Sleep" },
-                    "Profile": profile, "Model": "Antminer S19k Pro", "OS": "LuxOS", "IsTuning": true
+                    "Profile": profile, "Model": "Antminer S19k Pro", "OS": "LuxOS", "IsTuning": true,
+                    "MACAddr": m.mac_text(false), "NameplateTHS": 121.8
                 }]),
             )),
         ),
@@ -852,7 +912,7 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
             "CGMiner versions",
             Some((
                 "VERSION",
-                json!([{"CGMiner": "4.11.1", "API": "3.7", "PROD": "AvalonMiner 1246", "MODEL": "1246", "MM": "21082601_4ec6bb0"}]),
+                json!([{"CGMiner": "4.11.1", "API": "3.7", "STM8": "20.08.01", "PROD": "AvalonMiner 1246", "MODEL": "1246", "HWTYPE": "MM3v2_X3", "SWTYPE": "MM314", "VERSION": "21082601_4ec6bb0_61407fa", "LOADER": "d0d779de.00", "DNA": "020100008c699117", "MAC": m.mac_text(false).replace(':', ""), "UPAPI": "2"}]),
             )),
         ),
         (Firmware::Avalon, "ascset") => {
@@ -914,7 +974,7 @@ fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
                 "Elapsed": elapsed, "MHS av": hr * 1.0e6, "HS RT": hr * 1.0e6, "Power": power.round(),
                 "Power Limit": target.round(), "Chip Temp Max": 81.0, "Chip Temp Avg": 72.5,
                 "Fan Speed In": 5400, "Fan Speed Out": 5280, "Env Temp": 28.5, "Power Mode": "Normal",
-                "Uptime": elapsed
+                "Uptime": elapsed, "MAC": m.mac_text(true)
             });
             // btminer v1/v2 sends a trailing comma before the closing brace.
             let mut text = json!({"STATUS": status("S", 11, "Summary", "cgminer 4.9.2"), "SUMMARY": [s], "id": 1}).to_string();
@@ -923,6 +983,16 @@ fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
                 text.push_str(",}");
             }
             return text.into_bytes();
+        }
+        // cgminer's `devdetails` (code 69) with btminer's driver name and model code,
+        // the fields pyasic reads to name a Whatsminer (`DEVDETAILS[0].Model`).
+        "devdetails" => {
+            let boards: Vec<Value> = (0..3)
+                .map(|i| json!({"DEVDETAILS": i, "Name": "SM", "ID": i, "Driver": "bitmicro", "Kernel": "", "Model": "M30S+VE40"}))
+                .collect();
+            return json!({"STATUS": status("S", 69, "Device Details", "cgminer 4.9.2"), "DEVDETAILS": boards, "id": 1})
+                .to_string()
+                .into_bytes();
         }
         "status" => wm_flat(
             "S",
