@@ -998,6 +998,13 @@ fn http_url(url: &str) -> Result<String, String> {
     if host.is_empty() || url.chars().any(char::is_whitespace) {
         return Err(format!("`{url}` has no host (http://host:port)"));
     }
+    if host.contains('@') {
+        // Shown in check-config and in every failure log line.
+        return Err(
+            "credentials in the URL would be logged with it: give the webhook a token file (webhook_token_file)"
+                .to_owned(),
+        );
+    }
     // `host:port` or `[v6]:port`: a port, where given, is a number 1..=65535.
     let port = match host.rsplit_once(']') {
         Some((_, after)) => after.strip_prefix(':'),
