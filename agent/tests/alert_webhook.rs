@@ -360,3 +360,50 @@ async fn a_slow_receiver_never_blocks_the_caller_and_a_full_queue_drops() {
     wait_until(&hook, 10, "the queued alerts", |a| !a.is_empty()).await;
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_exit_what_waits_gets_one_last_bounded_send() {
+    let _g = SERIAL.lock().await;
+    let hook = Hook::default();
+    let url = receiver(hook.clone()).await;
+    let metrics = Metrics::new();
+    let d = deliver::start(&config(&url, None, 64), "test-site", &metrics).unwrap();
+    let lost = Alert {
+        zone: None,
+        device: Some("mgmt-a".to_owned()),
+        ..alert(
+            alerts::HA_LEADER_LOST,
+            Severity::Critical,
+            "",
+            "mgmt-a stops acting",
+        )
+    };
+    alerts::log(&lost, 0);
+    d.finish(Duration::from_secs(3)).await;
+    let got = received(&hook);
+    assert!(
+        got.iter()
+            .any(|v| v["alert"] == "ha.leader.lost" && v["device"] == "mgmt-a"),
+        "{got:#?}"
+    );
+    // Stopped: nothing more is offered or sent.
+    alerts::log(&lost, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(received(&hook).len(), got.len());
+
+    // A receiver that holds every answer 5 s: the exit waits 1 s, no more.
+    let slow = Hook {
+        delay: Duration::from_secs(5),
+        ..Hook::default()
+    };
+    let url = receiver(slow.clone()).await;
+    let d = deliver::start(&config(&url, None, 64), "test-site", &metrics).unwrap();
+    alerts::log(&lost, 0);
+    let t0 = Instant::now();
+    d.finish(Duration::from_secs(1)).await;
+    let took = t0.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(1500)).contains(&took),
+        "finish took {took:?}"
+    );
+}

@@ -500,7 +500,21 @@ pub fn offer(a: &Alert) {
 /// Delivery running: the tasks stop and [`offer`] goes quiet when it drops.
 pub struct Delivery {
     cancel: CancellationToken,
+    /// Asks the tasks for a last send of what waits ([`Delivery::finish`]).
+    drain: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     queues: Arc<Vec<Queue>>,
+}
+
+impl Delivery {
+    /// At exit: each receiver gets one last attempt at what waits (alerts raised while
+    /// stopping, such as `ha.leader.lost`, resolved notices not sent yet), for at most
+    /// `within`; then everything stops.
+    pub async fn finish(mut self, within: Duration) {
+        self.drain.cancel();
+        let tasks = std::mem::take(&mut self.tasks);
+        let _ = tokio::time::timeout(within, futures::future::join_all(tasks)).await;
+    }
 }
 
 impl Drop for Delivery {
@@ -583,6 +597,8 @@ pub fn start(
         targets.push((Kind::Webhook, u.clone(), token));
     }
     let cancel = CancellationToken::new();
+    let drain = CancellationToken::new();
+    let mut tasks = Vec::new();
     let min = severity_of(cfg.min_severity);
     let resend_ms = cfg.resend_interval_s.saturating_mul(1000);
     let mut queues = Vec::new();
@@ -625,13 +641,26 @@ pub fn start(
         let set = ActiveSet::new(resend_ms, min);
         // Retries: 1 s, doubling, at most a resend interval (and 30 s).
         let outbox = Outbox::new(cfg.queue_capacity, 1000, resend_ms.clamp(1000, 30_000));
-        tokio::spawn(run_receiver(rx, set, outbox, target, stats, cancel.clone()));
+        tasks.push(tokio::spawn(run_receiver(
+            rx,
+            set,
+            outbox,
+            target,
+            stats,
+            cancel.clone(),
+            drain.clone(),
+        )));
     }
     let queues = Arc::new(queues);
     *SINK
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(queues.clone());
-    Ok(Delivery { cancel, queues })
+    Ok(Delivery {
+        cancel,
+        drain,
+        tasks,
+        queues,
+    })
 }
 
 async fn run_receiver(
@@ -641,6 +670,7 @@ async fn run_receiver(
     target: Target,
     stats: Stats,
     cancel: CancellationToken,
+    drain: CancellationToken,
 ) {
     let push = |out: &mut Outbox, notices: Vec<Notice>| {
         for n in notices {
@@ -713,6 +743,37 @@ async fn run_receiver(
                 }
             }
             () = tokio::time::sleep(wake) => {}
+            () = drain.cancelled() => {
+                let now = unix_ms();
+                while let Ok(a) = rx.try_recv() {
+                    push(&mut out, set.offer(&a, now));
+                }
+                if !out.is_empty() {
+                    let batch = out.batch(MAX_BATCH);
+                    let r = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = target.post(&batch) => r,
+                    };
+                    match r {
+                        Ok(()) => {
+                            stats.sent.inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+                        }
+                        Err(e) => {
+                            stats.failed.inc();
+                            warn!(
+                                event = "alert.delivery.failed",
+                                receiver = target.kind.name(),
+                                url = %target.url,
+                                error = %e,
+                                pending = out.len(),
+                                "alert delivery to {} failed at exit: {e}",
+                                target.url
+                            );
+                        }
+                    }
+                }
+                return;
+            }
         }
     }
 }

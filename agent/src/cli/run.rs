@@ -110,7 +110,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
     }
     // ---- issue 18: alert delivery lives across reloads too (the alerts it holds active
     // stay so); a changed `[alerts]` section takes a restart.
-    let _alert_delivery = match &site.alerts {
+    let mut alert_delivery = match &site.alerts {
         Some(cfg) => match alerts::deliver::start(cfg, &site.id, &hub.metrics) {
             Ok(d) => Some(d),
             Err(e) => {
@@ -162,6 +162,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 r = &mut task => {
                     let code = finished(r);
                     stop_ha().await;
+                    finish_alerts(alert_delivery.take()).await;
                     return code;
                 }
                 _ = hup.recv() => match rackwarden_config::load(&args.config) {
@@ -221,9 +222,17 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 );
                 let code = finished(r);
                 stop_ha().await;
+                finish_alerts(alert_delivery.take()).await;
                 return code;
             }
         }
+    }
+}
+
+/// At exit, a last bounded send of the alerts waiting for delivery (`[alerts]`).
+async fn finish_alerts(d: Option<alerts::deliver::Delivery>) {
+    if let Some(d) = d {
+        d.finish(std::time::Duration::from_secs(2)).await;
     }
 }
 
