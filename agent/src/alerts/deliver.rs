@@ -213,14 +213,19 @@ impl ActiveSet {
         out
     }
 
-    /// The active alerts whose last send is a resend interval old, with `endsAt` moved
-    /// ahead.
-    pub fn due(&mut self, now: u64) -> Vec<Notice> {
+    /// The active alerts whose last send is a resend interval old (at most `max`, the
+    /// longest waiting first; the others stay due), with `endsAt` moved ahead.
+    pub fn due(&mut self, now: u64, max: usize) -> Vec<Notice> {
         let ends = self.ends(now);
         let resend = self.resend_ms;
-        self.active
+        let mut due: Vec<&mut Entry> = self
+            .active
             .values_mut()
             .filter(|e| now.saturating_sub(e.last_sent) >= resend)
+            .collect();
+        due.sort_by_key(|e| e.last_sent);
+        due.into_iter()
+            .take(max)
             .map(|e| {
                 e.last_sent = now;
                 e.notice.ends_at = ends;
@@ -290,6 +295,11 @@ impl Outbox {
 
     pub fn len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// How many more alerts it takes.
+    pub fn room(&self) -> usize {
+        self.cap.saturating_sub(self.pending.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -681,7 +691,10 @@ async fn run_receiver(
     };
     loop {
         let now = unix_ms();
-        push(&mut out, set.due(now));
+        // Re-sends take only the outbox's free room: with more active alerts than it
+        // holds they go out over several requests instead of being dropped.
+        let room = out.room();
+        push(&mut out, set.due(now, room));
         #[allow(clippy::cast_precision_loss)] // a count of alerts
         stats.active.set(set.len() as f64);
         if out.ready(now) {
@@ -725,7 +738,9 @@ async fn run_receiver(
             }
             continue;
         }
-        let wake = [set.next_due(), out.next_attempt()]
+        // A full outbox waits for its next attempt, not for re-sends it has no room for.
+        let resend = (out.room() > 0).then(|| set.next_due()).flatten();
+        let wake = [resend, out.next_attempt()]
             .into_iter()
             .flatten()
             .min()
@@ -823,13 +838,13 @@ mod tests {
         assert_eq!(out[0].resolved_by, Some(c::POWER_BUDGET_RESTORED));
         assert_eq!(s.len(), 1);
         // Not due before an interval has passed, due once it has.
-        assert!(s.due(t0 + MIN - 1).is_empty());
+        assert!(s.due(t0 + MIN - 1, usize::MAX).is_empty());
         assert_eq!(s.next_due(), Some(t0 + MIN));
-        let again = s.due(t0 + MIN);
+        let again = s.due(t0 + MIN, usize::MAX);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].starts_at, t0);
         assert_eq!(again[0].ends_at, t0 + 5 * MIN);
-        assert!(s.due(t0 + MIN + 10).is_empty());
+        assert!(s.due(t0 + MIN + 10, usize::MAX).is_empty());
         // The counterpart for another node resolves nothing.
         let other = alert(c::POWER_BUDGET_RESTORED, Severity::Info, Some("feed-b"));
         assert!(s.offer(&other, t0 + MIN + 20).is_empty());
@@ -847,7 +862,37 @@ mod tests {
         assert_eq!(r.message, back.message);
         assert!(s.is_empty());
         assert_eq!(s.next_due(), None);
-        assert!(s.due(t0 + 10 * MIN).is_empty());
+        assert!(s.due(t0 + 10 * MIN, usize::MAX).is_empty());
+    }
+
+    #[test]
+    fn resends_take_only_the_room_given_longest_waiting_first() {
+        let mut s = ActiveSet::new(MIN, Severity::Warning);
+        for (t, node) in [(3, "c"), (1, "a"), (2, "b")] {
+            s.offer(
+                &alert(c::POWER_BUDGET_SHED, Severity::Warning, Some(node)),
+                t,
+            );
+        }
+        let now = 10 + MIN;
+        assert!(s.due(now, 0).is_empty());
+        let first: Vec<_> = s
+            .due(now, 2)
+            .into_iter()
+            .map(|n| n.key.node.unwrap())
+            .collect();
+        assert_eq!(first, ["a", "b"]);
+        // The third is still due (and the first two are not).
+        assert_eq!(s.next_due(), Some(3 + MIN));
+        let rest = s.due(now, 5);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].key.node.as_deref(), Some("c"));
+        assert_eq!(rest[0].ends_at, now + 4 * MIN);
+        assert!(s.due(now, 5).is_empty());
+        let mut o = Outbox::new(3, 1000, 1000);
+        assert_eq!(o.room(), 3);
+        o.push(rest[0].clone());
+        assert_eq!(o.room(), 2);
     }
 
     #[test]
@@ -886,7 +931,7 @@ mod tests {
         assert_eq!(out[0].resolved_by, None);
         assert_eq!(out[0].ends_at, 10 + 4 * MIN);
         assert!(s.is_empty());
-        assert!(s.due(10 + 100 * MIN).is_empty());
+        assert!(s.due(10 + 100 * MIN, usize::MAX).is_empty());
     }
 
     #[test]
