@@ -92,6 +92,12 @@ pub struct Metrics {
     pub decisions: Family<Labels, Counter>,
     pub actions: Family<Labels, Counter>,
     pub alerts: Family<Labels, Counter>,
+    /// Issue 18, `[alerts]`: notices a receiver took, failed sends, dropped notices and
+    /// the alerts held active, by receiver.
+    pub alert_notifications_sent: Family<Labels, Counter>,
+    pub alert_send_failures: Family<Labels, Counter>,
+    pub alert_notifications_dropped: Family<Labels, Counter>,
+    pub alerts_active: Family<Labels, GaugeF>,
     /// Energy per account (tenant, `mining`, `site`), kWh, from the PDUs' counters.
     pub energy_kwh: Family<Labels, Counter<f64, AtomicU64>>,
     pub host_cpu_usage_ratio: GaugeF,
@@ -303,6 +309,23 @@ impl Metrics {
             alerts: reg_counter!(
                 "alerts",
                 "Alerts raised by name and severity"
+            ),
+            alert_notifications_sent: reg_counter!(
+                "alert_notifications_sent",
+                "With [alerts]: alert notices (firing, re-sent, resolved) a receiver accepted, by receiver"
+            ),
+            alert_send_failures: reg_counter!(
+                "alert_send_failures",
+                "With [alerts]: requests to a receiver that failed (refused, timed out, non-2xx); retried with backoff"
+            ),
+            alert_notifications_dropped: reg_counter!(
+                "alert_notifications_dropped",
+                "With [alerts]: alert notices dropped by receiver and reason (queue_full, backlog_full)"
+            ),
+            alerts_active: reg!(
+                "alerts_active",
+                "With [alerts]: alerts held firing for a receiver (re-sent until their counterpart arrives)",
+                Family::default()
             ),
             energy_kwh: {
                 let m: Family<Labels, Counter<f64, AtomicU64>> = Family::default();

@@ -145,6 +145,36 @@ fn an_ha_section_is_summarised_with_its_defaults() {
 }
 
 #[test]
+fn an_alerts_section_is_summarised_with_its_defaults() {
+    let dir = std::env::temp_dir().join(format!("rw-check-alerts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("config/tests/data/valid/minimal.toml")).unwrap();
+    let (code, stdout, _) = check_config(&repo().join("config/tests/data/valid/minimal.toml"));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("alerts      log only (no [alerts] receiver)"),
+        "{stdout}"
+    );
+    std::fs::write(dir.join("hook.token"), "t0ken\n").unwrap();
+    let file = dir.join("site.toml");
+    std::fs::write(
+        &file,
+        format!("{text}\n[alerts]\nalertmanager_url = \"http://127.0.0.1:9093/\"\nwebhook_url = \"http://127.0.0.1:8080/hook\"\nwebhook_token_file = \"hook.token\"\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(
+            "alerts      alertmanager http://127.0.0.1:9093/api/v2/alerts, webhook http://127.0.0.1:8080/hook (bearer token); warning and above, re-sent every 60 s, queue 1024, timeout 5 s"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_site_without_gpus_prints_zero_not_minus_zero_kw() {
     let dir = std::env::temp_dir().join(format!("rw-check-nogpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

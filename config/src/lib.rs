@@ -149,7 +149,8 @@ pub fn load(file: &Path) -> Result<Site, ConfigErrors> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposure {
     pub path: PathBuf,
-    /// `miner password file`, `gpu node token file`, `http token file`.
+    /// `miner password file`, `gpu node token file`, `http token file`, `alert webhook
+    /// token file`.
     pub what: &'static str,
     /// Permission bits (`0o644`).
     pub mode: u32,
@@ -177,6 +178,13 @@ pub fn exposed_files(_file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
         if let Some(p) = &g.token_file {
             files.push((p.clone(), "gpu node token file"));
         }
+    }
+    if let Some(p) = site
+        .alerts
+        .as_ref()
+        .and_then(|a| a.webhook_token_file.as_ref())
+    {
+        files.push((p.clone(), "alert webhook token file"));
     }
     if let Some(p) = &site.agent.http_token_file {
         files.push((validate::resolve(base, p), "http token file"));

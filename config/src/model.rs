@@ -239,6 +239,8 @@ pub struct Site {
     pub ha: Option<Ha>,
     /// Energy accounts (`[[tenants]]`), in file order.
     pub tenants: Vec<Tenant>,
+    /// Alert delivery (`[alerts]`); None: alerts go to the log only.
+    pub alerts: Option<AlertDelivery>,
     #[serde(skip)]
     index: HashMap<String, Ref>,
 }
@@ -265,6 +267,40 @@ pub struct Ha {
     /// Key prefix without a trailing slash.
     pub prefix: String,
     pub lease_ttl_s: u64,
+}
+
+/// An alert's severity as `[alerts] min_severity` names it (ordered: info < warning <
+/// critical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertLevel {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl AlertLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertLevel::Info => "info",
+            AlertLevel::Warning => "warning",
+            AlertLevel::Critical => "critical",
+        }
+    }
+}
+
+/// The validated `[alerts]` section: at least one receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertDelivery {
+    /// Alertmanager's base URL, without a trailing slash.
+    pub alertmanager_url: Option<String>,
+    pub webhook_url: Option<String>,
+    /// Resolved against the site file's directory; read when delivery starts.
+    pub webhook_token_file: Option<PathBuf>,
+    pub resend_interval_s: u64,
+    pub min_severity: AlertLevel,
+    pub queue_capacity: usize,
+    pub timeout_s: u64,
 }
 
 /// What an id names.
@@ -324,6 +360,7 @@ impl Site {
             agent,
             ha: None,
             tenants: Vec::new(),
+            alerts: None,
             index,
         }
     }

@@ -19,6 +19,10 @@ pub struct RawConfig {
     /// Active/standby through etcd; absent: the agent runs alone.
     #[serde(default)]
     pub ha: Option<HaSettings>,
+    /// Alert delivery (`[alerts]`, issue 18): Alertmanager and/or a webhook; absent:
+    /// alerts go to the log only.
+    #[serde(default)]
+    pub alerts: Option<RawAlerts>,
     #[serde(default)]
     pub feeds: Vec<RawNode>,
     #[serde(default)]
@@ -38,6 +42,35 @@ pub struct RawConfig {
     /// Energy accounting (`[[tenants]]`): who is billed for which racks.
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+}
+
+/// `[alerts]`: where alerts are delivered beyond the log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// Alertmanager's base URL (`http://host:9093`); the agent posts to
+    /// `<url>/api/v2/alerts`.
+    #[serde(default)]
+    pub alertmanager_url: Option<String>,
+    /// A URL that receives each alert as a JSON object (docs/alerts.md).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// A file holding the webhook's bearer token (sent as `Authorization: Bearer`).
+    #[serde(default)]
+    pub webhook_token_file: Option<String>,
+    /// Active alerts are sent again this often, seconds (default 60).
+    #[serde(default)]
+    pub resend_interval_s: Option<u64>,
+    /// `info`, `warning` (default) or `critical`: alerts below it stay in the log.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+    /// Alerts waiting for delivery at most (default 1024); past it new ones are dropped
+    /// (and counted).
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    /// Time limit of one request, seconds (default 5).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
 }
 
 /// A tenant (`[[tenants]]`): an AI customer billed for the energy of its racks.

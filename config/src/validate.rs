@@ -888,6 +888,10 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         .as_ref()
         .and_then(|h| check_ha(&mut errs, h, &raw.site.id));
     let tenants = build_tenants(&mut errs, raw, &nodes, &node_idx);
+    let alerts = raw
+        .alerts
+        .as_ref()
+        .and_then(|a| check_alerts(&mut errs, a, base));
 
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -906,6 +910,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     );
     site.ha = ha;
     site.tenants = tenants;
+    site.alerts = alerts;
     Ok(site)
 }
 
@@ -975,6 +980,146 @@ fn build_tenants(
         });
     }
     out
+}
+
+/// An `http://` URL with a host (and no whitespace): the URL with any trailing slash
+/// removed, or why not. The agent's HTTP client is built without TLS: `https://` is
+/// refused here rather than failing at every send.
+fn http_url(url: &str) -> Result<String, String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "`{url}`: https is not supported (the agent is built without TLS): use http:// on the management network, or a local TLS-terminating proxy"
+        ));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("`{url}` is not an http:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || url.chars().any(char::is_whitespace) {
+        return Err(format!("`{url}` has no host (http://host:port)"));
+    }
+    if host.contains('@') {
+        // Shown in check-config and in every failure log line.
+        return Err(
+            "credentials in the URL would be logged with it: give the webhook a token file (webhook_token_file)"
+                .to_owned(),
+        );
+    }
+    // `host:port` or `[v6]:port`: a port, where given, is a number 1..=65535.
+    let port = match host.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => host.rsplit_once(':').map(|(_, p)| p),
+    };
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("`{url}`: `{port}` is not a port"));
+        }
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `[alerts]`: at least one receiver, URLs that parse, a token file that can be read
+/// (for the webhook only), figures within their ranges.
+fn check_alerts(
+    errs: &mut Errors,
+    a: &crate::raw::RawAlerts,
+    base: &Path,
+) -> Option<crate::AlertDelivery> {
+    let before = errs.0.len();
+    if a.alertmanager_url.is_none() && a.webhook_url.is_none() {
+        errs.push(
+            "alerts",
+            "no receiver: give alertmanager_url, webhook_url or both",
+        );
+    }
+    let mut url = |key: &str, v: &Option<String>| -> Option<String> {
+        let v = v.as_ref()?;
+        match http_url(v) {
+            Ok(u) if key == "alertmanager_url" && u.contains(['?', '#']) => {
+                errs.push(
+                    format!("alerts.{key}"),
+                    format!("`{v}`: give Alertmanager's base URL (the agent adds /api/v2/alerts), without a query"),
+                );
+                None
+            }
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(format!("alerts.{key}"), e);
+                None
+            }
+        }
+    };
+    let alertmanager_url = url("alertmanager_url", &a.alertmanager_url);
+    let webhook_url = url("webhook_url", &a.webhook_url);
+    let webhook_token_file = a.webhook_token_file.as_ref().and_then(|f| {
+        if a.webhook_url.is_none() {
+            errs.push(
+                "alerts.webhook_token_file",
+                "a webhook token without webhook_url: Alertmanager's API takes no token here",
+            );
+            return None;
+        }
+        let path = resolve(base, f);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if t.trim().is_empty() => {
+                errs.push(
+                    "alerts.webhook_token_file",
+                    format!("{} is empty", path.display()),
+                );
+                None
+            }
+            Ok(_) => Some(path),
+            Err(e) => {
+                errs.push(
+                    "alerts.webhook_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    let resend_interval_s = a.resend_interval_s.unwrap_or(60);
+    if !(1..=3600).contains(&resend_interval_s) {
+        errs.push(
+            "alerts.resend_interval_s",
+            format!("{resend_interval_s} s is outside 1..=3600"),
+        );
+    }
+    let min_severity = match a.min_severity.as_deref().unwrap_or("warning") {
+        "info" => crate::AlertLevel::Info,
+        "warning" => crate::AlertLevel::Warning,
+        "critical" => crate::AlertLevel::Critical,
+        other => {
+            errs.push(
+                "alerts.min_severity",
+                format!("`{other}` is not a severity (info, warning, critical)"),
+            );
+            crate::AlertLevel::Warning
+        }
+    };
+    let queue_capacity = a.queue_capacity.unwrap_or(1024);
+    if !(1..=1_000_000).contains(&queue_capacity) {
+        errs.push(
+            "alerts.queue_capacity",
+            format!("{queue_capacity} is outside 1..=1000000"),
+        );
+    }
+    let timeout_s = a.timeout_s.unwrap_or(5);
+    if !(1..=60).contains(&timeout_s) {
+        errs.push(
+            "alerts.timeout_s",
+            format!("{timeout_s} s is outside 1..=60"),
+        );
+    }
+    (errs.0.len() == before).then_some(crate::AlertDelivery {
+        alertmanager_url,
+        webhook_url,
+        webhook_token_file,
+        resend_interval_s,
+        min_severity,
+        queue_capacity,
+        timeout_s,
+    })
 }
 
 /// `[ha]`: endpoints that parse as `http(s)://host:port` (or `host:port`), a lease TTL

@@ -171,10 +171,40 @@ pub fn summary(site: &Site) -> String {
             let _ = writeln!(s, "  ha          none: this agent runs alone");
         }
     }
+    alerts_line(&mut s, site);
     for line in warnings {
         let _ = writeln!(s, "{line}");
     }
     s
+}
+
+/// `[alerts]` (issue 18): where alerts go beyond the log.
+fn alerts_line(s: &mut String, site: &Site) {
+    let Some(a) = &site.alerts else {
+        let _ = writeln!(s, "  alerts      log only (no [alerts] receiver)");
+        return;
+    };
+    let mut to = Vec::new();
+    if let Some(u) = &a.alertmanager_url {
+        to.push(format!("alertmanager {u}/api/v2/alerts"));
+    }
+    if let Some(u) = &a.webhook_url {
+        let auth = if a.webhook_token_file.is_some() {
+            " (bearer token)"
+        } else {
+            ""
+        };
+        to.push(format!("webhook {u}{auth}"));
+    }
+    let _ = writeln!(
+        s,
+        "  alerts      {}; {} and above, re-sent every {} s, queue {}, timeout {} s",
+        to.join(", "),
+        a.min_severity.name(),
+        a.resend_interval_s,
+        a.queue_capacity,
+        a.timeout_s
+    );
 }
 
 /// A GPU or mixed rack's worst-case reserve X at its rated figures, kW: the larger of

@@ -108,6 +108,18 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             }
         });
     }
+    // ---- issue 18: alert delivery lives across reloads too (the alerts it holds active
+    // stay so); a changed `[alerts]` section takes a restart.
+    let mut alert_delivery = match &site.alerts {
+        Some(cfg) => match alerts::deliver::start(cfg, &site.id, &hub.metrics) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                error!(error = %e, "cannot start alert delivery");
+                return ExitCode::from(super::EX_CONFIG);
+            }
+        },
+        None => None,
+    };
     // ---- issue 11: the election lives across reloads (a reload is no reason to hand
     // the site over); a changed `[ha]` section takes a restart.
     let ha_cancel = CancellationToken::new();
@@ -150,6 +162,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 r = &mut task => {
                     let code = finished(r);
                     stop_ha().await;
+                    finish_alerts(alert_delivery.take()).await;
                     return code;
                 }
                 _ = hup.recv() => match rackwarden_config::load(&args.config) {
@@ -187,6 +200,12 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                     ),
                     0,
                 );
+                if new.alerts != site.alerts {
+                    warn!(
+                        event = "config.reload.alerts_ignored",
+                        "the [alerts] section changed: it takes effect at the next restart"
+                    );
+                }
                 if new.ha != site.ha {
                     warn!(
                         event = "config.reload.ha_ignored",
@@ -203,9 +222,17 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 );
                 let code = finished(r);
                 stop_ha().await;
+                finish_alerts(alert_delivery.take()).await;
                 return code;
             }
         }
+    }
+}
+
+/// At exit, a last bounded send of the alerts waiting for delivery (`[alerts]`).
+async fn finish_alerts(d: Option<alerts::deliver::Delivery>) {
+    if let Some(d) = d {
+        d.finish(std::time::Duration::from_secs(2)).await;
     }
 }
 

@@ -3,8 +3,13 @@
 //!
 //! The names `decide` emits are in [`crate::control::ALERTS`]; the runtime's own are in
 //! [`RUNTIME_ALERTS`]. docs/alerts.md lists both, and a test keeps it in step.
+//!
+//! With `[alerts]`, [`log`] also hands each alert to [`deliver`] (Alertmanager, a
+//! webhook) without waiting on it.
 
 use tracing::{error, info, warn};
+
+pub mod deliver;
 
 use crate::control::{Alert, Severity};
 
@@ -76,7 +81,8 @@ pub fn catalogue() -> Vec<&'static str> {
     v
 }
 
-/// Logs one alert as a structured event.
+/// Logs one alert as a structured event, and offers it to delivery (`[alerts]`; never
+/// blocks).
 pub fn log(a: &Alert, now_ms: u64) {
     macro_rules! emit {
         ($mac:ident) => {
@@ -101,4 +107,5 @@ pub fn log(a: &Alert, now_ms: u64) {
         Severity::Warning => emit!(warn),
         Severity::Info => emit!(info),
     }
+    deliver::offer(a);
 }
