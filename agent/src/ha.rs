@@ -54,6 +54,13 @@ pub enum HaError {
     NotLeader { key: String },
     #[error("no etcd connection yet")]
     NotConnected,
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the intent is {bytes} bytes compressed, over the {max} bytes etcd takes")]
     TooLarge { bytes: usize, max: usize },
 }
@@ -419,6 +426,41 @@ async fn sync_overrides(ha: Arc<Ha>, file: std::path::PathBuf, cancel: Cancellat
     }
 }
 
+/// TLS (CA, client certificate) and etcd user from `[ha]`, the files read now (each
+/// connection attempt: a rotated certificate or password is picked up at the next one).
+fn connect_options(cfg: &rackwarden_config::Ha) -> Result<ConnectOptions, HaError> {
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| HaError::File {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let mut opts = ConnectOptions::new();
+    if let Some(tls) = &cfg.tls {
+        let ca = read("the etcd CA file", &tls.ca_file)?;
+        let mut t =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        if let Some((cert, key)) = &tls.client {
+            let cert = read("the etcd client certificate", cert)?;
+            let key = read("the etcd client key", key)?;
+            t = t.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        opts = opts.with_tls(t);
+    }
+    if let Some(auth) = &cfg.auth {
+        let text = read("the etcd password file", &auth.password_file)?;
+        let password = String::from_utf8_lossy(&text)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned();
+        opts = opts.with_user(auth.user.clone(), password);
+    }
+    Ok(opts)
+}
+
 /// The election task: connect, hold a lease, campaign, keep the lease and the deadline
 /// alive; on any failure end the term and start over with a new lease.
 async fn election(ha: Arc<Ha>, cancel: CancellationToken) {
@@ -446,7 +488,7 @@ async fn election(ha: Arc<Ha>, cancel: CancellationToken) {
 /// One lease's life. Ok(()) on cancel (lease revoked), Err on any etcd failure.
 async fn term(ha: &Arc<Ha>, cancel: &CancellationToken) -> Result<(), HaError> {
     let timeout = ha.call_timeout();
-    let opts = ConnectOptions::new()
+    let opts = connect_options(&ha.cfg)?
         .with_connect_timeout(timeout)
         .with_keep_alive(timeout, timeout);
     let client = ha
@@ -563,6 +605,8 @@ mod tests {
                 node: "mgmt-a".into(),
                 prefix: "/rackwarden/t".into(),
                 lease_ttl_s: 3,
+                tls: None,
+                auth: None,
             },
             hub: StatusHub::new(),
             inner: Mutex::new(Inner::default()),

@@ -4,7 +4,8 @@
 //!   the wire, and the control core never plans one;
 //! - a secret (miner password, GPU node token) never appears in logs, errors or Debug
 //!   output, whether the exchange succeeds or is refused;
-//! - the site file and secret files readable by others are warned about at load;
+//! - secret files readable by others are warned about at load (the site file, which
+//!   names secrets and never holds one, is not);
 //! - HTTP listens on loopback unless the site file says otherwise.
 //!
 //! The logs of the whole binary go to one global subscriber at TRACE level, so that a

@@ -150,14 +150,15 @@ pub fn load(file: &Path) -> Result<Site, ConfigErrors> {
 pub struct Exposure {
     pub path: PathBuf,
     /// `miner password file`, `gpu node token file`, `http token file`, `alert webhook
-    /// token file`.
+    /// token file`, `etcd password file`, `etcd client key file`.
     pub what: &'static str,
     /// Permission bits (`0o644`).
     pub mode: u32,
 }
 
 /// Every secret file the site file names (miner password files, GPU node token files,
-/// the HTTP override token file) that group or others may read. The site file itself
+/// the HTTP override token file, the etcd password file and client key) that group or
+/// others may read. The site file itself
 /// holds no secret (credentials are only ever named, by environment variable or file),
 /// so its own mode is the operator's choice and is not warned about. Files that cannot
 /// be read are left to the code that reads them (it reports them as errors). [`load`]
@@ -185,6 +186,14 @@ pub fn exposed_files(_file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
         .and_then(|a| a.webhook_token_file.as_ref())
     {
         files.push((p.clone(), "alert webhook token file"));
+    }
+    if let Some(ha) = &site.ha {
+        if let Some(a) = &ha.auth {
+            files.push((a.password_file.clone(), "etcd password file"));
+        }
+        if let Some((_, key)) = ha.tls.as_ref().and_then(|t| t.client.as_ref()) {
+            files.push((key.clone(), "etcd client key file"));
+        }
     }
     if let Some(p) = &site.agent.http_token_file {
         files.push((validate::resolve(base, p), "http token file"));

@@ -267,6 +267,26 @@ pub struct Ha {
     /// Key prefix without a trailing slash.
     pub prefix: String,
     pub lease_ttl_s: u64,
+    /// TLS to etcd: CA, and the client certificate and key (paths resolved against the
+    /// site file's directory). None: plain HTTP.
+    pub tls: Option<HaTls>,
+    /// etcd authentication: user and password file (resolved). None: no auth.
+    pub auth: Option<HaAuth>,
+}
+
+/// `[ha]` TLS files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaTls {
+    pub ca_file: PathBuf,
+    /// Client certificate and its key, both or neither.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// `[ha]` etcd user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaAuth {
+    pub user: String,
+    pub password_file: PathBuf,
 }
 
 /// An alert's severity as `[alerts] min_severity` names it (ordered: info < warning <

@@ -211,6 +211,23 @@ pub struct HaSettings {
     /// a third of it before the lease can expire.
     #[serde(default = "default_lease_ttl_s")]
     pub lease_ttl_s: u64,
+    /// TLS to etcd (`https://` endpoints): the CA that signed the etcd members'
+    /// certificates (PEM).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// This agent's client certificate (PEM), for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// etcd user (etcd's authentication); its role should be the only one allowed to
+    /// read and write `<prefix>/`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the etcd user's password (first line).
+    #[serde(default)]
+    pub password_file: Option<String>,
 }
 
 fn default_lease_ttl_s() -> u64 {

@@ -886,7 +886,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     let ha = raw
         .ha
         .as_ref()
-        .and_then(|h| check_ha(&mut errs, h, &raw.site.id));
+        .and_then(|h| check_ha(&mut errs, h, &raw.site.id, base));
     let tenants = build_tenants(&mut errs, raw, &nodes, &node_idx);
     let alerts = raw
         .alerts
@@ -1124,7 +1124,12 @@ fn check_alerts(
 
 /// `[ha]`: endpoints that parse as `http(s)://host:port` (or `host:port`), a lease TTL
 /// long enough for the leader's own deadline to sit a second or more inside it.
-fn check_ha(errs: &mut Errors, h: &crate::policy::HaSettings, site_id: &str) -> Option<crate::Ha> {
+fn check_ha(
+    errs: &mut Errors,
+    h: &crate::policy::HaSettings,
+    site_id: &str,
+    base: &Path,
+) -> Option<crate::Ha> {
     let before = errs.0.len();
     if h.etcd_endpoints.is_empty() {
         errs.push(
@@ -1181,12 +1186,105 @@ fn check_ha(errs: &mut Errors, h: &crate::policy::HaSettings, site_id: &str) -> 
         Some(p) => p.trim_end_matches('/').to_owned(),
         None => format!("/rackwarden/{site_id}"),
     };
+    let (tls, auth) = check_ha_security(errs, h, base);
     (errs.0.len() == before).then(|| crate::Ha {
         etcd_endpoints: h.etcd_endpoints.clone(),
         node,
         prefix,
         lease_ttl_s: h.lease_ttl_s,
+        tls,
+        auth,
     })
+}
+
+/// `[ha]` TLS and etcd authentication: a CA for `https://` endpoints (and none for
+/// `http://`), a client certificate with its key or neither, a user with a password
+/// file or neither. Paths resolve against the site file's directory; the files are read
+/// when the agent connects (an unreadable one is an error naming it).
+fn check_ha_security(
+    errs: &mut Errors,
+    h: &crate::policy::HaSettings,
+    base: &Path,
+) -> (Option<crate::HaTls>, Option<crate::HaAuth>) {
+    let https = h
+        .etcd_endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https > 0 && https < h.etcd_endpoints.len() {
+        errs.push(
+            "ha.etcd_endpoints",
+            "mixes http:// and https:// endpoints: one cluster speaks one of them".to_owned(),
+        );
+    }
+    let tls_wanted = h.ca_file.is_some() || h.cert_file.is_some() || h.key_file.is_some();
+    if https > 0 && h.ca_file.is_none() {
+        errs.push(
+            "ha.etcd_endpoints",
+            "https:// endpoints need `ca_file`, the CA that signed etcd's certificates".to_owned(),
+        );
+    }
+    if tls_wanted && https == 0 {
+        let at = if h.ca_file.is_some() {
+            "ha.ca_file"
+        } else if h.cert_file.is_some() {
+            "ha.cert_file"
+        } else {
+            "ha.key_file"
+        };
+        errs.push(
+            at,
+            "a TLS file is set but the endpoints are http://: write them as https://".to_owned(),
+        );
+    }
+    let client = match (&h.cert_file, &h.key_file) {
+        (Some(c), Some(k)) => Some((resolve(base, c), resolve(base, k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(
+                "ha.cert_file",
+                "cert_file is set without its key_file".to_owned(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                "ha.key_file",
+                "key_file is set without its cert_file".to_owned(),
+            );
+            None
+        }
+    };
+    let tls = h.ca_file.as_ref().map(|ca| crate::HaTls {
+        ca_file: resolve(base, ca),
+        client,
+    });
+    let auth = match (&h.user, &h.password_file) {
+        (Some(u), Some(p)) if !u.trim().is_empty() => Some(crate::HaAuth {
+            user: u.clone(),
+            password_file: resolve(base, p),
+        }),
+        (Some(u), Some(_)) => {
+            errs.push("ha.user", format!("`{u}` is not an etcd user name"));
+            None
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(
+                "ha.user",
+                "user is set without its password_file".to_owned(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                "ha.password_file",
+                "password_file is set without a user".to_owned(),
+            );
+            None
+        }
+    };
+    (tls, auth)
 }
 
 fn build_devices(

@@ -3,12 +3,20 @@
 //! own loopback TCP proxy so the test can cut one agent off from etcd (a partition)
 //! without touching the other.
 //!
+//! etcd runs as a site should run it (issue 21): TLS with client certificates
+//! (`--client-cert-auth`; a CA, etcd's server certificate and the clients' certificates
+//! are made by the test with `rcgen`) and etcd's authentication on, the agents logging in
+//! as the user `rackwarden`, whose role alone may read and write `/rackwarden/hil/`.
+//!
 //! One test, in order:
 //! 1. agent A is elected, agent B stands by; a GPU surge on feed A is shed by A alone
 //!    (B sends nothing);
 //! 2. A is SIGKILLed: B takes over within the lease TTL plus one fast tick (plus etcd's
 //!    expiry scan), takes over A's intent (the shed miners stay shed: no wake, no
 //!    command repeated to a miner A had already shed, per the simulator's command log);
+//!    A client without a certificate, with a certificate of another CA, with the right
+//!    certificate but no user, or logged in as a user of another role can neither read
+//!    nor write the intent and override keys; the agents' user can;
 //! 3. A comes back (standby); B is cut off from etcd: B stops acting (`ha.leader.lost`)
 //!    before A is elected again, and sends nothing after it stopped.
 //!
@@ -20,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,7 +68,7 @@ struct Etcd {
 }
 
 impl Etcd {
-    fn start(bin: &PathBuf, ip: &str) -> Etcd {
+    fn start(bin: &PathBuf, ip: &str, pki: &Pki) -> Etcd {
         let dir = std::env::temp_dir().join(format!("rw-hil-etcd-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -73,9 +81,16 @@ impl Etcd {
                 "--data-dir",
                 dir.join("data").to_str().unwrap(),
                 "--listen-client-urls",
-                &format!("http://{client}"),
+                &format!("https://{client}"),
                 "--advertise-client-urls",
-                &format!("http://{client}"),
+                &format!("https://{client}"),
+                "--cert-file",
+                pki.path("server.pem").to_str().unwrap(),
+                "--key-file",
+                pki.path("server.key").to_str().unwrap(),
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                pki.path("ca.pem").to_str().unwrap(),
                 "--listen-peer-urls",
                 &peer,
                 "--initial-advertise-peer-urls",
@@ -116,6 +131,154 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = self.log.lock().map(|l| l.len());
     }
+}
+
+/// The test's certificates: a CA; etcd's server certificate for the member's and the
+/// proxies' addresses; a client certificate for the agents (and the test's own etcd
+/// clients); and a stranger's client certificate, signed by another CA.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn make(dir: &Path, server_ips: &[String]) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        std::fs::create_dir_all(dir).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let cert = p.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(p, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>, cn: &str, sans: Vec<String>, name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = p.signed_by(&key, issuer).unwrap();
+            write(&format!("{name}.pem"), &cert.pem());
+            write(&format!("{name}.key"), &key.serialize_pem());
+        };
+        let (ca_pem, site_ca) = ca("rackwarden hil CA");
+        write("ca.pem", &ca_pem);
+        leaf(&site_ca, "etcd", server_ips.to_vec(), "server");
+        // The CN is no etcd user: the agents log in with a password.
+        leaf(&site_ca, "rackwarden-agent", vec![], "client");
+        let (_, other_ca) = ca("another CA");
+        leaf(&other_ca, "stranger", vec![], "stranger");
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).unwrap()
+    }
+
+    /// etcd client options: the site CA, a client identity (`client`, `stranger` or
+    /// none) and a user.
+    fn options(
+        &self,
+        identity: Option<&str>,
+        user: Option<(&str, &str)>,
+    ) -> etcd_client::ConnectOptions {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(self.read("ca.pem")));
+        if let Some(id) = identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                self.read(&format!("{id}.pem")),
+                self.read(&format!("{id}.key")),
+            ));
+        }
+        let mut o = etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(3));
+        if let Some((u, p)) = user {
+            o = o.with_user(u, p);
+        }
+        o
+    }
+}
+
+const AGENT_USER: &str = "rackwarden";
+const AGENT_PASSWORD: &str = "hil-agent-password";
+const PREFIX: &str = "/rackwarden/hil";
+
+/// etcd's authentication as a site sets it up: root, a role `rackwarden` that alone may
+/// read and write `<prefix>/`, the agents' user in it, and a `viewer` user whose role
+/// reaches other keys only. Then auth is switched on.
+async fn setup_auth(pki: &Pki, endpoint: &str) {
+    use etcd_client::Permission;
+    let c = etcd_client::Client::connect([endpoint], Some(pki.options(Some("client"), None)))
+        .await
+        .unwrap();
+    let mut a = c.auth_client();
+    a.user_add("root", "hil-root-password", None).await.unwrap();
+    a.user_grant_role("root", "root").await.unwrap();
+    a.role_add(AGENT_USER).await.unwrap();
+    a.role_grant_permission(
+        AGENT_USER,
+        Permission::read_write(format!("{PREFIX}/")).with_prefix(),
+    )
+    .await
+    .unwrap();
+    a.user_add(AGENT_USER, AGENT_PASSWORD, None).await.unwrap();
+    a.user_grant_role(AGENT_USER, AGENT_USER).await.unwrap();
+    a.role_add("viewer").await.unwrap();
+    a.role_grant_permission("viewer", Permission::read_write("/viewer/").with_prefix())
+        .await
+        .unwrap();
+    a.user_add("viewer", "hil-viewer-password", None)
+        .await
+        .unwrap();
+    a.user_grant_role("viewer", "viewer").await.unwrap();
+    a.auth_enable().await.unwrap();
+}
+
+/// What a client can do with the agents' keys: (read the intent, write the overrides).
+async fn access(
+    pki: &Pki,
+    endpoint: &str,
+    identity: Option<&str>,
+    user: Option<(&str, &str)>,
+) -> (Result<bool, String>, Result<(), String>) {
+    let client = etcd_client::Client::connect([endpoint], Some(pki.options(identity, user))).await;
+    let mut c = match client {
+        Ok(c) => c,
+        Err(e) => return (Err(e.to_string()), Err(e.to_string())),
+    };
+    let read = c
+        .get(format!("{PREFIX}/intent"), None)
+        .await
+        .map(|r| !r.kvs().is_empty())
+        .map_err(|e| e.to_string());
+    // Writes back what is there (the agents watch this key), or `{}` where it cannot be
+    // read (that write must fail too).
+    let key = format!("{PREFIX}/overrides");
+    let value = match c.get(key.as_str(), None).await {
+        Ok(r) => r
+            .kvs()
+            .first()
+            .map_or_else(Vec::new, |kv| kv.value().to_vec()),
+        Err(_) => b"{}".to_vec(),
+    };
+    let write = c
+        .put(key, value, None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    (read, write)
 }
 
 /// A TCP proxy to etcd for one agent: `cut()` drops its connections and refuses new
@@ -307,17 +470,31 @@ fn ha_leader_metric(addr: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr) -> TempSite {
+fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr, pki: &Pki) -> TempSite {
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
     let site = TempSite::new(name, |s| {
         let s = s.replace(":9180\"", &format!(":{http_port}\"")).replace(
             "[agent]\n",
             "[agent]\nhttp_token_file = \"override.token\"\n",
         );
         format!(
-            "{s}\n[ha]\netcd_endpoints = [\"http://{etcd}\"]\nnode = \"{node}\"\nprefix = \"/rackwarden/hil\"\nlease_ttl_s = {TTL_S}\n"
+            "{s}\n[ha]\netcd_endpoints = [\"https://{etcd}\"]\nnode = \"{node}\"\nprefix = \"{PREFIX}\"\nlease_ttl_s = {TTL_S}\n\
+             ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nuser = \"{AGENT_USER}\"\npassword_file = \"etcd.password\"\n",
+            ca.display(),
+            cert.display(),
+            key.display()
         )
     });
     std::fs::write(site.dir.join("override.token"), TOKEN).unwrap();
+    std::fs::write(
+        site.dir.join("etcd.password"),
+        format!("{AGENT_PASSWORD}\n"),
+    )
+    .unwrap();
     site
 }
 
@@ -333,11 +510,21 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     };
     let _g = serial();
     let k = net_k();
-    let etcd = Etcd::start(&bin, &format!("127.{k}.250.20"));
+    let pki_dir = std::env::temp_dir().join(format!("rw-hil-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    let ips: Vec<String> = [20, 21, 22]
+        .iter()
+        .map(|h| format!("127.{k}.250.{h}"))
+        .collect();
+    let pki = Pki::make(&pki_dir, &ips);
+    let etcd = Etcd::start(&bin, &format!("127.{k}.250.20"), &pki);
+    let endpoint = format!("https://{}", etcd.client);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(setup_auth(&pki, &endpoint));
     let proxy_a = Proxy::start(format!("127.{k}.250.21:2379").parse().unwrap(), etcd.client);
     let proxy_b = Proxy::start(format!("127.{k}.250.22:2379").parse().unwrap(), etcd.client);
-    let site_a = ha_site("ha-a", "mgmt-a", 9181, proxy_a.addr);
-    let site_b = ha_site("ha-b", "mgmt-b", 9182, proxy_b.addr);
+    let site_a = ha_site("ha-a", "mgmt-a", 9181, proxy_a.addr, &pki);
+    let site_b = ha_site("ha-b", "mgmt-b", 9182, proxy_b.addr, &pki);
     // The surge on feed A starts 10 s (real) in and lasts the whole test.
     let scenario = site_a.dir.join("surge.toml");
     std::fs::write(
@@ -494,6 +681,40 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
         "B acted before it was elected"
     );
 
+    // Only the agents' role reaches their keys (the intent exists now: B wrote it).
+    let agents = Some((AGENT_USER, AGENT_PASSWORD));
+    let (read, write) = rt.block_on(access(&pki, &endpoint, Some("client"), agents));
+    assert_eq!(read, Ok(true), "the agents' user cannot read the intent");
+    assert_eq!(write, Ok(()), "the agents' user cannot write the overrides");
+    for (who, identity, user) in [
+        ("no client certificate", None, agents),
+        ("another CA's certificate", Some("stranger"), agents),
+        ("no user", Some("client"), None),
+        (
+            "another role",
+            Some("client"),
+            Some(("viewer", "hil-viewer-password")),
+        ),
+        (
+            "a wrong password",
+            Some("client"),
+            Some((AGENT_USER, "guess")),
+        ),
+    ] {
+        let (read, write) = rt.block_on(access(&pki, &endpoint, identity, user));
+        println!("ha: {who}: read {read:?}, write {write:?}");
+        assert!(read.is_err(), "{who}: the intent could be read");
+        assert!(write.is_err(), "{who}: the overrides could be written");
+    }
+    // The overrides the agents' user wrote back unchanged still hold.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        get_json(&http_b, "/api/v1/status")["overrides"]["miners"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|v| v == held)),
+        "the override was lost"
+    );
+
     // 3. A comes back as standby; B is cut off from etcd: it stops before A starts.
     let mut a2 = agent(&site_a, SPEED, &[]);
     assert!(
@@ -541,4 +762,6 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     assert_eq!(b.stop(), Some(0), "B exit\n{}", b.dump());
     assert_eq!(a2.stop(), Some(0), "A exit\n{}", a2.dump());
     assert_eq!(s.stop(), Some(0));
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&pki_dir);
 }
