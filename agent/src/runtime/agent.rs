@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::clock::{Clock, Millis};
 use super::persist::{ActionJournal, IntentStore};
@@ -246,6 +246,10 @@ struct Shared {
     ha: Option<Arc<Ha>>,
     /// Energy per metered node from the Modbus readings (None: accounting is off).
     energy: Mutex<Option<crate::energy::EnergyBook>>,
+    /// Raised by a meter reading that puts its node over its shed threshold, or a GPU
+    /// node whose enforced limits rose: the loop decides at once instead of at its next
+    /// tick (one stored permit: coalesced, at most one decision in flight).
+    urgent: tokio::sync::Notify,
 }
 
 /// Commands and read-back polls in flight at once (as many as the poll loop's).
@@ -279,6 +283,16 @@ impl Shared {
                 if let Some(all) = all {
                     let kw: f64 = all.iter().map(|(v, _)| v).sum();
                     let taken_at = all.iter().map(|(_, t)| *t).min().unwrap_or(now);
+                    // Over the shed threshold (`shed_fraction x B`, where a measured
+                    // excursion sheds at once) from below it, or from no reading: the
+                    // loop decides now, not at its next tick. Only the crossing wakes it
+                    // (the periodic ticks carry on while the node stays over).
+                    let n = &site.nodes[*node];
+                    let threshold = site.policy.shed_fraction * n.budget_kw;
+                    let was_under = snap.meters[*node].is_none_or(|m| m.kw < threshold);
+                    if n.budget_kw > 0.0 && kw >= threshold && was_under {
+                        self.urgent.notify_one();
+                    }
                     let max_kw = snap.meters[*node].map_or(kw, |m| {
                         if m.max_kw.is_finite() {
                             m.max_kw.max(kw)
@@ -366,13 +380,24 @@ impl Shared {
             enforced_w = gpus.iter().map(|g| g.enforced_w).sum::<f64>(),
             "gpu reading"
         );
-        lock(&self.snapshot).gpus[i] = Some(GpuNodeReading {
+        let enforced: f64 = gpus.iter().map(|g| g.enforced_w).sum();
+        let mut snap = lock(&self.snapshot);
+        // A tenant raised its GPUs' limits: the rack's worst case X rose, which may put
+        // a node's worst case over its ceiling: decide now, not at the next tick.
+        let raised = snap.gpus[i]
+            .as_ref()
+            .is_some_and(|old| enforced > old.gpus.iter().map(|g| g.enforced_w).sum::<f64>() + 1.0);
+        snap.gpus[i] = Some(GpuNodeReading {
             power_w: r.power_w().unwrap_or(0.0),
             power_taken_at: now,
             nvml_available: r.nvml_available && complete,
             gpus,
             limits_taken_at: now,
         });
+        drop(snap);
+        if raised {
+            self.urgent.notify_one();
+        }
     }
 }
 
@@ -509,6 +534,7 @@ pub async fn run_with_ha(
         hub: hub.clone(),
         ha: ha.clone(),
         energy: Mutex::new(book),
+        urgent: tokio::sync::Notify::new(),
     });
     hub.set_site(
         site.clone(),
@@ -581,10 +607,14 @@ pub async fn run_with_ha(
     // HA standby: when it last refreshed its view of the leader's intent.
     let mut last_sync: Millis = 0;
     loop {
-        tokio::select! {
+        // A periodic tick, or a reading that may need a shed now: a meter just over its
+        // node's shed threshold, GPU limits raised (an urgent decision: fast, between
+        // ticks, the tick schedule unchanged; restores wait for the ticks' hold anyway).
+        let urgent = tokio::select! {
             () = cancel.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
+            _ = ticker.tick() => false,
+            () = shared.urgent.notified() => true,
+        };
         commit_energy(
             &shared,
             writer.as_ref(),
@@ -612,12 +642,21 @@ pub async fn run_with_ha(
                 }
             );
         }
-        let tick = if n % slow_every == 0 {
+        let tick = if urgent {
+            Tick::Fast
+        } else if n % slow_every == 0 {
             Tick::Slow
         } else {
             Tick::Fast
         };
-        n += 1;
+        if urgent {
+            debug!(
+                event = "control.urgent",
+                "a meter crossed its shed threshold: deciding now"
+            );
+        } else {
+            n += 1;
+        }
         let now = shared.clock.now_ms();
         {
             let mut g = lock(&shared.snapshot);
