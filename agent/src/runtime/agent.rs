@@ -381,14 +381,17 @@ impl Shared {
             "gpu reading"
         );
         let enforced: f64 = gpus.iter().map(|g| g.enforced_w).sum();
+        let power_w = r.power_w().unwrap_or(0.0);
         let mut snap = lock(&self.snapshot);
-        // A tenant raised its GPUs' limits: the rack's worst case X rose, which may put
-        // a node's worst case over its ceiling: decide now, not at the next tick.
-        let raised = snap.gpus[i]
-            .as_ref()
-            .is_some_and(|old| enforced > old.gpus.iter().map(|g| g.enforced_w).sum::<f64>() + 1.0);
+        // A tenant raised its GPUs' limits (the rack's worst case X rose), or the node's
+        // power jumped by a tenth of its limits (its sustained reserve S may rise with
+        // it): either may put a node over a limit, so decide now, not at the next tick.
+        let raised = snap.gpus[i].as_ref().is_some_and(|old| {
+            let old_enforced: f64 = old.gpus.iter().map(|g| g.enforced_w).sum();
+            enforced > old_enforced + 1.0 || power_w > old.power_w + 0.1 * enforced.max(1.0)
+        });
         snap.gpus[i] = Some(GpuNodeReading {
-            power_w: r.power_w().unwrap_or(0.0),
+            power_w,
             power_taken_at: now,
             nvml_available: r.nvml_available && complete,
             gpus,
@@ -606,6 +609,8 @@ pub async fn run_with_ha(
     let mut term: Option<i64> = None;
     // HA standby: when it last refreshed its view of the leader's intent.
     let mut last_sync: Millis = 0;
+    // When the last decision started (real time): paces the urgent ones.
+    let mut last_decision: Option<tokio::time::Instant> = None;
     loop {
         // A periodic tick, or a reading that may need a shed now: a meter just over its
         // node's shed threshold, GPU limits raised (an urgent decision: fast, between
@@ -615,6 +620,22 @@ pub async fn run_with_ha(
             _ = ticker.tick() => false,
             () = shared.urgent.notified() => true,
         };
+        // Urgent decisions come at most one per fiftieth of a fast tick (20 ms by
+        // default): a fleet of GPU nodes stepping together costs at most 50 decisions a
+        // second (a 100 MW decision takes 2-3 ms of CPU), not one per node.
+        if urgent {
+            let gap = shared.clock.real(p.fast_loop_ms / 50);
+            if let Some(wait) =
+                last_decision.map(|t: tokio::time::Instant| gap.saturating_sub(t.elapsed()))
+            {
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
         commit_energy(
             &shared,
             writer.as_ref(),
@@ -642,6 +663,7 @@ pub async fn run_with_ha(
                 }
             );
         }
+        last_decision = Some(tokio::time::Instant::now());
         let tick = if urgent {
             Tick::Fast
         } else if n % slow_every == 0 {
