@@ -383,13 +383,14 @@ impl Shared {
         let enforced: f64 = gpus.iter().map(|g| g.enforced_w).sum();
         let power_w = r.power_w().unwrap_or(0.0);
         let mut snap = lock(&self.snapshot);
-        // A tenant raised its GPUs' limits (the rack's worst case X rose), or the node's
-        // power jumped by a tenth of its limits (its sustained reserve S may rise with
-        // it): either may put a node over a limit, so decide now, not at the next tick.
-        let raised = snap.gpus[i].as_ref().is_some_and(|old| {
-            let old_enforced: f64 = old.gpus.iter().map(|g| g.enforced_w).sum();
-            enforced > old_enforced + 1.0 || power_w > old.power_w + 0.1 * enforced.max(1.0)
-        });
+        // A tenant raised its GPUs' limits: the rack's worst case X rose, which may put a
+        // node's worst case over its ceiling, so decide now, not at the next tick. (Power
+        // alone does not wake the loop: a training job swings by most of its limits
+        // several times a second; the meters' crossings catch what it does to a node.)
+        let limits_raised = snap.gpus[i]
+            .as_ref()
+            .is_some_and(|old| enforced > old.gpus.iter().map(|g| g.enforced_w).sum::<f64>() + 1.0);
+        let raised = limits_raised;
         snap.gpus[i] = Some(GpuNodeReading {
             power_w,
             power_taken_at: now,
@@ -621,8 +622,8 @@ pub async fn run_with_ha(
             () = shared.urgent.notified() => true,
         };
         // Urgent decisions come at most one per fiftieth of a fast tick (20 ms by
-        // default): a fleet of GPU nodes stepping together costs at most 50 decisions a
-        // second (a 100 MW decision takes 2-3 ms of CPU), not one per node.
+        // default): a fleet of GPU nodes whose limits rise together costs at most 50
+        // decisions a second, not one per node.
         if urgent {
             let gap = shared.clock.real(p.fast_loop_ms / 50);
             if let Some(wait) =
