@@ -387,10 +387,9 @@ impl Shared {
         // node's worst case over its ceiling, so decide now, not at the next tick. (Power
         // alone does not wake the loop: a training job swings by most of its limits
         // several times a second; the meters' crossings catch what it does to a node.)
-        let limits_raised = snap.gpus[i]
+        let raised = snap.gpus[i]
             .as_ref()
             .is_some_and(|old| enforced > old.gpus.iter().map(|g| g.enforced_w).sum::<f64>() + 1.0);
-        let raised = limits_raised;
         snap.gpus[i] = Some(GpuNodeReading {
             power_w,
             power_taken_at: now,
@@ -614,8 +613,8 @@ pub async fn run_with_ha(
     let mut last_decision: Option<tokio::time::Instant> = None;
     loop {
         // A periodic tick, or a reading that may need a shed now: a meter just over its
-        // node's shed threshold, GPU limits raised (an urgent decision: fast, between
-        // ticks, the tick schedule unchanged; restores wait for the ticks' hold anyway).
+        // node's shed threshold, or GPU limits raised (an urgent decision: a fast one,
+        // between ticks; the tick schedule is unchanged).
         let urgent = tokio::select! {
             () = cancel.cancelled() => break,
             _ = ticker.tick() => false,
@@ -675,7 +674,7 @@ pub async fn run_with_ha(
         if urgent {
             debug!(
                 event = "control.urgent",
-                "a meter crossed its shed threshold: deciding now"
+                "a meter crossed its shed threshold or GPU limits rose: deciding now"
             );
         } else {
             n += 1;
