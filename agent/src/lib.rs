@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod cli;
 pub mod control;
 pub mod energy;
+pub mod grid;
 pub mod ha;
 pub mod http;
 pub mod logging;

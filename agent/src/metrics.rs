@@ -84,6 +84,13 @@ pub struct Metrics {
     pub gpu_node_capped: Family<Labels, GaugeF>,
     pub inputs: Family<Labels, GaugeF>,
     pub ready: GaugeF,
+    /// Issue 19, grid signals: the limit in force (NaN: none), the site's load against
+    /// it, what mining cannot shed under it, the price, miners asleep for the price.
+    pub grid_limit_watts: GaugeF,
+    pub grid_load_watts: GaugeF,
+    pub grid_shortfall_watts: GaugeF,
+    pub grid_price_usd_per_mwh: GaugeF,
+    pub miners_price_curtailed: GaugeF,
     /// Issue 11: 1 while this agent leads its HA pair, 0 while it stands by (absent alone).
     pub ha_leader: Family<Labels, GaugeF>,
     pub overrides: Family<Labels, GaugeF>,
@@ -273,6 +280,31 @@ impl Metrics {
                 "inputs",
                 "Inputs of the last decision by class (meter, cooling_unit, miner, gpu) and freshness (fresh, stale, missing)",
                 Family::default()
+            ),
+            grid_limit_watts: reg!(
+                "grid_limit_watts",
+                "Site import limit of the grid event in force (NaN: none)",
+                GaugeF::default()
+            ),
+            grid_load_watts: reg!(
+                "grid_load_watts",
+                "The site's effective load the grid limit is compared with",
+                GaugeF::default()
+            ),
+            grid_shortfall_watts: reg!(
+                "grid_shortfall_watts",
+                "How far the site's load stays above the grid limit in force after every mining lever (0: met)",
+                GaugeF::default()
+            ),
+            grid_price_usd_per_mwh: reg!(
+                "grid_price_usd_per_mwh",
+                "Power price in force (NaN: none)",
+                GaugeF::default()
+            ),
+            miners_price_curtailed: reg!(
+                "miners_price_curtailed",
+                "Miners asleep because the power price is above their breakeven",
+                GaugeF::default()
             ),
             ready: reg!(
                 "ready",

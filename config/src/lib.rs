@@ -187,6 +187,9 @@ pub fn exposed_files(_file: &Path, site: &Site, base: &Path) -> Vec<Exposure> {
     {
         files.push((p.clone(), "alert webhook token file"));
     }
+    if let Some(o) = &site.grid.openadr {
+        files.push((o.client_secret_file.clone(), "openadr client secret file"));
+    }
     if let Some(ha) = &site.ha {
         if let Some(a) = &ha.auth {
             files.push((a.password_file.clone(), "etcd password file"));

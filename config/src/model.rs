@@ -241,6 +241,8 @@ pub struct Site {
     pub tenants: Vec<Tenant>,
     /// Alert delivery (`[alerts]`); None: alerts go to the log only.
     pub alerts: Option<AlertDelivery>,
+    /// Grid signals (`[grid]`); defaults when the file has none.
+    pub grid: Grid,
     #[serde(skip)]
     index: HashMap<String, Ref>,
 }
@@ -323,6 +325,45 @@ pub struct AlertDelivery {
     pub timeout_s: u64,
 }
 
+/// The validated `[grid]` section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Grid {
+    pub allow_gpu_caps: bool,
+    /// Fraction of a target kept free under it: sheds start at `(1 - m) x target`,
+    /// aim at `(1 - 2m) x target`, and fills stop at `(1 - 3m) x target`.
+    pub margin_fraction: f64,
+    /// USD per TH/s per day; None: no price curtailment.
+    pub hashprice_usd_per_th_day: Option<f64>,
+    pub price_hysteresis_fraction: f64,
+    pub openadr: Option<OpenAdr>,
+}
+
+impl Default for Grid {
+    fn default() -> Grid {
+        Grid {
+            allow_gpu_caps: false,
+            margin_fraction: 0.02,
+            hashprice_usd_per_th_day: None,
+            price_hysteresis_fraction: 0.05,
+            openadr: None,
+        }
+    }
+}
+
+/// The validated `[grid.openadr]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenAdr {
+    /// Without a trailing slash.
+    pub vtn_url: String,
+    pub client_id: String,
+    /// Resolved against the site file's directory; read when the VEN starts.
+    pub client_secret_file: PathBuf,
+    pub ven_name: String,
+    pub programs: Vec<String>,
+    pub poll_interval_s: u64,
+    pub report_interval_s: u64,
+}
+
 /// What an id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ref {
@@ -381,6 +422,7 @@ impl Site {
             ha: None,
             tenants: Vec::new(),
             alerts: None,
+            grid: Grid::default(),
             index,
         }
     }

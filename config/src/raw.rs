@@ -23,6 +23,10 @@ pub struct RawConfig {
     /// alerts go to the log only.
     #[serde(default)]
     pub alerts: Option<RawAlerts>,
+    /// Grid signals (`[grid]`, issue 19): demand-response targets and price
+    /// curtailment; absent: defaults (targets through the API only, no price lever).
+    #[serde(default)]
+    pub grid: Option<RawGrid>,
     #[serde(default)]
     pub feeds: Vec<RawNode>,
     #[serde(default)]
@@ -71,6 +75,54 @@ pub struct RawAlerts {
     /// Time limit of one request, seconds (default 5).
     #[serde(default)]
     pub timeout_s: Option<u64>,
+}
+
+/// `[grid]`: how outside signals (a utility's demand response, the power price) act.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrid {
+    /// Whether a grid target may cap GPUs once no mining is left (default false: the
+    /// shortfall is reported instead).
+    #[serde(default)]
+    pub allow_gpu_caps: Option<bool>,
+    /// Margin kept under a target, as a fraction of it (default 0.02).
+    #[serde(default)]
+    pub margin_fraction: Option<f64>,
+    /// Mining revenue, USD per TH/s per day; with it a price above a miner's breakeven
+    /// sleeps it.
+    #[serde(default)]
+    pub hashprice_usd_per_th_day: Option<f64>,
+    /// A price must fall this fraction below a miner's breakeven before it wakes
+    /// (default 0.05).
+    #[serde(default)]
+    pub price_hysteresis_fraction: Option<f64>,
+    /// An OpenADR 3 VTN to enrol with (`[grid.openadr]`).
+    #[serde(default)]
+    pub openadr: Option<RawOpenAdr>,
+}
+
+/// `[grid.openadr]`: the VEN's connection to a utility's VTN.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOpenAdr {
+    /// The VTN's base URL (`https://vtn.example/openadr3/3.1.0`).
+    pub vtn_url: String,
+    /// OAuth client id the utility issued.
+    pub client_id: String,
+    /// File holding the OAuth client secret.
+    pub client_secret_file: String,
+    /// The VEN's name at the VTN (default: the site id).
+    #[serde(default)]
+    pub ven_name: Option<String>,
+    /// Only events of these programs (by name) act; empty: every program the VEN sees.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// How often events are polled, seconds (default 10).
+    #[serde(default)]
+    pub poll_interval_s: Option<u64>,
+    /// How often the site's metered load is reported during an event, seconds (default 60).
+    #[serde(default)]
+    pub report_interval_s: Option<u64>,
 }
 
 /// A tenant (`[[tenants]]`): an AI customer billed for the energy of its racks.

@@ -892,6 +892,11 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         .alerts
         .as_ref()
         .and_then(|a| check_alerts(&mut errs, a, base));
+    let grid = raw
+        .grid
+        .as_ref()
+        .map(|g| check_grid(&mut errs, g, &raw.site.id, base))
+        .unwrap_or_default();
 
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -911,6 +916,7 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     site.ha = ha;
     site.tenants = tenants;
     site.alerts = alerts;
+    site.grid = grid;
     Ok(site)
 }
 
@@ -1016,6 +1022,103 @@ fn http_url(url: &str) -> Result<String, String> {
         }
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// `[grid]`: fractions and prices in range; `[grid.openadr]` with a URL, a client id and
+/// a secret file that can be read.
+fn check_grid(
+    errs: &mut Errors,
+    g: &crate::raw::RawGrid,
+    site_id: &str,
+    base: &Path,
+) -> crate::Grid {
+    let d = crate::Grid::default();
+    let margin_fraction = g.margin_fraction.unwrap_or(d.margin_fraction);
+    if !(margin_fraction > 0.0 && margin_fraction <= 0.1) {
+        errs.push(
+            "grid.margin_fraction",
+            format!("{margin_fraction} is outside (0, 0.1]: the fill line sits 3 margins under a target"),
+        );
+    }
+    let hysteresis = g
+        .price_hysteresis_fraction
+        .unwrap_or(d.price_hysteresis_fraction);
+    if !(0.0..0.5).contains(&hysteresis) {
+        errs.push(
+            "grid.price_hysteresis_fraction",
+            format!("{hysteresis} is outside [0, 0.5)"),
+        );
+    }
+    if let Some(h) = g.hashprice_usd_per_th_day {
+        positive(errs, "grid.hashprice_usd_per_th_day", h);
+    }
+    let openadr = g.openadr.as_ref().and_then(|o| {
+        let before = errs.0.len();
+        let vtn_url = if let Some(rest) = o.vtn_url.strip_prefix("https://") {
+            if rest
+                .split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default()
+                .is_empty()
+            {
+                errs.push(
+                    "grid.openadr.vtn_url",
+                    format!("`{}` has no host", o.vtn_url),
+                );
+            }
+            o.vtn_url.trim_end_matches('/').to_owned()
+        } else {
+            http_url(&o.vtn_url).unwrap_or_else(|e| {
+                errs.push("grid.openadr.vtn_url", e);
+                String::new()
+            })
+        };
+        if o.client_id.trim().is_empty() {
+            errs.push("grid.openadr.client_id", "must not be empty");
+        }
+        let secret = resolve(base, &o.client_secret_file);
+        match std::fs::read_to_string(&secret) {
+            Ok(t) if t.trim().is_empty() => errs.push(
+                "grid.openadr.client_secret_file",
+                format!("{} is empty", secret.display()),
+            ),
+            Ok(_) => {}
+            Err(e) => errs.push(
+                "grid.openadr.client_secret_file",
+                format!("cannot read {}: {e}", secret.display()),
+            ),
+        }
+        let poll_interval_s = o.poll_interval_s.unwrap_or(10);
+        if !(1..=3600).contains(&poll_interval_s) {
+            errs.push(
+                "grid.openadr.poll_interval_s",
+                format!("{poll_interval_s} s is outside 1..=3600"),
+            );
+        }
+        let report_interval_s = o.report_interval_s.unwrap_or(60);
+        if !(1..=86_400).contains(&report_interval_s) {
+            errs.push(
+                "grid.openadr.report_interval_s",
+                format!("{report_interval_s} s is outside 1..=86400"),
+            );
+        }
+        (errs.0.len() == before).then(|| crate::OpenAdr {
+            vtn_url,
+            client_id: o.client_id.trim().to_owned(),
+            client_secret_file: secret,
+            ven_name: o.ven_name.clone().unwrap_or_else(|| site_id.to_owned()),
+            programs: o.programs.clone(),
+            poll_interval_s,
+            report_interval_s,
+        })
+    });
+    crate::Grid {
+        allow_gpu_caps: g.allow_gpu_caps.unwrap_or(d.allow_gpu_caps),
+        margin_fraction,
+        hashprice_usd_per_th_day: g.hashprice_usd_per_th_day,
+        price_hysteresis_fraction: hysteresis,
+        openadr,
+    }
 }
 
 /// `[alerts]`: at least one receiver, URLs that parse, a token file that can be read

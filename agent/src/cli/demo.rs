@@ -110,6 +110,8 @@ fn why(reason: Reason, at: &str) -> String {
         Reason::Restore => "headroom back".to_owned(),
         Reason::Fill => "trough headroom the AI load leaves".to_owned(),
         Reason::Resume => "resent after a restart".to_owned(),
+        Reason::Grid => format!("grid limit on {at}"),
+        Reason::Price => "power price above the miner's breakeven".to_owned(),
     };
     let name = serde_json::to_value(reason)
         .ok()

@@ -36,8 +36,8 @@ pub use plan::{
     Action, Alert, Device, Lever, NodeView, Plan, Reason, Scope, Severity, ZoneView, ALERTS,
 };
 pub use snapshot::{
-    GpuLimits, GpuNodeReading, MeterReading, MinerMode, MinerReading, OutletReading, Overrides,
-    Snapshot, UnitReading, UnitState,
+    GpuLimits, GpuNodeReading, GridInput, MeterReading, MinerMode, MinerReading, OutletReading,
+    Overrides, Snapshot, UnitReading, UnitState,
 };
 pub use state::{Band, ControlState, GpuState, Intent, MinerState, NodeState, Pending, ZoneState};
 pub use topology::Topology;

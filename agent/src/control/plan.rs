@@ -108,6 +108,10 @@ pub enum Reason {
     /// A shed command the previous run persisted as in flight, sent again after a
     /// restart (the run may have died before it left).
     Resume,
+    /// A grid limit on the site's import (demand response: the API, an OpenADR event).
+    Grid,
+    /// The power price is above the miner's breakeven (price curtailment).
+    Price,
 }
 
 /// One command for the actuator.
@@ -212,6 +216,10 @@ pub const POWER_EXCURSION_LONG: &str = "power.excursion.long";
 pub const POWER_CEILING_SHED: &str = "power.ceiling.shed";
 pub const MINER_SLOW: &str = "miner.slow";
 pub const MINER_NO_DRIVER: &str = "miner.no_driver";
+pub const GRID_TARGET_ACTIVE: &str = "grid.target.active";
+pub const GRID_TARGET_ENDED: &str = "grid.target.ended";
+pub const GRID_TARGET_UNMET: &str = "grid.target.unmet";
+pub const GRID_TARGET_MET: &str = "grid.target.met";
 
 /// Every alert name `decide` can emit (docs/alerts.md is checked against it).
 pub const ALERTS: &[&str] = &[
@@ -237,6 +245,10 @@ pub const ALERTS: &[&str] = &[
     POWER_CEILING_SHED,
     MINER_SLOW,
     MINER_NO_DRIVER,
+    GRID_TARGET_ACTIVE,
+    GRID_TARGET_ENDED,
+    GRID_TARGET_UNMET,
+    GRID_TARGET_MET,
 ];
 
 /// A node as the decision saw it (before its actions).
@@ -289,4 +301,9 @@ pub struct Plan {
     pub nodes: Vec<NodeView>,
     /// Filled on slow ticks only (cooling is checked every slow tick).
     pub zones: Vec<ZoneView>,
+    /// Under a grid limit: how far the site's load stays above it after this
+    /// decision's sheds (what mining could not give), kW; 0 without a limit.
+    pub grid_shortfall_kw: f64,
+    /// Miners asleep that the power price keeps asleep.
+    pub price_curtailed: usize,
 }

@@ -127,6 +127,20 @@ pub struct Snapshot {
     /// build cannot drive). `decide` sends it no command, counts it at nameplate, and
     /// uses its outlet where one is configured. Empty: every miner has its driver.
     pub undriveable: Vec<bool>,
+    /// Grid signals in force (`[grid]`): a site import limit, a power price.
+    pub grid: GridInput,
+}
+
+/// The grid signals a decision obeys, resolved by the runtime from its sources (the
+/// API, an OpenADR VTN): the strictest limit in force and the current price.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GridInput {
+    /// Site import at most this, kW.
+    pub limit_kw: Option<f64>,
+    /// Where the limit comes from (`openadr:event-7`), for alerts.
+    pub limit_from: String,
+    /// The power price, USD per MWh.
+    pub price_usd_per_mwh: Option<f64>,
 }
 
 impl Clone for Snapshot {
@@ -139,6 +153,7 @@ impl Clone for Snapshot {
             units: self.units.clone(),
             overrides: self.overrides.clone(),
             undriveable: self.undriveable.clone(),
+            grid: self.grid.clone(),
         }
     }
 
@@ -152,6 +167,7 @@ impl Clone for Snapshot {
         self.units.clone_from(&src.units);
         self.overrides.clone_from(&src.overrides);
         self.undriveable.clone_from(&src.undriveable);
+        self.grid.clone_from(&src.grid);
     }
 }
 
@@ -170,6 +186,7 @@ impl Snapshot {
                 .collect(),
             overrides: Overrides::default(),
             undriveable: Vec::new(),
+            grid: GridInput::default(),
         }
     }
 

@@ -296,6 +296,13 @@ pub struct NodeState {
     /// A `power.ceiling.shed` alert is out (the worst case went above H).
     #[serde(default)]
     pub ceiling_alerted: bool,
+    /// The site node: the grid limit last alerted (`grid.target.active` /
+    /// `grid.target.ended` fire when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid_limit_kw: Option<f64>,
+    /// The site node: a `grid.target.unmet` alert is out.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub grid_unmet_alerted: bool,
 }
 
 /// The rolling peak of a GPU rack's measured load.

@@ -13,6 +13,7 @@
 //! raised as alerts and written (atomically) to `overrides.json` next to the state file,
 //! so a restart keeps them; the loop applies them from its next tick.
 
+mod grid;
 pub mod history;
 pub mod status;
 
@@ -169,6 +170,15 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/api/v1/overrides/{kind}/{id}",
             put(set_override).delete(clear_override),
+        )
+        .route("/api/v1/grid", get(grid::show))
+        .route(
+            "/api/v1/grid/target",
+            put(grid::set_target).delete(grid::clear_target),
+        )
+        .route(
+            "/api/v1/grid/price",
+            put(grid::set_price).delete(grid::clear_price),
         )
         .with_state(state)
 }
@@ -396,43 +406,48 @@ struct OverrideEntry<'a> {
     by: &'static str,
 }
 
-fn change_override(s: &HttpState, headers: &HeaderMap, kind: &str, id: &str, on: bool) -> Response {
+/// The operator token check of every write: None when the request may go on, else the
+/// refusal (`what` names the writes in the log and the 403).
+fn refused(s: &HttpState, headers: &HeaderMap, what: &str) -> Option<Response> {
     let Some(token) = &s.token else {
-        return (
-            StatusCode::FORBIDDEN,
-            "overrides are off: set agent.http_token_file\n",
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!("{what} are off: set agent.http_token_file\n"),
+            )
+                .into_response(),
+        );
     };
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(presented) = presented else {
-        warn!(
-            event = "override.refused",
-            why = "no bearer token",
-            "override refused"
-        );
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "bearer token required\n",
-        )
-            .into_response();
+    let why = match presented {
+        None => "no bearer token",
+        Some(p) if !token.matches(p.trim()) => "wrong token",
+        Some(_) => return None,
     };
-    if !token.matches(presented.trim()) {
-        warn!(
-            event = "override.refused",
-            why = "wrong token",
-            "override refused"
-        );
-        return (
+    warn!(
+        event = "override.refused",
+        why, what, "{what}: request refused"
+    );
+    Some(
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            "wrong token\n",
+            if why == "wrong token" {
+                "wrong token\n"
+            } else {
+                "bearer token required\n"
+            },
         )
-            .into_response();
+            .into_response(),
+    )
+}
+
+fn change_override(s: &HttpState, headers: &HeaderMap, kind: &str, id: &str, on: bool) -> Response {
+    if let Some(r) = refused(s, headers, "overrides") {
+        return r;
     }
     let Some(kind) = OverrideKind::parse(kind) else {
         return (StatusCode::NOT_FOUND, "kind is one of miner, rack, unit\n").into_response();

@@ -241,6 +241,8 @@ pub struct Status {
     pub overrides: OverrideSet,
     /// Learned shed and restore times per firmware (the miners of a site present).
     pub miner_times: Vec<FirmwareTimesRow>,
+    /// Grid signals in force (`[grid]`, docs/grid.md).
+    pub grid: GridStatus,
     /// Per miner, with `?miners=true` only (a site has tens of thousands).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub miners: Option<Vec<MinerTimesRow>>,
@@ -335,11 +337,33 @@ struct Inner {
     /// Per miner, refreshed on slow ticks (times change only with a confirmation).
     miner_times: Arc<Vec<MinerTimes>>,
     firmware_times: Vec<FirmwareTimesRow>,
+    /// The grid signals the last decision obeyed.
+    grid: GridStatus,
+}
+
+/// The grid section of the status document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GridStatus {
+    /// The limit in force, its event and source.
+    pub limit_kw: Option<f64>,
+    pub source: Option<&'static str>,
+    pub event: Option<String>,
+    /// The site's effective load the limit is compared with, kW.
+    pub load_kw: Option<f64>,
+    /// How far the load stays above the limit after the decision's sheds, kW.
+    pub shortfall_kw: f64,
+    pub price_usd_per_mwh: Option<f64>,
+    /// Miners asleep for the price.
+    pub miners_price_curtailed: usize,
+    /// Every event known, live or to come.
+    pub events: Vec<crate::grid::GridEvent>,
 }
 
 /// Shared between the control loop, the collectors and the HTTP handlers.
 pub struct StatusHub {
     pub metrics: Metrics,
+    /// Grid events from the API and the VEN, resolved at each decision.
+    pub grid: crate::grid::GridInbox,
     inner: Mutex<Inner>,
     overrides: Mutex<OverrideSet>,
 }
@@ -348,6 +372,7 @@ impl Default for StatusHub {
     fn default() -> Self {
         StatusHub {
             metrics: Metrics::new(),
+            grid: crate::grid::GridInbox::default(),
             inner: Mutex::new(Inner::default()),
             overrides: Mutex::new(OverrideSet::default()),
         }
@@ -492,6 +517,39 @@ impl StatusHub {
     }
 
     /// The site the hub describes, if an agent has started.
+    /// The grid signals a decision obeyed (`view`) and what it left: the site's load it
+    /// saw, the shortfall after its sheds, `price_curtailed` miners asleep for the price.
+    pub fn record_grid(
+        &self,
+        view: crate::grid::GridView,
+        load_kw: Option<f64>,
+        shortfall: f64,
+        price_curtailed: usize,
+    ) {
+        let m = &self.metrics;
+        m.grid_limit_watts
+            .set(view.limit_kw.map_or(f64::NAN, |l| l * 1000.0));
+        m.grid_load_watts
+            .set(load_kw.map_or(f64::NAN, |l| l * 1000.0));
+        m.grid_shortfall_watts.set(shortfall * 1000.0);
+        m.grid_price_usd_per_mwh
+            .set(view.price_usd_per_mwh.unwrap_or(f64::NAN));
+        m.miners_price_curtailed.set(f64::from(
+            u32::try_from(price_curtailed).unwrap_or(u32::MAX),
+        ));
+        let status = GridStatus {
+            limit_kw: view.limit_kw.map(round1),
+            source: view.limit_event.as_ref().map(|e| e.source.name()),
+            event: view.limit_event.as_ref().map(|e| e.id.clone()),
+            load_kw: load_kw.map(round1),
+            shortfall_kw: round1(shortfall),
+            price_usd_per_mwh: view.price_usd_per_mwh,
+            miners_price_curtailed: price_curtailed,
+            events: view.events,
+        };
+        lock(&self.inner).grid = status;
+    }
+
     pub fn site(&self) -> Option<Arc<Site>> {
         lock(&self.inner).layout.as_ref().map(|l| l.site.clone())
     }
@@ -1108,6 +1166,7 @@ impl StatusHub {
             actions: g.actions.iter().rev().cloned().collect(),
             overrides,
             miner_times: g.firmware_times.clone(),
+            grid: g.grid.clone(),
             miners: rows,
         })
     }

@@ -611,6 +611,8 @@ pub async fn run_with_ha(
     let mut last_sync: Millis = 0;
     // When the last decision started (real time): paces the urgent ones.
     let mut last_decision: Option<tokio::time::Instant> = None;
+    // The site's load as the last decision saw it (grid "shed X kW" events start there).
+    let mut last_site_kw: Option<f64> = None;
     loop {
         // A periodic tick, or a reading that may need a shed now: a meter just over its
         // node's shed threshold, or GPU limits raised (an urgent decision: a fast one,
@@ -690,6 +692,10 @@ pub async fn run_with_ha(
             }
         }
         snap.overrides = hub.overrides_for(&site);
+        // The grid signals in force; a "shed X kW" event starts from the load the last
+        // decision saw.
+        let (grid_in, grid_view) = hub.grid.resolve(now, last_site_kw);
+        snap.grid = grid_in;
         let acting = match &ha {
             None => Acting::Alone,
             Some(h) => match h.leadership() {
@@ -779,6 +785,13 @@ pub async fn run_with_ha(
             &plan.state
         };
         hub.record_decision(now, tick, &snap, shown, &plan.nodes, &plan.zones);
+        last_site_kw = plan.nodes.first().map(|v| v.eff_kw);
+        hub.record_grid(
+            grid_view,
+            last_site_kw,
+            plan.grid_shortfall_kw,
+            plan.price_curtailed,
+        );
         let _ = events.send(AgentEvent::Decision {
             now,
             tick,

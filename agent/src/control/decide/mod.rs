@@ -9,6 +9,7 @@
 //! - `power.rs`: per node, deepest first: emergency, over budget, excursion above B,
 //!   the ceiling H, slow miners in the trough, a silent meter;
 //! - `shed.rs`: the shed of one constraint in lever order;
+//! - `grid.rs`: a grid limit on the site (every tick), price curtailment (slow tick);
 //! - `cooling.rs` (slow tick): N+1 and N per zone;
 //! - `restore.rs` (slow tick): restore holds, then GPU caps first, then power targets,
 //!   wakes and outlets in seeded order, under the mining allowance `M_n`.
@@ -16,6 +17,7 @@
 mod act;
 mod confirm;
 mod cooling;
+pub mod grid;
 mod power;
 mod restore;
 mod shed;
@@ -26,7 +28,7 @@ use rackwarden_config::{Miner, NodeIdx, Policy, PowerNode, Site};
 use super::load::{fresh, Loads};
 use super::plan::{Action, Alert, NodeView, Plan, Scope};
 use super::snapshot::{GpuNodeReading, Snapshot};
-use super::state::{Band, ControlState, MinerState};
+use super::state::{Band, ControlState, Intent, MinerState};
 use super::topology::Topology;
 use super::{Millis, Tick};
 
@@ -145,6 +147,7 @@ struct Cx<'a> {
     now: Millis,
     actions: Vec<Action>,
     alerts: Vec<Alert>,
+    grid_shortfall_kw: f64,
 }
 
 /// One decision. Pure: the same arguments always give the same plan.
@@ -192,6 +195,7 @@ pub fn decide_owned(
         now,
         actions: Vec::new(),
         alerts: Vec::new(),
+        grid_shortfall_kw: 0.0,
     };
     cx.telemetry(&mut st);
     let expired = cx.confirm(&mut st);
@@ -203,21 +207,30 @@ pub fn decide_owned(
     cx.escalate(&mut st, &mut loads, &expired);
     cx.operator(&mut st, &mut loads);
     cx.power(&mut st, &mut loads);
+    cx.grid(&mut st, &mut loads);
     let zones = if tick == Tick::Slow {
         cx.cooling(&mut st, &mut loads)
     } else {
         Vec::new()
     };
     cx.holds(&mut st, &loads, &frozen);
+    if tick == Tick::Slow {
+        cx.price(&mut st, &mut loads);
+    }
     if tick == Tick::Slow && st.startup_done {
         cx.restore(&mut st, &mut loads, &frozen, &zones);
     }
+    let price_curtailed = (0..site.miners.len())
+        .filter(|&i| matches!(st.miners[i].intent, Intent::Sleep) && cx.price_blocked(i))
+        .count();
     Plan {
         actions: cx.actions,
         alerts: cx.alerts,
         state: st,
         nodes,
         zones,
+        grid_shortfall_kw: cx.grid_shortfall_kw,
+        price_curtailed,
     }
 }
 

@@ -37,6 +37,8 @@ struct Room {
     touched: Vec<bool>,
     /// Per zone: heat headroom, kW of electrical load.
     zone: Vec<f64>,
+    /// Under a grid limit: what mining may still add at the site, kW (infinite without).
+    grid: f64,
 }
 
 /// A miner restore candidate: its group (0 targets, 1 wakes, 2 outlets).
@@ -136,11 +138,15 @@ impl Cx<'_> {
                 (target - self.zone_heat(loads, z) * (1.0 + zone.margin)) / (1.0 + zone.margin)
             })
             .collect();
+        let grid = self
+            .grid_fill_line()
+            .map_or(f64::INFINITY, |f| f - loads.fill_kw(0));
         Room {
             open,
             ramp,
             touched: vec![false; site.nodes.len()],
             zone,
+            grid,
         }
     }
 
@@ -235,7 +241,10 @@ impl Cx<'_> {
         let exempt = self.exempt(i);
         let cm = loads.miner_w[i];
         let fast = loads.fast[i];
-        let a = self.allowed(loads, room, m.rack, fast);
+        // A grid limit holds mining, not the GPU lifts before it.
+        let a = self
+            .allowed(loads, room, m.rack, fast)
+            .min(room.grid.max(0.0));
         let (lever, intent, to) = match group {
             Group::Outlets => {
                 if !exempt && now.saturating_sub(ms_.since) < ms(p.min_off_s) {
@@ -282,6 +291,7 @@ impl Cx<'_> {
         };
         self.miner_act(st, loads, i, cmd);
         self.take(room, m.rack, d);
+        room.grid -= d;
     }
 
     /// The miners to restore, by group: targets, then wakes, then outlets.
@@ -293,7 +303,11 @@ impl Cx<'_> {
             (Group::Outlets, Vec::new()),
         ];
         for (i, ms_) in st.miners.iter().enumerate() {
-            if ms_.pending.is_some() || ms_.intent == Intent::Normal || self.curtailed(i) {
+            if ms_.pending.is_some()
+                || ms_.intent == Intent::Normal
+                || self.curtailed(i)
+                || self.price_blocked(i)
+            {
                 continue;
             }
             let api = !self.snap.undriveable(i);
