@@ -831,3 +831,171 @@ async fn history_samples_the_status_figures_and_serves_the_charts() {
     let (c, _) = call(&r, Method::GET, "/vendor/uplot/uPlot.min.css", None).await;
     assert_eq!(c, StatusCode::OK);
 }
+
+async fn call_json(
+    r: &axum::Router,
+    method: Method,
+    uri: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    let resp = r
+        .clone()
+        .oneshot(b.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let code = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (code, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn grid_targets_need_the_token_are_checked_journaled_and_obeyed() {
+    let site = site();
+    let hub = StatusHub::new();
+    hub.set_site(Arc::new(site.clone()), false, Duration::from_secs(1));
+    let dir = temp_dir("grid");
+    let journal = dir.join("journal.jsonl");
+    let body = r#"{"id": "dr-1", "limit_kw": 1.5, "duration_s": 600}"#;
+
+    let off = router(state_without_token(hub.clone()));
+    let (c, _) = call_json(
+        &off,
+        Method::PUT,
+        "/api/v1/grid/target",
+        Some("Bearer x"),
+        body,
+    )
+    .await;
+    assert_eq!(c, StatusCode::FORBIDDEN);
+    let r = router(state_with_token(hub.clone(), &dir));
+    for auth in [None, Some("Bearer wrong")] {
+        let (c, _) = call_json(&r, Method::PUT, "/api/v1/grid/target", auth, body).await;
+        assert_eq!(c, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(hub.grid.resolve(0, None).0.limit_kw, None);
+
+    let ok = Some("Bearer s3cret-operator-token");
+    for (bad, says) in [
+        (r#"{"limit_kw": -1}"#, "positive"),
+        (r#"{"limit_kw": 5, "shed_kw": 1}"#, "one of"),
+        (r#"{}"#, "one of"),
+        (r#"{"limt_kw": 5}"#, "limt_kw"),
+        (r#"{"limit_kw": 5, "duration_s": 0}"#, "duration_s"),
+        (r#"{"limit_kw": 5, "id": "a b"}"#, "id"),
+        ("not json", "body"),
+    ] {
+        let (c, text) = call_json(&r, Method::PUT, "/api/v1/grid/target", ok, bad).await;
+        assert_eq!(c, StatusCode::BAD_REQUEST, "{bad}: {text}");
+        assert!(text.contains(says), "{bad}: {text}");
+    }
+    let (c, text) = call_json(&r, Method::PUT, "/api/v1/grid/target", ok, body).await;
+    assert_eq!(c, StatusCode::OK, "{text}");
+    let j = std::fs::read_to_string(&journal).unwrap();
+    assert!(
+        j.contains("\"grid.event.set\"") && j.contains("dr-1"),
+        "{j}"
+    );
+
+    // The loop's path: resolve into the snapshot, decide, record.
+    let now = 100_000;
+    let (input, view) = hub.grid.resolve(now, None);
+    assert_eq!(input.limit_kw, Some(1.5));
+    assert_eq!(input.limit_from, "api:dr-1");
+    let mut snap = full_snapshot(&site, now);
+    snap.grid = input;
+    let topo = Topology::new(&site);
+    let mut state = ControlState::new(&site, 0);
+    state.startup_done = true;
+    let plan = control::decide(&site, &topo, &snap, &state, now, Tick::Fast);
+    assert!(plan
+        .actions
+        .iter()
+        .any(|a| a.reason == control::Reason::Grid && a.lever.is_shed()));
+    assert!(plan
+        .actions
+        .iter()
+        .all(|a| a.lever != control::Lever::GpuCap));
+    hub.record_decision(
+        now,
+        Tick::Fast,
+        &snap,
+        &plan.state,
+        &plan.nodes,
+        &plan.zones,
+    );
+    hub.record_grid(
+        view,
+        plan.nodes.first().map(|v| v.eff_kw),
+        plan.grid_shortfall_kw,
+        plan.price_curtailed,
+    );
+
+    let (c, text) = call(&r, Method::GET, "/api/v1/grid", None).await;
+    assert_eq!(c, StatusCode::OK);
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(g["limit_kw"], 1.5);
+    assert_eq!(g["source"], "api");
+    assert_eq!(g["event"], "dr-1");
+    assert!(
+        g["shortfall_kw"].as_f64().unwrap() > 0.0,
+        "GPUs alone exceed 1.5 kW: {g}"
+    );
+    assert_eq!(g["events"].as_array().unwrap().len(), 1);
+    let (_, status) = call(&r, Method::GET, "/api/v1/status", None).await;
+    assert!(status.contains("\"grid\""));
+    let (_, metrics) = call(&r, Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.contains("rackwarden_grid_limit_watts 1500"),
+        "{metrics}"
+    );
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("rackwarden_grid_shortfall_watts ") && !l.ends_with(" 0.0")));
+
+    // Withdrawn by id: nothing left in force, and journaled.
+    let (c, text) = call(&r, Method::DELETE, "/api/v1/grid/target?id=dr-1", ok).await;
+    assert_eq!(c, StatusCode::OK);
+    assert!(text.contains("\"cleared\":1"), "{text}");
+    assert_eq!(hub.grid.resolve(now, None).0.limit_kw, None);
+    assert!(std::fs::read_to_string(&journal)
+        .unwrap()
+        .contains("grid.event.cleared"));
+
+    // A price, then withdrawn: targets and prices are withdrawn apart.
+    let (c, _) = call_json(
+        &r,
+        Method::PUT,
+        "/api/v1/grid/price",
+        ok,
+        r#"{"usd_per_mwh": 250}"#,
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let (c, _) = call_json(
+        &r,
+        Method::PUT,
+        "/api/v1/grid/target",
+        ok,
+        r#"{"shed_kw": 100}"#,
+    )
+    .await;
+    assert_eq!(c, StatusCode::OK);
+    let (input, _) = hub.grid.resolve(now, Some(500.0));
+    assert_eq!(input.price_usd_per_mwh, Some(250.0));
+    assert_eq!(input.limit_kw, Some(400.0));
+    let (_, text) = call(&r, Method::DELETE, "/api/v1/grid/price", ok).await;
+    assert!(text.contains("\"cleared\":1"));
+    let (input, _) = hub.grid.resolve(now, Some(500.0));
+    assert_eq!(input.price_usd_per_mwh, None);
+    assert_eq!(input.limit_kw, Some(400.0));
+}
