@@ -114,6 +114,48 @@ pub enum Reason {
     Price,
 }
 
+impl Reason {
+    /// Every reason, for the tests that check the names.
+    pub const ALL: [Reason; 15] = [
+        Reason::Shed,
+        Reason::Emergency,
+        Reason::Excursion,
+        Reason::Ceiling,
+        Reason::SlowInTrough,
+        Reason::MeterSilent,
+        Reason::CoolingRedundancy,
+        Reason::CoolingCapacity,
+        Reason::Escalation,
+        Reason::Operator,
+        Reason::Restore,
+        Reason::Fill,
+        Reason::Resume,
+        Reason::Grid,
+        Reason::Price,
+    ];
+
+    /// The name the journal, the API, the metrics and the logs all use (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Shed => "shed",
+            Reason::Emergency => "emergency",
+            Reason::Excursion => "excursion",
+            Reason::Ceiling => "ceiling",
+            Reason::SlowInTrough => "slow_in_trough",
+            Reason::MeterSilent => "meter_silent",
+            Reason::CoolingRedundancy => "cooling_redundancy",
+            Reason::CoolingCapacity => "cooling_capacity",
+            Reason::Escalation => "escalation",
+            Reason::Operator => "operator",
+            Reason::Restore => "restore",
+            Reason::Fill => "fill",
+            Reason::Resume => "resume",
+            Reason::Grid => "grid",
+            Reason::Price => "price",
+        }
+    }
+}
+
 /// One command for the actuator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
@@ -306,4 +348,28 @@ pub struct Plan {
     pub grid_shortfall_kw: f64,
     /// Miners asleep that the power price keeps asleep.
     pub price_curtailed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_and_lever_names_are_their_serde_names() {
+        for r in Reason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.name(), "{r:?}");
+        }
+        for l in [
+            Lever::PowerTarget,
+            Lever::Sleep,
+            Lever::OutletOff,
+            Lever::GpuCap,
+            Lever::PowerTargetRaise,
+            Lever::Wake,
+            Lever::OutletOn,
+            Lever::GpuCapLift,
+        ] {
+            assert_eq!(serde_json::to_value(l).unwrap(), l.name(), "{l:?}");
+        }
+    }
 }

@@ -1361,7 +1361,7 @@ fn execute(
             lever = a.lever.name(),
             from_w = a.from_w,
             to_w = a.to_w,
-            reason = ?a.reason,
+            reason = a.reason.name(),
             "dry run: would {} {}", a.lever.name(), a.device_id
         );
     } else {
@@ -1373,7 +1373,7 @@ fn execute(
             lever = a.lever.name(),
             from_w = a.from_w,
             to_w = a.to_w,
-            reason = ?a.reason,
+            reason = a.reason.name(),
             "{} {}", a.lever.name(), a.device_id
         );
     }
