@@ -3,7 +3,7 @@
 
 Run through bench/run.sh (which builds in release mode and sets up the pyasic venv):
 
-    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal,scan] [--json FILE]
+    bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,grid,site,policy,journal,scan] [--json FILE]
 
 Every figure runs on loopback (127.0.0.0/8) against the project's simulators, each in a
 child process bounded in time. Figures:
@@ -14,6 +14,9 @@ child process bounded in time. Figures:
   3. decide on examples/site-100mw.toml: median and p99 per tick;
   4. reaction: a feed's GPU racks step to their maximum limit; time from the reading that
      shows it to the first shed command arriving at a simulated miner, p50/p99;
+  4b. grid: a grid target (issue 19) 100 kW under the example site's load, set through the
+     inbox the API fills; time to the first shed command at a simulated miner and to the
+     simulator's site meter under the target (agent/examples/bench_grid.rs);
   5. `rackwarden run` on the whole 100 MW site served by `rackwarden sim`: the agent
      process's CPU (fraction of one core, from /proc/PID/stat) and peak RSS (VmHWM) over
      a 60 s window after a warm-up; bytes written to disk (/proc/PID/io) during the
@@ -220,6 +223,25 @@ def fig_reaction(args, rows):
     rows.append(row("reaction: first reading showing the step -> first shed at a miner, p50", v["reaction_p50_ms"], "ms"))
     rows.append(row("reaction: first reading showing the step -> first shed at a miner, p99", v["reaction_p99_ms"], "ms",
                     goal=f"<= {goal} ms (meter interval + 50)", met=v["reaction_p99_ms"] <= goal, note=note))
+
+
+def fig_grid(args, rows):
+    trials = "3" if args.quick else "5"
+    out = run([os.path.join(REL, "examples", "bench_grid"), "examples/site.toml", "--trials", trials, "--json"],
+              timeout=900)
+    v = None
+    for line in out.splitlines():
+        if line.startswith("{"):
+            v = json.loads(line)
+    if not v:
+        rows.append(row("grid", None, "", note="no result"))
+        return
+    note = f"{v['trials']} trials ({v['failed']} failed), examples/site.toml live, target {v['shed_kw']:.0f} kW under the load"
+    rows.append(row("grid: target set -> first shed at a miner, p50", v["first_shed_p50_ms"], "ms"))
+    rows.append(row("grid: target set -> first shed at a miner, max", v["first_shed_max_ms"], "ms",
+                    goal="<= 2000 ms", met=v["first_shed_max_ms"] <= 2000, note=note))
+    rows.append(row("grid: target set -> site metered under it, max", v["under_max_ms"], "ms",
+                    goal="<= 30000 ms", met=v["under_max_ms"] <= 30000))
 
 
 def proc_cpu_s(pid):
@@ -496,7 +518,7 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="miners,modbus,decide,reaction,site,policy,journal,scan")
+    ap.add_argument("--only", default="miners,modbus,decide,reaction,grid,site,policy,journal,scan")
     ap.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     ap.add_argument("--json", default=os.path.join(ROOT, "target", "bench", "bench.json"))
     ap.add_argument("--python-pyasic", default=None, help="python of a venv with pyasic")
@@ -508,7 +530,7 @@ def main():
     print(f"RLIMIT_NOFILE for the children: {nofile}", flush=True)
     rows = []
     figs = {"miners": fig_miners, "modbus": fig_modbus, "decide": fig_decide,
-            "reaction": fig_reaction, "site": fig_site, "policy": fig_policy,
+            "reaction": fig_reaction, "grid": fig_grid, "site": fig_site, "policy": fig_policy,
             "journal": fig_journal, "scan": fig_scan}
     for name in args.only.split(","):
         try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rackwarden's benchmark, one command from a clean checkout:
-#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,site,policy,journal,scan]
+#   bash bench/run.sh [--quick] [--only miners,modbus,decide,reaction,grid,site,policy,journal,scan]
 # Builds in release mode, puts pyasic and pymodbus into a virtual environment under
 # target/bench/venv (from the package registry, once), then runs bench/run.py, which
 # prints one table and writes target/bench/bench.json. Loopback only; every step is
@@ -24,7 +24,7 @@ if [ "$only_scan" = 1 ]; then
     exec timeout 600 python3 bench/run.py "$@"
 fi
 timeout 3600 cargo build --release --locked -p rackwarden --bin rackwarden \
-    --example bench_decide --example bench_reaction --example bench_policy --example bench_journal
+    --example bench_decide --example bench_reaction --example bench_grid --example bench_policy --example bench_journal
 timeout 3600 cargo build --release --locked -p rackwarden-protocols \
     --example miner_bench --example modbus_bench
 

@@ -93,6 +93,9 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct GridInbox {
     inner: Mutex<Inner>,
+    /// Raised by every change: the control loop decides at once (a new limit is obeyed
+    /// within milliseconds, not at the next tick).
+    pub changed: tokio::sync::Notify,
 }
 
 /// Events a source may hold at once (a VTN listing thousands is cut, with a warning).
@@ -111,6 +114,8 @@ impl GridInbox {
         g.baselines.remove(&event.key());
         g.events.retain(|e| e.key() != event.key());
         g.events.push(event);
+        drop(g);
+        self.changed.notify_one();
     }
 
     /// Withdraws one event; returns whether it was there.
@@ -119,7 +124,12 @@ impl GridInbox {
         let before = g.events.len();
         g.events.retain(|e| !(e.source == source && e.id == id));
         g.baselines.remove(&(source, id.to_owned()));
-        g.events.len() != before
+        let gone = g.events.len() != before;
+        drop(g);
+        if gone {
+            self.changed.notify_one();
+        }
+        gone
     }
 
     /// Replaces every event of `source` (a VTN poll lists them all); baselines of events
@@ -127,10 +137,16 @@ impl GridInbox {
     pub fn replace(&self, source: GridSource, mut events: Vec<GridEvent>) {
         events.truncate(MAX_EVENTS_PER_SOURCE);
         let mut g = self.lock();
+        let before_len = g.events.len();
         g.events.retain(|e| e.source != source);
         let keep: Vec<(GridSource, String)> = events.iter().map(GridEvent::key).collect();
         g.baselines.retain(|k, _| k.0 != source || keep.contains(k));
+        let changed = g.events.len() != before_len || !events.is_empty();
         g.events.extend(events);
+        drop(g);
+        if changed {
+            self.changed.notify_one();
+        }
     }
 
     /// The events of one source.

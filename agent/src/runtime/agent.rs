@@ -621,6 +621,8 @@ pub async fn run_with_ha(
             () = cancel.cancelled() => break,
             _ = ticker.tick() => false,
             () = shared.urgent.notified() => true,
+            // A grid event set, changed or withdrawn (API, OpenADR).
+            () = hub.grid.changed.notified() => true,
         };
         // Urgent decisions come at most one per fiftieth of a fast tick (20 ms by
         // default): a fleet of GPU nodes whose limits rise together costs at most 50
@@ -676,7 +678,7 @@ pub async fn run_with_ha(
         if urgent {
             debug!(
                 event = "control.urgent",
-                "a meter crossed its shed threshold or GPU limits rose: deciding now"
+                "a meter crossed its shed threshold, GPU limits rose or a grid event changed: deciding now"
             );
         } else {
             n += 1;
