@@ -175,6 +175,33 @@ fn an_alerts_section_is_summarised_with_its_defaults() {
 }
 
 #[test]
+fn a_grid_section_is_summarised() {
+    let dir = std::env::temp_dir().join(format!("rw-check-grid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text =
+        std::fs::read_to_string(repo().join("config/tests/data/valid/minimal.toml")).unwrap();
+    let (_, stdout, _) = check_config(&repo().join("config/tests/data/valid/minimal.toml"));
+    assert!(
+        stdout.contains("grid        targets from api (with agent.http_token_file); margin 2%, GPU caps never; no price curtailment"),
+        "{stdout}"
+    );
+    std::fs::write(dir.join("vtn.secret"), "s3cret\n").unwrap();
+    let file = dir.join("site.toml");
+    std::fs::write(
+        &file,
+        format!("{text}\n[grid]\nhashprice_usd_per_th_day = 0.05\nallow_gpu_caps = true\n[grid.openadr]\nvtn_url = \"https://vtn.utility.example/openadr3/\"\nclient_id = \"site-7\"\nclient_secret_file = \"vtn.secret\"\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check_config(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("grid        targets from api (with agent.http_token_file), openadr https://vtn.utility.example/openadr3 as VEN `mini`, polled every 10 s; margin 2%, GPU caps allowed; price curtailment at hashprice 0.05 USD/TH/day (breakeven 69 USD/MWh at 30 J/TH)"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn a_site_without_gpus_prints_zero_not_minus_zero_kw() {
     let dir = std::env::temp_dir().join(format!("rw-check-nogpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -1069,6 +1069,11 @@ fn check_grid(
             o.vtn_url.trim_end_matches('/').to_owned()
         } else {
             http_url(&o.vtn_url).unwrap_or_else(|e| {
+                let e = if o.vtn_url.contains("://") {
+                    e
+                } else {
+                    format!("`{}` is not an http:// or https:// URL", o.vtn_url)
+                };
                 errs.push("grid.openadr.vtn_url", e);
                 String::new()
             })

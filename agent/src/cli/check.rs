@@ -172,6 +172,7 @@ pub fn summary(site: &Site) -> String {
         }
     }
     alerts_line(&mut s, site);
+    grid_line(&mut s, site);
     for line in warnings {
         let _ = writeln!(s, "{line}");
     }
@@ -204,6 +205,32 @@ fn alerts_line(s: &mut String, site: &Site) {
         a.resend_interval_s,
         a.queue_capacity,
         a.timeout_s
+    );
+}
+
+/// `[grid]` (issue 19): where grid targets come from, and price curtailment.
+fn grid_line(s: &mut String, site: &Site) {
+    let g = &site.grid;
+    let mut from = vec!["api (with agent.http_token_file)".to_owned()];
+    if let Some(o) = &g.openadr {
+        from.push(format!(
+            "openadr {} as VEN `{}`, polled every {} s",
+            o.vtn_url, o.ven_name, o.poll_interval_s
+        ));
+    }
+    let price = match g.hashprice_usd_per_th_day {
+        Some(h) => format!(
+            "price curtailment at hashprice {h} USD/TH/day (breakeven {:.0} USD/MWh at 30 J/TH)",
+            crate::control::decide::grid::breakeven_usd_per_mwh(h, 30.0)
+        ),
+        None => "no price curtailment".to_owned(),
+    };
+    let _ = writeln!(
+        s,
+        "  grid        targets from {}; margin {:.0}%, GPU caps {}; {price}",
+        from.join(", "),
+        g.margin_fraction * 100.0,
+        if g.allow_gpu_caps { "allowed" } else { "never" }
     );
 }
 
