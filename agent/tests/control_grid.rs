@@ -252,3 +252,72 @@ fn a_price_spike_sleeps_the_least_efficient_first_and_wakes_them_when_it_passes(
         .collect();
     assert!(order.iter().any(|d| d.contains("braiins")), "{order:?}");
 }
+
+mod property {
+    //! Over random small sites and random grid limits: a grid event never caps a GPU
+    //! (without `allow_gpu_caps`) and never adds load: the restores of a decision under
+    //! a limit add no more than the same decision's without it (which miners they are
+    //! may differ: a smaller one can fit where the policy's first pick did not).
+
+    use super::control_support::{gen_site, load, Sim};
+    use proptest::prelude::*;
+    use rackwarden::control::{decide, GridInput, Lever, Reason};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 10, max_shrink_iters: 30, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_grid_limit_never_caps_a_gpu_nor_adds_a_restore(
+            seed in any::<u64>(),
+            windows in prop::collection::vec((0u64..400, 10u64..200, 0.2f64..1.2), 1..5),
+        ) {
+            let mut sim = Sim::new(load(&gen_site(seed)), false);
+            sim.keep_steps = false;
+            for g in 0..sim.gpus.len() {
+                sim.gpus[g].util = 0.6;
+            }
+            let budget = sim.site.nodes[0].budget_kw;
+            while sim.now < 480_000 {
+                let t = sim.now / 1000;
+                let limit = windows
+                    .iter()
+                    .filter(|(start, len, _)| t >= *start && t < start + len)
+                    .map(|(_, _, f)| f * budget)
+                    .fold(None, |m: Option<f64>, l| Some(m.map_or(l, |m| m.min(l))));
+                sim.snap.grid = GridInput {
+                    limit_kw: limit,
+                    limit_from: "test".into(),
+                    price_usd_per_mwh: None,
+                };
+                sim.tick();
+                let step = sim.steps.last().unwrap();
+                for a in &step.plan.actions {
+                    prop_assert!(
+                        !(a.lever == Lever::GpuCap && a.reason == Reason::Grid),
+                        "t={t}: GPU capped for the grid: {a:?}"
+                    );
+                }
+                if limit.is_none() {
+                    continue;
+                }
+                let mut free = step.snap.clone();
+                free.grid = GridInput::default();
+                let without = decide(&sim.site, &sim.topo, &free, &step.pre, step.now, step.tick);
+                let added = |acts: &[rackwarden::control::Action]| -> f64 {
+                    acts.iter()
+                        .filter(|a| !a.lever.is_shed() && a.lever != Lever::GpuCapLift)
+                        .map(|a| (a.to_w - a.from_w).max(0.0))
+                        .sum()
+                };
+                let with_kw = added(&step.plan.actions);
+                let without_kw = added(&without.actions);
+                prop_assert!(
+                    with_kw <= without_kw + 1e-6,
+                    "t={t}: restores add {with_kw:.0} W under the limit, {without_kw:.0} W without it\nwith {:?}\nwithout {:?}",
+                    step.plan.actions,
+                    without.actions
+                );
+            }
+        }
+    }
+}
