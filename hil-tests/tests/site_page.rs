@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rackwarden::grid::{GridEvent, GridSignal, GridSource};
 use rackwarden::http::{self, HttpState, StatusHub};
 use rackwarden::runtime::agent::{self, RunOptions};
 use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
@@ -29,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 // Slow enough that a loaded 2-core CI machine (Chromium, simulator and agent at once)
 // keeps every reading inside its staleness limit.
 const SPEED: f64 = 2.0;
+
+/// A grid limit far above the example site's load: shown, never binding.
+const GRID_LIMIT_KW: f64 = 5000.0;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -339,6 +343,22 @@ fn site_page_shows_the_status_figures_in_chromium() {
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // A grid limit far above the site's load (it sheds nothing) and a price, as the
+        // API would set them: the page's grid box shows them.
+        hub.grid.put(GridEvent {
+            source: GridSource::Api,
+            id: "page-test".into(),
+            signal: GridSignal::LimitKw(GRID_LIMIT_KW),
+            start_ms: hub.last_now(),
+            end_ms: None,
+        });
+        hub.grid.put(GridEvent {
+            source: GridSource::Api,
+            id: "page-price".into(),
+            signal: GridSignal::PriceUsdPerMwh(42.5),
+            start_ms: hub.last_now(),
+            end_ms: None,
+        });
         // A few virtual minutes of the demo (the GPU surge sheds miners on feed A).
         tokio::time::sleep(Duration::from_secs(8)).await;
         // And the first energy commit (once a virtual minute): the page's energy table.
@@ -476,6 +496,29 @@ fn site_page_shows_the_status_figures_in_chromium() {
     assert!(
         metered.iter().any(|&kw| kw > 10.0),
         "no metered node shows a reading: {metered:?}"
+    );
+
+    // The grid box: the limit, its source, the price, as the API has them.
+    let grid = figures(&dump, "grid");
+    let g = &live["grid"];
+    assert_eq!(g["limit_kw"], GRID_LIMIT_KW, "{g}");
+    assert_eq!(
+        grid.get(&("site".to_owned(), "limit_kw".to_owned())),
+        Some(&shown(&g["limit_kw"])),
+        "{grid:?}"
+    );
+    assert_eq!(
+        grid.get(&("site".to_owned(), "price_usd_per_mwh".to_owned())),
+        Some(&shown(&g["price_usd_per_mwh"]))
+    );
+    assert_eq!(
+        grid.get(&("site".to_owned(), "shortfall_kw".to_owned()))
+            .map(String::as_str),
+        Some("0.0")
+    );
+    assert!(
+        dump.contains("api:page-test"),
+        "the page names the limit's source"
     );
 
     // Zones, with their N+1 state.

@@ -82,6 +82,25 @@ function drawCurtailed(rows) {
     ${rows.length > shown.length ? `<p class="muted">and ${rows.length - shown.length} more (see /api/v1/status)</p>` : ""}`;
 }
 
+// Grid signals in force (`grid` of /api/v1/status): the limit, its source, the site's
+// load against it, what mining cannot shed, the price.
+function drawGrid(g) {
+  if (!g || (g.limit_kw === null && g.price_usd_per_mwh === null)) {
+    $("grid").innerHTML = `<p class="muted">no grid target or price in force</p>`;
+    return;
+  }
+  const rows = [];
+  if (g.limit_kw !== null) {
+    rows.push(`<tr><th>limit</th><td>${fig("grid", "site", "limit_kw", g.limit_kw)} kW <span class="muted">${esc(g.source || "")}:${esc(g.event || "")}</span></td></tr>`);
+    rows.push(`<tr><th>site load</th><td>${fig("grid", "site", "load_kw", g.load_kw)} kW</td></tr>`);
+    rows.push(`<tr><th>shortfall</th><td class="${g.shortfall_kw > 0 ? "crit" : ""}">${fig("grid", "site", "shortfall_kw", g.shortfall_kw)} kW</td></tr>`);
+  }
+  if (g.price_usd_per_mwh !== null) {
+    rows.push(`<tr><th>price</th><td>${fig("grid", "site", "price_usd_per_mwh", g.price_usd_per_mwh)} USD/MWh, ${g.miners_price_curtailed} miner(s) asleep for it</td></tr>`);
+  }
+  $("grid").innerHTML = `<table>${rows.join("")}</table>`;
+}
+
 function drawAlerts(alerts) {
   $("alerts").innerHTML = alerts.slice(0, 8).map((a) =>
     `<li><span class="sev ${a.severity}">${esc(a.name)}</span>${esc(a.message)}</li>`).join("") || `<li class="muted">none since start</li>`;
@@ -136,6 +155,7 @@ async function refresh() {
       drawZones(s.frame.zones);
     }
     drawCurtailed(s.curtailed);
+    drawGrid(s.grid);
     drawAlerts(s.alerts);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "1";
