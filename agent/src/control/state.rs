@@ -398,9 +398,11 @@ pub struct ControlState {
     pub zones: Vec<ZoneState>,
 }
 
-impl Clone for ControlState {
-    fn clone(&self) -> Self {
-        let mut c = ControlState {
+/// An empty state (no site, nothing allocated): a placeholder while the real one is in
+/// `decide`'s hands.
+impl Default for ControlState {
+    fn default() -> Self {
+        ControlState {
             site_id: String::new(),
             started_at: 0,
             fresh_since: None,
@@ -414,7 +416,13 @@ impl Clone for ControlState {
             miners: Vec::new(),
             gpus: Vec::new(),
             zones: Vec::new(),
-        };
+        }
+    }
+}
+
+impl Clone for ControlState {
+    fn clone(&self) -> Self {
+        let mut c = ControlState::default();
         c.clone_from(self);
         c
     }

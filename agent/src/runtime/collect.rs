@@ -40,6 +40,38 @@ pub(super) struct DeviceUse {
 }
 
 /// Miner polls in flight at once: bounds sockets and descriptors on a 30,000-miner site.
+/// Which snapshot entries each Modbus device feeds, and an empty cache of the meters'
+/// latest values.
+pub(super) fn site_uses(site: &Site) -> (Vec<DeviceUse>, MeterCache) {
+    let mut uses = vec![DeviceUse::default(); site.modbus_devices.len()];
+    let mut cache = MeterCache {
+        values: site
+            .nodes
+            .iter()
+            .map(|n| vec![None; n.meters.len()])
+            .collect(),
+    };
+    for (ni, n) in site.nodes.iter().enumerate() {
+        for (k, m) in n.meters.iter().enumerate() {
+            uses[m.device].meters.push((ni, k, m.point.clone()));
+        }
+    }
+    for (mi, m) in site.miners.iter().enumerate() {
+        if let Some(o) = &m.outlet {
+            uses[o.device].outlets.push((mi, o.outlet));
+        }
+    }
+    for (zi, z) in site.zones.iter().enumerate() {
+        for (ui, u) in z.units.iter().enumerate() {
+            if let Some(d) = u.device {
+                uses[d].units.push((zi, ui));
+            }
+        }
+    }
+    cache.values.shrink_to_fit();
+    (uses, cache)
+}
+
 pub(super) const MINER_POLLS_IN_FLIGHT: usize = 512;
 
 impl Shared {

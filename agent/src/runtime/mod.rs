@@ -9,3 +9,4 @@ pub mod io;
 mod journal;
 pub mod persist;
 mod takeover;
+mod tick;
