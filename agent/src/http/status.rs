@@ -569,197 +569,10 @@ impl StatusHub {
             return;
         };
         let site = &layout.site;
-        let p = &site.policy;
-        let fresh = |taken: Millis, stale_ms: u64| now.saturating_sub(taken) <= stale_ms;
-
-        // Per-rack GPU and mining power from the latest readings (stale ones included:
-        // the page shows what was last read, the band shows what the policy made of it).
-        let mut rack_gpu = vec![0.0; site.nodes.len()];
-        let mut rack_mining = vec![0.0; site.nodes.len()];
-        for (i, g) in site.gpu_nodes.iter().enumerate() {
-            if let Some(r) = snap.gpu(i) {
-                rack_gpu[g.rack] += r.power_w / 1000.0;
-            }
-        }
-        for (i, m) in site.miners.iter().enumerate() {
-            if let Some(r) = snap.miner(i) {
-                rack_mining[m.rack] += r.power_w / 1000.0;
-            }
-        }
-        let node_rows: Vec<NodeRow> = site
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let v = nodes.get(i);
-                let (gpu, mining) = layout.racks_under[i].iter().fold((0.0, 0.0), |(g, m), &r| {
-                    (g + rack_gpu[r], m + rack_mining[r])
-                });
-                let eff = v.map_or(f64::NAN, |v| v.eff_kw);
-                NodeRow {
-                    id: n.id.clone(),
-                    kind: n.kind.name(),
-                    rack_kind: n.rack_kind().map(|k| name_of(&k)),
-                    parents: n
-                        .parents
-                        .iter()
-                        .map(|&p| site.nodes[p].id.clone())
-                        .collect(),
-                    depth: layout.depth[i],
-                    budget_kw: round1(n.budget_kw),
-                    rating_kw: round1(n.rating_kw),
-                    measured_kw: v.and_then(|v| v.measured_kw).map(round1),
-                    projected_kw: round1(v.map_or(f64::NAN, |v| v.proj_kw)),
-                    effective_kw: round1(eff),
-                    gpu_kw: round1(gpu),
-                    mining_kw: round1(mining),
-                    utilization: if n.budget_kw > 0.0 {
-                        (eff / n.budget_kw * 1000.0).round() / 1000.0
-                    } else {
-                        0.0
-                    },
-                    band: v.map_or(crate::control::Band::Normal, |v| v.band),
-                    frozen: v.is_some_and(|v| v.frozen),
-                    ceiling_kw: round1(n.ceiling_kw),
-                    worst_kw: round1(v.map_or(f64::NAN, |v| v.worst_kw)),
-                    gpu_reserve_kw: round1(v.map_or(f64::NAN, |v| v.gpu_reserve_kw)),
-                    gpu_sustained_kw: round1(v.map_or(f64::NAN, |v| v.gpu_sustained_kw)),
-                    mining_allowance_kw: round1(v.map_or(f64::NAN, |v| v.mining_allowance_kw)),
-                    guaranteed_kw: round1(v.map_or(f64::NAN, |v| v.guaranteed_kw)),
-                    trough_kw: round1(v.map_or(f64::NAN, |v| {
-                        (v.mining_allowance_kw - v.guaranteed_kw).max(0.0)
-                    })),
-                    mining_committed_kw: round1(v.map_or(f64::NAN, |v| v.mining_kw)),
-                }
-            })
-            .collect();
-
-        let zone_rows: Option<Vec<ZoneRow>> = (!zones.is_empty()).then(|| {
-            site.zones
-                .iter()
-                .enumerate()
-                .map(|(z, zone)| {
-                    let v = zones.get(z);
-                    let units = zone
-                        .units
-                        .iter()
-                        .enumerate()
-                        .map(|(u, unit)| {
-                            let state = match (unit.device, snap.unit(z, u)) {
-                                (None, _) => "unmonitored",
-                                (Some(_), None) => "unread",
-                                (Some(_), Some(r)) if !fresh(r.taken_at, p.cooling_stale_ms) => {
-                                    "stale"
-                                }
-                                (Some(_), Some(r)) => match r.state {
-                                    UnitState::Running => "running",
-                                    UnitState::Alarmed => "alarmed",
-                                    UnitState::Maintenance => "maintenance",
-                                    UnitState::Offline => "offline",
-                                },
-                            };
-                            UnitRow {
-                                id: unit.id.clone(),
-                                capacity_kw: round1(unit.capacity_kw),
-                                state,
-                                maintenance_override: snap
-                                    .overrides
-                                    .units_in_maintenance
-                                    .contains(&(z, u)),
-                            }
-                        })
-                        .collect();
-                    ZoneRow {
-                        id: zone.id.clone(),
-                        medium: name_of(&zone.medium),
-                        redundancy: name_of(&zone.redundancy),
-                        heat_kw: round1(v.map_or(f64::NAN, |v| v.heat_kw)),
-                        available_kw: round1(v.map_or(f64::NAN, |v| v.available_kw)),
-                        largest_kw: round1(v.map_or(f64::NAN, |v| v.largest_kw)),
-                        n_plus_1: v.is_some_and(|v| v.n_plus_1),
-                        n: v.is_some_and(|v| v.n),
-                        units,
-                    }
-                })
-                .collect()
-        });
-
-        // Readiness: every collector has fresh data at this decision.
-        let mut reasons = Vec::new();
-        let mut modbus_reasons = Vec::new();
-        let input_fresh = |i: Input| match i {
-            Input::Meter(n) => snap
-                .meter(n)
-                .is_some_and(|r| fresh(r.taken_at, p.meter_stale_ms)),
-            Input::Outlet(m) => snap
-                .outlet(m)
-                .is_some_and(|r| fresh(r.taken_at, p.meter_stale_ms.max(p.miner_stale_ms))),
-            Input::Unit(z, u) => snap
-                .unit(z, u)
-                .is_some_and(|r| fresh(r.taken_at, p.cooling_stale_ms)),
-        };
-        for (id, inputs) in &layout.collectors {
-            if !inputs.iter().any(|&i| input_fresh(i)) {
-                modbus_reasons.push(format!("modbus device {id}: no fresh reading"));
-            }
-        }
-        let miners_fresh = (0..site.miners.len())
-            .filter(|&i| {
-                snap.miner(i)
-                    .is_some_and(|r| fresh(r.taken_at, p.miner_stale_ms))
-            })
-            .count();
-        if !site.miners.is_empty() && miners_fresh == 0 {
-            reasons.push("miners: no fresh reading from any miner".into());
-        }
-        let mut gpus_fresh = 0;
-        for (i, g) in site.gpu_nodes.iter().enumerate() {
-            if snap
-                .gpu(i)
-                .is_some_and(|r| fresh(r.power_taken_at, p.gpu_power_stale_ms))
-            {
-                gpus_fresh += 1;
-            } else {
-                reasons.push(format!("gpu node {}: no fresh reading", g.id));
-            }
-        }
-        reasons.extend(modbus_reasons);
-        if reasons.len() > 20 {
-            let more = reasons.len() - 19;
-            reasons.truncate(19);
-            reasons.push(format!("and {more} more"));
-        }
-
-        // Curtailed miners and counts by state.
-        let ov = &snap.overrides;
-        let mut counts: HashMap<(&'static str, bool), u32> = HashMap::new();
-        let mut curtailed = Vec::new();
-        for (i, (m, s)) in site.miners.iter().zip(&state.miners).enumerate() {
-            let operator = ov.curtailed_miners.contains(&i) || ov.curtailed_racks.contains(&m.rack);
-            let (intent, target_w) = match s.intent {
-                Intent::Normal => ("normal", None),
-                Intent::Target { w } => ("power_target", Some(w)),
-                Intent::Sleep => ("sleep", None),
-                Intent::OutletOff => ("outlet_off", None),
-            };
-            *counts.entry((intent, operator)).or_default() += 1;
-            if s.intent != Intent::Normal {
-                curtailed.push((
-                    i,
-                    CurtailedRow {
-                        id: m.id.clone(),
-                        rack: site.nodes[m.rack].id.clone(),
-                        intent,
-                        target_w,
-                        since_ms: s.since,
-                        reason: None,
-                        constraint: None,
-                        operator,
-                    },
-                ));
-            }
-        }
-
+        let node_rows = node_rows(&layout, snap, nodes);
+        let zone_rows = (!zones.is_empty()).then(|| zone_rows(site, snap, zones, now));
+        let fresh = Freshness::of(&layout, snap, now);
+        let (curtailed, counts) = curtailed_rows(site, snap, state);
         // Learned times: refreshed on slow ticks, and at the first decision of a site.
         let times = if tick == Tick::Slow || lock(&self.inner).miner_times.is_empty() {
             let per_miner = miner_times(site, snap, state);
@@ -770,160 +583,14 @@ impl StatusHub {
             None
         };
 
-        // Metrics.
-        let mx = &self.metrics;
-        for (i, (n, row)) in site.nodes.iter().zip(&node_rows).enumerate() {
-            let l: Labels = vec![("node", n.id.clone()), ("kind", row.kind.to_owned())];
-            let w = |kw: f64| kw * 1000.0;
-            mx.node_ceiling_watts.get_or_create(&l).set(w(n.ceiling_kw));
-            let view = |f: fn(&NodeView) -> f64| nodes.get(i).map_or(f64::NAN, |v| w(f(v)));
-            mx.node_worst_case_watts
-                .get_or_create(&l)
-                .set(view(|v| v.worst_kw));
-            mx.node_gpu_reserve_watts
-                .get_or_create(&l)
-                .set(view(|v| v.gpu_reserve_kw));
-            mx.node_gpu_sustained_watts
-                .get_or_create(&l)
-                .set(view(|v| v.gpu_sustained_kw));
-            mx.node_mining_allowance_watts
-                .get_or_create(&l)
-                .set(view(|v| v.mining_allowance_kw));
-            mx.node_mining_guaranteed_watts
-                .get_or_create(&l)
-                .set(view(|v| v.guaranteed_kw));
-            mx.node_measured_watts
-                .get_or_create(&l)
-                .set(row.measured_kw.map_or(f64::NAN, w));
-            mx.node_projected_watts
-                .get_or_create(&l)
-                .set(w(row.projected_kw));
-            mx.node_budget_watts.get_or_create(&l).set(w(n.budget_kw));
-            mx.node_utilization_ratio
-                .get_or_create(&l)
-                .set(row.utilization);
-            mx.node_gpu_watts.get_or_create(&l).set(w(row.gpu_kw));
-            mx.node_mining_watts.get_or_create(&l).set(w(row.mining_kw));
-        }
+        self.node_metrics(site, &node_rows, nodes);
         if let Some(rows) = &zone_rows {
-            for z in rows {
-                let l: Labels = vec![("zone", z.id.clone())];
-                mx.zone_capacity_watts
-                    .get_or_create(&l)
-                    .set(z.available_kw * 1000.0);
-                mx.zone_heat_load_watts
-                    .get_or_create(&l)
-                    .set(z.heat_kw * 1000.0);
-                mx.zone_largest_unit_watts
-                    .get_or_create(&l)
-                    .set(z.largest_kw * 1000.0);
-                mx.zone_redundant
-                    .get_or_create(&l)
-                    .set(if z.n_plus_1 { 1.0 } else { 0.0 });
-                mx.zone_covered
-                    .get_or_create(&l)
-                    .set(if z.n { 1.0 } else { 0.0 });
-                let down = z
-                    .units
-                    .iter()
-                    .filter(|u| u.state != "running" || u.maintenance_override)
-                    .count();
-                mx.cooling_units_unavailable
-                    .get_or_create(&l)
-                    .set(f64::from(u32::try_from(down).unwrap_or(u32::MAX)));
-            }
+            self.zone_metrics(rows);
         }
-        for state_name in ["normal", "power_target", "sleep", "outlet_off"] {
-            for operator in [false, true] {
-                let c = counts.get(&(state_name, operator)).copied().unwrap_or(0);
-                mx.miners
-                    .get_or_create(&vec![
-                        ("state", state_name.to_owned()),
-                        ("operator", operator.to_string()),
-                    ])
-                    .set(f64::from(c));
-            }
-        }
-        for (i, g) in site.gpu_nodes.iter().enumerate() {
-            let l: Labels = vec![("gpu_node", g.id.clone())];
-            let r = snap.gpu(i);
-            mx.gpu_node_power_watts
-                .get_or_create(&l)
-                .set(r.map_or(f64::NAN, |r| r.power_w));
-            mx.gpu_power_limit_watts.get_or_create(&l).set(
-                r.and_then(|r| r.gpus.iter().map(|g| g.enforced_w).reduce(f64::max))
-                    .unwrap_or(f64::NAN),
-            );
-            mx.gpu_node_capped.get_or_create(&l).set(
-                if state.gpus.get(i).is_some_and(|s| s.cap_w.is_some()) {
-                    1.0
-                } else {
-                    0.0
-                },
-            );
-        }
-        let set_inputs = |class: &str, fresh_n: usize, total: usize, read: usize| {
-            for (k, v) in [
-                ("fresh", fresh_n),
-                ("stale", read.saturating_sub(fresh_n)),
-                ("missing", total.saturating_sub(read)),
-            ] {
-                mx.inputs
-                    .get_or_create(&vec![
-                        ("class", class.to_owned()),
-                        ("freshness", k.to_owned()),
-                    ])
-                    .set(f64::from(u32::try_from(v).unwrap_or(u32::MAX)));
-            }
-        };
-        let metered: Vec<usize> = (0..site.nodes.len())
-            .filter(|&i| !site.nodes[i].meters.is_empty())
-            .collect();
-        set_inputs(
-            "meter",
-            metered
-                .iter()
-                .filter(|&&i| input_fresh(Input::Meter(i)))
-                .count(),
-            metered.len(),
-            metered.iter().filter(|&&i| snap.meter(i).is_some()).count(),
-        );
-        let units: Vec<(usize, usize)> = site
-            .zones
-            .iter()
-            .enumerate()
-            .flat_map(|(z, zone)| {
-                zone.units
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, u)| u.device.is_some())
-                    .map(move |(u, _)| (z, u))
-            })
-            .collect();
-        set_inputs(
-            "cooling_unit",
-            units
-                .iter()
-                .filter(|&&(z, u)| input_fresh(Input::Unit(z, u)))
-                .count(),
-            units.len(),
-            units
-                .iter()
-                .filter(|&&(z, u)| snap.unit(z, u).is_some())
-                .count(),
-        );
-        set_inputs(
-            "miner",
-            miners_fresh,
-            site.miners.len(),
-            snap.miners.iter().flatten().count(),
-        );
-        set_inputs(
-            "gpu",
-            gpus_fresh,
-            site.gpu_nodes.len(),
-            snap.gpus.iter().flatten().count(),
-        );
+        self.device_metrics(site, snap, state, &counts);
+        self.input_metrics(site, snap, now, &fresh);
+        let mx = &self.metrics;
+        let reasons = fresh.reasons;
         mx.decisions
             .get_or_create(&vec![("tick", name_of(&tick))])
             .inc();
@@ -1169,6 +836,408 @@ impl StatusHub {
             grid: g.grid.clone(),
             miners: rows,
         })
+    }
+}
+
+/// Every node's row of a frame, from the decision's views and the latest readings.
+fn node_rows(layout: &Layout, snap: &Snapshot, nodes: &[NodeView]) -> Vec<NodeRow> {
+    let site = &layout.site;
+    // Per-rack GPU and mining power from the latest readings (stale ones included:
+    // the page shows what was last read, the band shows what the policy made of it).
+    let mut rack_gpu = vec![0.0; site.nodes.len()];
+    let mut rack_mining = vec![0.0; site.nodes.len()];
+    for (i, g) in site.gpu_nodes.iter().enumerate() {
+        if let Some(r) = snap.gpu(i) {
+            rack_gpu[g.rack] += r.power_w / 1000.0;
+        }
+    }
+    for (i, m) in site.miners.iter().enumerate() {
+        if let Some(r) = snap.miner(i) {
+            rack_mining[m.rack] += r.power_w / 1000.0;
+        }
+    }
+    site.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let v = nodes.get(i);
+            let (gpu, mining) = layout.racks_under[i].iter().fold((0.0, 0.0), |(g, m), &r| {
+                (g + rack_gpu[r], m + rack_mining[r])
+            });
+            let eff = v.map_or(f64::NAN, |v| v.eff_kw);
+            NodeRow {
+                id: n.id.clone(),
+                kind: n.kind.name(),
+                rack_kind: n.rack_kind().map(|k| name_of(&k)),
+                parents: n
+                    .parents
+                    .iter()
+                    .map(|&p| site.nodes[p].id.clone())
+                    .collect(),
+                depth: layout.depth[i],
+                budget_kw: round1(n.budget_kw),
+                rating_kw: round1(n.rating_kw),
+                measured_kw: v.and_then(|v| v.measured_kw).map(round1),
+                projected_kw: round1(v.map_or(f64::NAN, |v| v.proj_kw)),
+                effective_kw: round1(eff),
+                gpu_kw: round1(gpu),
+                mining_kw: round1(mining),
+                utilization: if n.budget_kw > 0.0 {
+                    (eff / n.budget_kw * 1000.0).round() / 1000.0
+                } else {
+                    0.0
+                },
+                band: v.map_or(crate::control::Band::Normal, |v| v.band),
+                frozen: v.is_some_and(|v| v.frozen),
+                ceiling_kw: round1(n.ceiling_kw),
+                worst_kw: round1(v.map_or(f64::NAN, |v| v.worst_kw)),
+                gpu_reserve_kw: round1(v.map_or(f64::NAN, |v| v.gpu_reserve_kw)),
+                gpu_sustained_kw: round1(v.map_or(f64::NAN, |v| v.gpu_sustained_kw)),
+                mining_allowance_kw: round1(v.map_or(f64::NAN, |v| v.mining_allowance_kw)),
+                guaranteed_kw: round1(v.map_or(f64::NAN, |v| v.guaranteed_kw)),
+                trough_kw: round1(v.map_or(f64::NAN, |v| {
+                    (v.mining_allowance_kw - v.guaranteed_kw).max(0.0)
+                })),
+                mining_committed_kw: round1(v.map_or(f64::NAN, |v| v.mining_kw)),
+            }
+        })
+        .collect()
+}
+
+/// Every zone's row of a frame (slow ticks: cooling is checked then).
+fn zone_rows(site: &Site, snap: &Snapshot, zones: &[ZoneView], now: Millis) -> Vec<ZoneRow> {
+    let p = &site.policy;
+    let fresh = |taken: Millis, stale_ms: u64| now.saturating_sub(taken) <= stale_ms;
+    site.zones
+        .iter()
+        .enumerate()
+        .map(|(z, zone)| {
+            let v = zones.get(z);
+            let units = zone
+                .units
+                .iter()
+                .enumerate()
+                .map(|(u, unit)| {
+                    let state = match (unit.device, snap.unit(z, u)) {
+                        (None, _) => "unmonitored",
+                        (Some(_), None) => "unread",
+                        (Some(_), Some(r)) if !fresh(r.taken_at, p.cooling_stale_ms) => "stale",
+                        (Some(_), Some(r)) => match r.state {
+                            UnitState::Running => "running",
+                            UnitState::Alarmed => "alarmed",
+                            UnitState::Maintenance => "maintenance",
+                            UnitState::Offline => "offline",
+                        },
+                    };
+                    UnitRow {
+                        id: unit.id.clone(),
+                        capacity_kw: round1(unit.capacity_kw),
+                        state,
+                        maintenance_override: snap.overrides.units_in_maintenance.contains(&(z, u)),
+                    }
+                })
+                .collect();
+            ZoneRow {
+                id: zone.id.clone(),
+                medium: name_of(&zone.medium),
+                redundancy: name_of(&zone.redundancy),
+                heat_kw: round1(v.map_or(f64::NAN, |v| v.heat_kw)),
+                available_kw: round1(v.map_or(f64::NAN, |v| v.available_kw)),
+                largest_kw: round1(v.map_or(f64::NAN, |v| v.largest_kw)),
+                n_plus_1: v.is_some_and(|v| v.n_plus_1),
+                n: v.is_some_and(|v| v.n),
+                units,
+            }
+        })
+        .collect()
+}
+
+/// Whether input `i` was read within its staleness limit at `now`.
+fn input_fresh(snap: &Snapshot, p: &rackwarden_config::Policy, now: Millis, i: Input) -> bool {
+    let fresh = |taken: Millis, stale_ms: u64| now.saturating_sub(taken) <= stale_ms;
+    match i {
+        Input::Meter(n) => snap
+            .meter(n)
+            .is_some_and(|r| fresh(r.taken_at, p.meter_stale_ms)),
+        Input::Outlet(m) => snap
+            .outlet(m)
+            .is_some_and(|r| fresh(r.taken_at, p.meter_stale_ms.max(p.miner_stale_ms))),
+        Input::Unit(z, u) => snap
+            .unit(z, u)
+            .is_some_and(|r| fresh(r.taken_at, p.cooling_stale_ms)),
+    }
+}
+
+/// Readiness at a decision: why not (every collector needs fresh data), and how many
+/// miners and GPU nodes were fresh.
+struct Freshness {
+    reasons: Vec<String>,
+    miners_fresh: usize,
+    gpus_fresh: usize,
+}
+
+impl Freshness {
+    fn of(layout: &Layout, snap: &Snapshot, now: Millis) -> Freshness {
+        let site = &layout.site;
+        let p = &site.policy;
+        let fresh = |taken: Millis, stale_ms: u64| now.saturating_sub(taken) <= stale_ms;
+        let mut reasons = Vec::new();
+        let mut modbus_reasons = Vec::new();
+        for (id, inputs) in &layout.collectors {
+            if !inputs.iter().any(|&i| input_fresh(snap, p, now, i)) {
+                modbus_reasons.push(format!("modbus device {id}: no fresh reading"));
+            }
+        }
+        let miners_fresh = (0..site.miners.len())
+            .filter(|&i| {
+                snap.miner(i)
+                    .is_some_and(|r| fresh(r.taken_at, p.miner_stale_ms))
+            })
+            .count();
+        if !site.miners.is_empty() && miners_fresh == 0 {
+            reasons.push("miners: no fresh reading from any miner".into());
+        }
+        let mut gpus_fresh = 0;
+        for (i, g) in site.gpu_nodes.iter().enumerate() {
+            if snap
+                .gpu(i)
+                .is_some_and(|r| fresh(r.power_taken_at, p.gpu_power_stale_ms))
+            {
+                gpus_fresh += 1;
+            } else {
+                reasons.push(format!("gpu node {}: no fresh reading", g.id));
+            }
+        }
+        reasons.extend(modbus_reasons);
+        if reasons.len() > 20 {
+            let more = reasons.len() - 19;
+            reasons.truncate(19);
+            reasons.push(format!("and {more} more"));
+        }
+        Freshness {
+            reasons,
+            miners_fresh,
+            gpus_fresh,
+        }
+    }
+}
+
+/// Miners by state and override, for `rackwarden_miners`.
+type StateCounts = HashMap<(&'static str, bool), u32>;
+
+/// The curtailed miners (by index, their reason filled in later) and the counts by state.
+fn curtailed_rows(
+    site: &Site,
+    snap: &Snapshot,
+    state: &ControlState,
+) -> (Vec<(usize, CurtailedRow)>, StateCounts) {
+    let ov = &snap.overrides;
+    let mut counts: StateCounts = HashMap::new();
+    let mut curtailed = Vec::new();
+    for (i, (m, s)) in site.miners.iter().zip(&state.miners).enumerate() {
+        let operator = ov.curtailed_miners.contains(&i) || ov.curtailed_racks.contains(&m.rack);
+        let (intent, target_w) = match s.intent {
+            Intent::Normal => ("normal", None),
+            Intent::Target { w } => ("power_target", Some(w)),
+            Intent::Sleep => ("sleep", None),
+            Intent::OutletOff => ("outlet_off", None),
+        };
+        *counts.entry((intent, operator)).or_default() += 1;
+        if s.intent != Intent::Normal {
+            curtailed.push((
+                i,
+                CurtailedRow {
+                    id: m.id.clone(),
+                    rack: site.nodes[m.rack].id.clone(),
+                    intent,
+                    target_w,
+                    since_ms: s.since,
+                    reason: None,
+                    constraint: None,
+                    operator,
+                },
+            ));
+        }
+    }
+    (curtailed, counts)
+}
+
+impl StatusHub {
+    fn node_metrics(&self, site: &Site, node_rows: &[NodeRow], nodes: &[NodeView]) {
+        let mx = &self.metrics;
+        for (i, (n, row)) in site.nodes.iter().zip(node_rows).enumerate() {
+            let l: Labels = vec![("node", n.id.clone()), ("kind", row.kind.to_owned())];
+            let w = |kw: f64| kw * 1000.0;
+            mx.node_ceiling_watts.get_or_create(&l).set(w(n.ceiling_kw));
+            let view = |f: fn(&NodeView) -> f64| nodes.get(i).map_or(f64::NAN, |v| w(f(v)));
+            mx.node_worst_case_watts
+                .get_or_create(&l)
+                .set(view(|v| v.worst_kw));
+            mx.node_gpu_reserve_watts
+                .get_or_create(&l)
+                .set(view(|v| v.gpu_reserve_kw));
+            mx.node_gpu_sustained_watts
+                .get_or_create(&l)
+                .set(view(|v| v.gpu_sustained_kw));
+            mx.node_mining_allowance_watts
+                .get_or_create(&l)
+                .set(view(|v| v.mining_allowance_kw));
+            mx.node_mining_guaranteed_watts
+                .get_or_create(&l)
+                .set(view(|v| v.guaranteed_kw));
+            mx.node_measured_watts
+                .get_or_create(&l)
+                .set(row.measured_kw.map_or(f64::NAN, w));
+            mx.node_projected_watts
+                .get_or_create(&l)
+                .set(w(row.projected_kw));
+            mx.node_budget_watts.get_or_create(&l).set(w(n.budget_kw));
+            mx.node_utilization_ratio
+                .get_or_create(&l)
+                .set(row.utilization);
+            mx.node_gpu_watts.get_or_create(&l).set(w(row.gpu_kw));
+            mx.node_mining_watts.get_or_create(&l).set(w(row.mining_kw));
+        }
+    }
+
+    fn zone_metrics(&self, rows: &[ZoneRow]) {
+        let mx = &self.metrics;
+        for z in rows {
+            let l: Labels = vec![("zone", z.id.clone())];
+            mx.zone_capacity_watts
+                .get_or_create(&l)
+                .set(z.available_kw * 1000.0);
+            mx.zone_heat_load_watts
+                .get_or_create(&l)
+                .set(z.heat_kw * 1000.0);
+            mx.zone_largest_unit_watts
+                .get_or_create(&l)
+                .set(z.largest_kw * 1000.0);
+            mx.zone_redundant
+                .get_or_create(&l)
+                .set(if z.n_plus_1 { 1.0 } else { 0.0 });
+            mx.zone_covered
+                .get_or_create(&l)
+                .set(if z.n { 1.0 } else { 0.0 });
+            let down = z
+                .units
+                .iter()
+                .filter(|u| u.state != "running" || u.maintenance_override)
+                .count();
+            mx.cooling_units_unavailable
+                .get_or_create(&l)
+                .set(f64::from(u32::try_from(down).unwrap_or(u32::MAX)));
+        }
+    }
+
+    /// Miners by state, GPU nodes' power, limits and caps.
+    fn device_metrics(
+        &self,
+        site: &Site,
+        snap: &Snapshot,
+        state: &ControlState,
+        counts: &StateCounts,
+    ) {
+        let mx = &self.metrics;
+        for state_name in ["normal", "power_target", "sleep", "outlet_off"] {
+            for operator in [false, true] {
+                let c = counts.get(&(state_name, operator)).copied().unwrap_or(0);
+                mx.miners
+                    .get_or_create(&vec![
+                        ("state", state_name.to_owned()),
+                        ("operator", operator.to_string()),
+                    ])
+                    .set(f64::from(c));
+            }
+        }
+        for (i, g) in site.gpu_nodes.iter().enumerate() {
+            let l: Labels = vec![("gpu_node", g.id.clone())];
+            let r = snap.gpu(i);
+            mx.gpu_node_power_watts
+                .get_or_create(&l)
+                .set(r.map_or(f64::NAN, |r| r.power_w));
+            mx.gpu_power_limit_watts.get_or_create(&l).set(
+                r.and_then(|r| r.gpus.iter().map(|g| g.enforced_w).reduce(f64::max))
+                    .unwrap_or(f64::NAN),
+            );
+            mx.gpu_node_capped.get_or_create(&l).set(
+                if state.gpus.get(i).is_some_and(|s| s.cap_w.is_some()) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
+
+    /// Inputs by class and freshness.
+    fn input_metrics(&self, site: &Site, snap: &Snapshot, now: Millis, fresh: &Freshness) {
+        let mx = &self.metrics;
+        let p = &site.policy;
+        let input_fresh = |i: Input| input_fresh(snap, p, now, i);
+        let (miners_fresh, gpus_fresh) = (fresh.miners_fresh, fresh.gpus_fresh);
+        let set_inputs = |class: &str, fresh_n: usize, total: usize, read: usize| {
+            for (k, v) in [
+                ("fresh", fresh_n),
+                ("stale", read.saturating_sub(fresh_n)),
+                ("missing", total.saturating_sub(read)),
+            ] {
+                mx.inputs
+                    .get_or_create(&vec![
+                        ("class", class.to_owned()),
+                        ("freshness", k.to_owned()),
+                    ])
+                    .set(f64::from(u32::try_from(v).unwrap_or(u32::MAX)));
+            }
+        };
+        let metered: Vec<usize> = (0..site.nodes.len())
+            .filter(|&i| !site.nodes[i].meters.is_empty())
+            .collect();
+        set_inputs(
+            "meter",
+            metered
+                .iter()
+                .filter(|&&i| input_fresh(Input::Meter(i)))
+                .count(),
+            metered.len(),
+            metered.iter().filter(|&&i| snap.meter(i).is_some()).count(),
+        );
+        let units: Vec<(usize, usize)> = site
+            .zones
+            .iter()
+            .enumerate()
+            .flat_map(|(z, zone)| {
+                zone.units
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, u)| u.device.is_some())
+                    .map(move |(u, _)| (z, u))
+            })
+            .collect();
+        set_inputs(
+            "cooling_unit",
+            units
+                .iter()
+                .filter(|&&(z, u)| input_fresh(Input::Unit(z, u)))
+                .count(),
+            units.len(),
+            units
+                .iter()
+                .filter(|&&(z, u)| snap.unit(z, u).is_some())
+                .count(),
+        );
+        set_inputs(
+            "miner",
+            miners_fresh,
+            site.miners.len(),
+            snap.miners.iter().flatten().count(),
+        );
+        set_inputs(
+            "gpu",
+            gpus_fresh,
+            site.gpu_nodes.len(),
+            snap.gpus.iter().flatten().count(),
+        );
     }
 }
 
