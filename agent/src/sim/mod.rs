@@ -211,165 +211,17 @@ impl SiteSim {
         let start = tokio::time::Instant::now();
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-
-        // Modbus: one server per address, each unit id its device's profile.
-        // (address, framing, [(unit id, device index)])
-        type Group = (String, Framing, Vec<(u8, usize)>);
-        let mut groups: Vec<Group> = Vec::new();
-        for (i, d) in site.modbus_devices.iter().enumerate() {
-            let Some((addr, framing)) = tcp_addr(&d.link) else {
-                warn!(device = %d.id, "serial RTU device: not simulated");
-                continue;
-            };
-            match groups.iter_mut().find(|g| g.0 == addr) {
-                Some(g) => g.2.push((d.link.unit_id(), i)),
-                None => groups.push((addr, framing, vec![(d.link.unit_id(), i)])),
-            }
-        }
-        let mut servers = Vec::new();
-        let mut dev_at = vec![None; site.modbus_devices.len()];
-        for (addr, framing, units) in groups {
-            let sa: SocketAddr = addr.parse().map_err(|_| SimError::Modbus {
-                addr: addr.clone(),
-                message: "the simulator serves ip:port addresses only".into(),
-            })?;
-            let profiles = units
-                .iter()
-                .map(|(u, d)| (*u, site.modbus_devices[*d].profile.clone()))
-                .collect();
-            let s =
-                Simulator::start(sa, framing, profiles)
-                    .await
-                    .map_err(|e| SimError::Modbus {
-                        addr: addr.clone(),
-                        message: e.to_string(),
-                    })?;
-            for (u, d) in units {
-                dev_at[d] = Some(DevAt {
-                    server: servers.len(),
-                    unit: u,
-                });
-            }
-            servers.push(s);
-        }
-
-        // Miners.
-        let specs = msim::specs_from_site(&site, SIM_MINER_PASSWORD)
-            .map_err(|e| SimError::Miners(e.to_string()))?;
-        let miner_sim = if specs.is_empty() {
-            None
-        } else {
-            Some(
-                MinerSim::start(specs, msim::SimOptions { time_scale: speed })
-                    .await
-                    .map_err(|e| SimError::Miners(e.to_string()))?,
-            )
-        };
-        // The simulator starts its miners in site order; match by id all the same.
-        let miners: Vec<Option<Arc<SimMiner>>> = match &miner_sim {
-            Some(ms) => {
-                let by_id: HashMap<&str, &Arc<SimMiner>> = ms
-                    .miners()
-                    .iter()
-                    .map(|m| (m.spec.id.as_str(), m))
-                    .collect();
-                site.miners
-                    .iter()
-                    .map(|m| by_id.get(m.id.as_str()).map(|x| Arc::clone(x)))
-                    .collect()
-            }
-            None => vec![None; site.miners.len()],
-        };
-
-        // GPU nodes.
+        let (servers, dev_at) = start_modbus(&site).await?;
+        let (miner_sim, miners) = start_miners(&site, speed).await?;
         let profile = scenario.load_profile().map_err(SimError::Scenario)?;
-        let day_s = scenario.day_len_s();
-        let mut gpu_racks: Vec<GpuRack> = Vec::new();
-        let mut gpu_hang = HashMap::new();
-        for (gi, g) in site.gpu_nodes.iter().enumerate() {
-            if g.source != GpuSourceKind::Remote {
-                warn!(device = %g.id, "local NVML host: not simulated");
-                continue;
-            }
-            let (Some(addr), Some(tf)) = (g.address, g.token_file.as_ref()) else {
-                continue;
-            };
-            let max_w = g.gpu_max_w.unwrap_or(700.0);
-            let spec = SimSpec {
-                gpus: g.gpus,
-                idle_w: max_w * 0.12,
-                min_limit_w: max_w / 3.0,
-                max_limit_w: max_w,
-                default_limit_w: max_w,
-                day_s,
-                seed: site.policy.seed ^ u64::try_from(gi).unwrap_or(0),
-            };
-            let clock_start = start;
-            let gpus = Arc::new(SimGpus::with_clock(
-                g.id.clone(),
-                profile,
-                spec,
-                move || clock_start.elapsed().as_secs_f64() * speed,
-            ));
-            if let Some(l) = scenario.tenant_limit_w {
-                let l = l.clamp(spec.min_limit_w, spec.max_limit_w);
-                let _ = gpus.set_power_limit(GpuTarget::All, l).await;
-            }
-            let token = Token::from_file(&g.id, tf).map_err(|e| SimError::Gpu {
-                id: g.id.clone(),
-                addr,
-                message: e.to_string(),
-            })?;
-            let listener =
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| SimError::Gpu {
-                        id: g.id.clone(),
-                        addr,
-                        message: e.to_string(),
-                    })?;
-            let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            gpu_hang.insert(g.id.clone(), hang.clone());
-            let source: Arc<dyn GpuSource> = Arc::new(faults::Hangable {
-                inner: gpus.clone(),
-                hang,
-                cancel: cancel.clone(),
-            });
-            let c = cancel.clone();
-            tasks.spawn(async move {
-                let _ = rackwarden_protocols::gpu::node::serve_with_shutdown(
-                    listener,
-                    source,
-                    token,
-                    async move { c.cancelled().await },
-                )
-                .await;
-            });
-            match gpu_racks.iter_mut().find(|r| r.node == g.rack) {
-                Some(r) => r.hosts.push(gpus),
-                None => {
-                    let rated = site.nodes[g.rack].rated_max_kw.unwrap_or(0.0);
-                    // CPUs, switches, pumps: what a GPU rack draws besides its GPUs.
-                    let gpu_max_kw: f64 = site
-                        .gpu_nodes
-                        .iter()
-                        .filter(|o| o.rack == g.rack)
-                        .map(|o| f64::from(o.gpus) * o.gpu_max_w.unwrap_or(700.0) / 1000.0)
-                        .sum();
-                    gpu_racks.push(GpuRack {
-                        node: g.rack,
-                        hosts: vec![gpus],
-                        overhead_kw: (rated - gpu_max_kw).max(0.0) * 0.5,
-                    });
-                }
-            }
-        }
-
+        let clock = SimClock { start, speed };
+        let (gpu_racks, gpu_hang) =
+            start_gpus(&site, &scenario, profile, clock, &cancel, &mut tasks).await?;
         let pdu_racks = PduRacks::new(
             &site,
             |node| gpu_racks.iter().any(|r| r.node == node),
             profile,
-            day_s,
+            scenario.day_len_s(),
         );
         let model = Arc::new(std::sync::Mutex::new(Model {
             servers,
@@ -389,43 +241,7 @@ impl SiteSim {
             }
             m.step(0.0);
         }
-        let m2 = model.clone();
-        let c = cancel.clone();
-        let events = scenario.events.clone();
-        tasks.spawn(async move {
-            let mut next = 0;
-            let mut next_report = 0.0;
-            let mut iv = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    () = c.cancelled() => return,
-                    _ = iv.tick() => {}
-                }
-                let t = start.elapsed().as_secs_f64() * speed;
-                while next < events.len() && events[next].at_s <= t {
-                    let ev = events[next].clone();
-                    next += 1;
-                    info!(event = "sim.scenario", at_s = ev.at_s, kind = ?ev.kind, "scenario event");
-                    if !faults::apply(&m2, &ev.kind, speed) {
-                        apply_event(&m2, &ev.kind).await;
-                    }
-                }
-                lock(&m2).step(t);
-                if t >= next_report {
-                    next_report = t + 5.0;
-                    // What the site's own meters show, for operators and the hil-tests.
-                    let m = lock(&m2);
-                    let p = m.power_kw(t);
-                    for (i, n) in m.site.nodes.iter().enumerate() {
-                        if n.kind == NodeKind::Feed {
-                            // `kwh`: the feed's energy since the simulator started (its
-                            // meters' counters add up to it).
-                            info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, kwh = m.energy_kwh[i], "feed power");
-                        }
-                    }
-                }
-            }
-        });
+        spawn_physics(&model, &scenario, clock, &cancel, &mut tasks);
         let (modbus_servers, pdu_only_gpu_racks) = {
             let m = lock(&model);
             (m.servers.len(), m.pdu_racks.racks.len())
@@ -809,6 +625,247 @@ impl Model {
             }
         }
     }
+}
+
+/// The simulator's timeline: virtual seconds run `speed` times real time from `start`.
+#[derive(Debug, Clone, Copy)]
+struct SimClock {
+    start: tokio::time::Instant,
+    speed: f64,
+}
+
+impl SimClock {
+    fn now_s(self) -> f64 {
+        self.start.elapsed().as_secs_f64() * self.speed
+    }
+}
+
+/// Modbus: one server per address, each unit id its device's profile; where each device
+/// is served.
+async fn start_modbus(site: &Site) -> Result<(Vec<Simulator>, Vec<Option<DevAt>>), SimError> {
+    // (address, framing, [(unit id, device index)])
+    type Group = (String, Framing, Vec<(u8, usize)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, d) in site.modbus_devices.iter().enumerate() {
+        let Some((addr, framing)) = tcp_addr(&d.link) else {
+            warn!(device = %d.id, "serial RTU device: not simulated");
+            continue;
+        };
+        match groups.iter_mut().find(|g| g.0 == addr) {
+            Some(g) => g.2.push((d.link.unit_id(), i)),
+            None => groups.push((addr, framing, vec![(d.link.unit_id(), i)])),
+        }
+    }
+    let mut servers = Vec::new();
+    let mut dev_at = vec![None; site.modbus_devices.len()];
+    for (addr, framing, units) in groups {
+        let sa: SocketAddr = addr.parse().map_err(|_| SimError::Modbus {
+            addr: addr.clone(),
+            message: "the simulator serves ip:port addresses only".into(),
+        })?;
+        let profiles = units
+            .iter()
+            .map(|(u, d)| (*u, site.modbus_devices[*d].profile.clone()))
+            .collect();
+        let s = Simulator::start(sa, framing, profiles)
+            .await
+            .map_err(|e| SimError::Modbus {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
+        for (u, d) in units {
+            dev_at[d] = Some(DevAt {
+                server: servers.len(),
+                unit: u,
+            });
+        }
+        servers.push(s);
+    }
+
+    Ok((servers, dev_at))
+}
+
+/// The miners of the site file, each on its own address; by site index.
+async fn start_miners(
+    site: &Site,
+    speed: f64,
+) -> Result<(Option<MinerSim>, Vec<Option<Arc<SimMiner>>>), SimError> {
+    let specs = msim::specs_from_site(site, SIM_MINER_PASSWORD)
+        .map_err(|e| SimError::Miners(e.to_string()))?;
+    let miner_sim = if specs.is_empty() {
+        None
+    } else {
+        Some(
+            MinerSim::start(specs, msim::SimOptions { time_scale: speed })
+                .await
+                .map_err(|e| SimError::Miners(e.to_string()))?,
+        )
+    };
+    // The simulator starts its miners in site order; match by id all the same.
+    let miners: Vec<Option<Arc<SimMiner>>> = match &miner_sim {
+        Some(ms) => {
+            let by_id: HashMap<&str, &Arc<SimMiner>> = ms
+                .miners()
+                .iter()
+                .map(|m| (m.spec.id.as_str(), m))
+                .collect();
+            site.miners
+                .iter()
+                .map(|m| by_id.get(m.id.as_str()).map(|x| Arc::clone(x)))
+                .collect()
+        }
+        None => vec![None; site.miners.len()],
+    };
+
+    Ok((miner_sim, miners))
+}
+
+/// The remote GPU hosts, each serving its simulated GPUs (which a fault can hang), grouped
+/// by rack.
+async fn start_gpus(
+    site: &Site,
+    scenario: &Scenario,
+    profile: LoadProfile,
+    clock: SimClock,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<
+    (
+        Vec<GpuRack>,
+        HashMap<String, Arc<std::sync::atomic::AtomicBool>>,
+    ),
+    SimError,
+> {
+    let day_s = scenario.day_len_s();
+    // GPU nodes.
+    let mut gpu_racks: Vec<GpuRack> = Vec::new();
+    let mut gpu_hang = HashMap::new();
+    for (gi, g) in site.gpu_nodes.iter().enumerate() {
+        if g.source != GpuSourceKind::Remote {
+            warn!(device = %g.id, "local NVML host: not simulated");
+            continue;
+        }
+        let (Some(addr), Some(tf)) = (g.address, g.token_file.as_ref()) else {
+            continue;
+        };
+        let max_w = g.gpu_max_w.unwrap_or(700.0);
+        let spec = SimSpec {
+            gpus: g.gpus,
+            idle_w: max_w * 0.12,
+            min_limit_w: max_w / 3.0,
+            max_limit_w: max_w,
+            default_limit_w: max_w,
+            day_s,
+            seed: site.policy.seed ^ u64::try_from(gi).unwrap_or(0),
+        };
+        let gpus = Arc::new(SimGpus::with_clock(
+            g.id.clone(),
+            profile,
+            spec,
+            move || clock.now_s(),
+        ));
+        if let Some(l) = scenario.tenant_limit_w {
+            let l = l.clamp(spec.min_limit_w, spec.max_limit_w);
+            let _ = gpus.set_power_limit(GpuTarget::All, l).await;
+        }
+        let token = Token::from_file(&g.id, tf).map_err(|e| SimError::Gpu {
+            id: g.id.clone(),
+            addr,
+            message: e.to_string(),
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| SimError::Gpu {
+                id: g.id.clone(),
+                addr,
+                message: e.to_string(),
+            })?;
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        gpu_hang.insert(g.id.clone(), hang.clone());
+        let source: Arc<dyn GpuSource> = Arc::new(faults::Hangable {
+            inner: gpus.clone(),
+            hang,
+            cancel: cancel.clone(),
+        });
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            let _ = rackwarden_protocols::gpu::node::serve_with_shutdown(
+                listener,
+                source,
+                token,
+                async move { c.cancelled().await },
+            )
+            .await;
+        });
+        match gpu_racks.iter_mut().find(|r| r.node == g.rack) {
+            Some(r) => r.hosts.push(gpus),
+            None => {
+                let rated = site.nodes[g.rack].rated_max_kw.unwrap_or(0.0);
+                // CPUs, switches, pumps: what a GPU rack draws besides its GPUs.
+                let gpu_max_kw: f64 = site
+                    .gpu_nodes
+                    .iter()
+                    .filter(|o| o.rack == g.rack)
+                    .map(|o| f64::from(o.gpus) * o.gpu_max_w.unwrap_or(700.0) / 1000.0)
+                    .sum();
+                gpu_racks.push(GpuRack {
+                    node: g.rack,
+                    hosts: vec![gpus],
+                    overhead_kw: (rated - gpu_max_kw).max(0.0) * 0.5,
+                });
+            }
+        }
+    }
+
+    Ok((gpu_racks, gpu_hang))
+}
+
+/// The physics: every 100 ms the scenario's events that are due, one step of the model,
+/// and every 5 virtual seconds the feeds' meters in the log.
+fn spawn_physics(
+    model: &Arc<std::sync::Mutex<Model>>,
+    scenario: &Scenario,
+    clock: SimClock,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let m2 = model.clone();
+    let c = cancel.clone();
+    let events = scenario.events.clone();
+    tasks.spawn(async move {
+        let mut next = 0;
+        let mut next_report = 0.0;
+        let mut iv = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = c.cancelled() => return,
+                _ = iv.tick() => {}
+            }
+            let t = clock.now_s();
+            while next < events.len() && events[next].at_s <= t {
+                let ev = events[next].clone();
+                next += 1;
+                info!(event = "sim.scenario", at_s = ev.at_s, kind = ?ev.kind, "scenario event");
+                if !faults::apply(&m2, &ev.kind, clock.speed) {
+                    apply_event(&m2, &ev.kind).await;
+                }
+            }
+            lock(&m2).step(t);
+            if t >= next_report {
+                next_report = t + 5.0;
+                // What the site's own meters show, for operators and the hil-tests.
+                let m = lock(&m2);
+                let p = m.power_kw(t);
+                for (i, n) in m.site.nodes.iter().enumerate() {
+                    if n.kind == NodeKind::Feed {
+                        // `kwh`: the feed's energy since the simulator started (its
+                        // meters' counters add up to it).
+                        info!(event = "sim.meter", t_s = t, node = %n.id, kw = p[i], budget_kw = n.budget_kw, kwh = m.energy_kwh[i], "feed power");
+                    }
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]
