@@ -281,8 +281,13 @@ pub fn apply_vnish_summary(t: &mut MinerTelemetry, v: &Value) -> bool {
         return false;
     };
     let n = |p: &str| v.pointer(p).and_then(super::reply::num);
-    t.hashrate_ths = field(m, &["instant_hashrate", "average_hashrate"]).or(t.hashrate_ths);
-    if let Some(p) = field(m, &["power_usage"]) {
+    // Vnish 1.2.6's API document: `hr_realtime` in GH/s (the `hr_measure` of `/info` on
+    // SHA-256 miners); `power_consumption` in watts. `power_usage` is deprecated and "same
+    // as power_efficiency" (J/TH): never watts.
+    t.hashrate_ths = field(m, &["hr_realtime", "hr_average"])
+        .map(|ghs| ghs / 1000.0)
+        .or(t.hashrate_ths);
+    if let Some(p) = field(m, &["power_consumption"]) {
         t.power_w = Some(p);
         t.power_estimated = false;
     }
