@@ -9,6 +9,8 @@ serves the whole suite and the Rust test can check the simulated miner between s
     stop IP          -> stop_mining()
     resume IP        -> resume_mining()
     power IP WATTS   -> set_power_limit(WATTS)
+    use IP CLASS     -> later steps use this pyasic class for IP (where identification
+                        is known to race: Vnish)
     quit
 
 Each command answers one JSON line: {"ok": true, ...} or {"ok": false, "error": "..."}.
@@ -17,6 +19,7 @@ a stuck test. Loopback only: the test passes 127.x.y.z addresses.
 """
 
 import asyncio
+import importlib
 import json
 import sys
 import traceback
@@ -116,7 +119,17 @@ async def power(ip, watts):
     return {"result": await m.set_power_limit(int(watts))}
 
 
-STEPS = {"identify": identify, "read": read, "stop": stop, "resume": resume, "power": power}
+# Classes the suite may pin (`use`), by name.
+CLASSES = {"VNishS19Pro": ("pyasic.miners.antminer.vnish.X19.S19", "VNishS19Pro")}
+
+
+async def use(ip, name):
+    module, cls = CLASSES[name]
+    MINERS[ip] = getattr(importlib.import_module(module), cls)(ip)
+    return {"class": name}
+
+
+STEPS = {"use": use, "identify": identify, "read": read, "stop": stop, "resume": resume, "power": power}
 
 
 async def main():

@@ -720,7 +720,16 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 "temp_num": 3, "temp1": t, "temp2": t - 2, "temp3": t - 4,
                 "temp2_1": t + 5, "temp2_2": t + 3, "temp2_3": t + 1,
                 "chain_rate1": per, "chain_rate2": per, "chain_rate3": per, "chain_rate4": "",
-                "miner_count": 3, "total_rateideal": 110000.0
+                "miner_count": 3, "total_rateideal": 110000.0,
+                // Per-chain chip counts and sensor strings, as in the LuxOS and stock
+                // captures (pyasic finds the boards by `chain_acnN`).
+                "chain_acn1": 114, "chain_acn2": 114, "chain_acn3": 114, "chain_acn4": 0,
+                "temp_pcb1": format!("{t}-{t}-{t}-{t}"), "temp_pcb2": format!("{0}-{0}-{0}-{0}", t - 2),
+                "temp_pcb3": format!("{0}-{0}-{0}-{0}", t - 4), "temp_pcb4": "0-0-0-0",
+                "temp_chip1": format!("{0}-{0}-{0}-{0}", t + 5), "temp_chip2": format!("{0}-{0}-{0}-{0}", t + 3),
+                "temp_chip3": format!("{0}-{0}-{0}-{0}", t + 1), "temp_chip4": "0-0-0-0",
+                "temp_pic1": format!("{0}-{0}-{0}-{0}", t - 10), "temp_pic2": format!("{0}-{0}-{0}-{0}", t - 12),
+                "temp_pic3": format!("{0}-{0}-{0}-{0}", t - 14), "temp_pic4": "0-0-0-0"
             });
             // bmminer's missing comma between STATS objects (`}{`), as on the wire.
             let stats = if fw == Firmware::AntminerStock {

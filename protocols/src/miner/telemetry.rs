@@ -325,6 +325,14 @@ pub fn apply_vnish_summary(t: &mut MinerTelemetry, v: &Value) -> bool {
     true
 }
 
+/// Vnish `/api/v1/settings`: the active power preset (`miner.overclock.preset`, named by
+/// its watts as `/api/v1/autotune/presets` lists them), when it is one.
+pub fn vnish_preset_w(v: &Value) -> Option<f64> {
+    v.pointer("/miner/overclock/preset")
+        .and_then(super::reply::num)
+        .filter(|w| *w > 0.0)
+}
+
 /// Avalon `estats`: the `MM ID0` string of `Key[value]` pairs.
 pub fn apply_avalon_estats(t: &mut MinerTelemetry, r: &Reply) {
     let Some(mm) = r
