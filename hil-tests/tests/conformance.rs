@@ -211,6 +211,36 @@ struct PeerExpect {
     mining_after_curtail: Option<bool>,
 }
 
+/// The power targets pyasic and asic-rs are asked for (W), within every simulated
+/// miner's range and different, so that each one's effect shows.
+const POWER_ASK_W: f64 = 2400.0;
+const RS_POWER_ASK_W: f64 = 2300.0;
+
+/// A peer's power-target call and its effect.
+#[derive(Clone, Copy, Debug)]
+struct Pt {
+    /// The peer's answer as the test writes it (pyasic: `true`/`false` or `error: ...`;
+    /// asic-rs: `Ok(true)`, `Err(...)`), a prefix of it.
+    said: &'static str,
+    /// The miner's power target afterwards; `None`: unchanged (nominal).
+    target_w: Option<f64>,
+}
+
+/// Checks a peer's power-target call against the miner.
+fn check_power(who: &str, m: &SimMiner, said: &str, e: Pt) {
+    assert!(
+        said.starts_with(e.said),
+        "{who} power target: answered {said:?}, known {:?}",
+        e.said
+    );
+    let want = e.target_w.unwrap_or(m.spec.nominal_w);
+    assert!(
+        (m.target_w() - want).abs() < 1.0,
+        "{who} power target: the miner holds {} W, expected {want} W",
+        m.target_w()
+    );
+}
+
 /// A peer's power reading.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Pw {
@@ -234,6 +264,9 @@ struct Case {
     curtailed: MinerMode,
     /// Our highest board and chip temperature while mining.
     ours_temps: (Option<f64>, Option<f64>),
+    /// Each peer's power target call (`POWER_ASK_W`).
+    py_power: Pt,
+    rs_power: Pt,
     pyasic: PeerExpect,
     asic_rs: PeerExpect,
 }
@@ -517,11 +550,20 @@ async fn run_case(c: Case) {
                 );
             }
         }
+        let pw = py.call(&format!("power {ipt} {POWER_ASK_W:.0}")).await;
+        let said = if pw["ok"] == json!(true) {
+            pw["result"].to_string()
+        } else {
+            format!("error: {}", pw["error"].as_str().unwrap_or(""))
+        };
+        settle(c.fw).await;
+        check_power(&format!("{fw} pyasic"), &m, &said, c.py_power);
         py.quit().await;
         settle(c.fw).await;
     }
 
-    // asic-rs.
+    // asic-rs, against our reading of the miner as pyasic left it (its power target).
+    let t = ours(&m).await;
     let before = m.commands().len();
     let e = &c.asic_rs;
     let a = asic_rs_miner(&m)
@@ -600,6 +642,18 @@ async fn run_case(c: Case) {
             );
         }
     }
+    let pw = timeout(
+        STEP,
+        a.set_power_limit(measurements::Power::from_watts(RS_POWER_ASK_W)),
+    )
+    .await
+    .expect("asic-rs set_power_limit timed out");
+    let said = match pw {
+        Ok(b) => format!("Ok({b})"),
+        Err(e) => format!("Err({e})"),
+    };
+    settle(c.fw).await;
+    check_power(&format!("{fw} asic-rs"), &m, &said, c.rs_power);
     sim.shutdown().await;
 }
 
@@ -646,6 +700,14 @@ async fn braiins() {
         py_cmds: &[],
         rs_cmds: &["pause", "resume"],
         curtailed: MinerMode::Paused,
+        py_power: Pt {
+            said: "error: ConnectionRefusedError",
+            target_w: None,
+        },
+        rs_power: Pt {
+            said: "Ok(true)",
+            target_w: Some(RS_POWER_ASK_W),
+        },
         ours_temps: (Some(85.875), Some(108.9375)),
         // pyasic 0.79 reads and curtails Braiins OS through its gRPC API (port 50051); the
         // simulator serves the cgminer API and the REST API (25.07), not gRPC.
@@ -686,6 +748,14 @@ async fn luxos() {
         py_cmds: &["curtail sleep", "curtail wakeup"],
         rs_cmds: &["curtail sleep", "curtail wakeup"],
         curtailed: MinerMode::Sleeping,
+        py_power: Pt {
+            said: "error: KeyError: 'GROUPS'",
+            target_w: None,
+        },
+        rs_power: Pt {
+            said: "Err(Setting power limit is not supported",
+            target_w: None,
+        },
         ours_temps: (Some(73.0), Some(78.0)),
         // Neither peer reads LuxOS's sleep (config CurtailMode): mining after a curtail.
         pyasic: peer(
@@ -726,6 +796,14 @@ async fn whatsminer() {
         rs_cmds: &[],
         curtailed: MinerMode::Sleeping,
         // Ours reads `summary` only: Chip Temp Max; the boards' `Temperature` is in `devs`.
+        py_power: Pt {
+            said: "true",
+            target_w: Some(POWER_ASK_W),
+        },
+        rs_power: Pt {
+            said: "Ok(false)",
+            target_w: Some(POWER_ASK_W),
+        },
         ours_temps: (None, Some(81.0)),
         // pyasic: board temperature from devs, chip temperature the average (72.5).
         pyasic: peer(
@@ -767,6 +845,15 @@ async fn vnish() {
         py_cmds: &[],
         rs_cmds: &["stop", "start"],
         curtailed: MinerMode::Sleeping,
+        py_power: Pt {
+            said: "false",
+            target_w: None,
+        },
+        // asic-rs picks the largest tuned preset not above the ask, as ours does.
+        rs_power: Pt {
+            said: "Ok(true)",
+            target_w: Some(2283.0),
+        },
         ours_temps: (Some(73.0), Some(78.0)),
         // pyasic 0.79: power from `power_usage`, which Vnish 1.2.6's API document defines as
         // the efficiency (J/TH); board and chip temperatures (cgminer `stats`) swapped;
@@ -807,6 +894,14 @@ async fn antminer_stock() {
         py_cmds: &["miner-mode 1", "miner-mode 0"],
         rs_cmds: &["miner-mode 1", "miner-mode 0"],
         curtailed: MinerMode::Sleeping,
+        py_power: Pt {
+            said: "false",
+            target_w: None,
+        },
+        rs_power: Pt {
+            said: "Err(Setting power limit is not supported",
+            target_w: None,
+        },
         ours_temps: (Some(73.0), Some(78.0)),
         pyasic: peer(
             "BMMinerS19Pro",
@@ -846,6 +941,14 @@ async fn avalon() {
         py_cmds: &["ascset softoff", "ascset softon"],
         rs_cmds: &["ascset softoff", "ascset softon"],
         curtailed: MinerMode::Sleeping,
+        py_power: Pt {
+            said: "false",
+            target_w: None,
+        },
+        rs_power: Pt {
+            said: "Ok(false)",
+            target_w: None,
+        },
         ours_temps: (Some(78.0), Some(91.0)),
         // pyasic 0.79 reads power only from WALLPOWER[], which the A1246's MM string lacks
         // (its PS[] carries it), the boards' MTmax as board and chip temperature, and no
