@@ -723,7 +723,7 @@ async fn braiins() {
             false,
             None,
         ),
-        // asic-rs 0.8.6 (REST): no temperatures from miner/hw/hashboards.
+        // asic-rs 0.8.6 through the REST API of Braiins OS 25.07.
         asic_rs: peer(
             "",
             ("Antminer", "S19Pro", "Braiins"),
@@ -731,7 +731,7 @@ async fn braiins() {
             true,
             Pw::Agree,
             true,
-            (None, None),
+            (Some(85.875), Some(108.9375)),
             OK,
             true,
             Some(false),

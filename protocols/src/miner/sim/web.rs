@@ -407,7 +407,8 @@ fn braiins(
         }),
         "miner/hw/hashboards" => json!({
             "hashboards": (0..3).map(|i| json!({
-                "id": format!("{}", i + 6), "enabled": true, "board_name": "BHB42601", "model": "BHB42601",
+                // Numbered from 1 as in the capture (the cgminer API's IDs are 6..8).
+                "id": format!("{}", i + 1), "enabled": true, "board_name": "BHB42601", "model": "BHB42601",
                 "chip_type": "BM1398", "chips_count": CHIPS,
                 "board_temp": {"degree_c": BOS_BOARD_C[i]},
                 "highest_chip_temp": {"id": 1, "location": 1, "temperature": {"degree_c": BOS_CHIP_C[i]}},
