@@ -4,12 +4,13 @@
 //!
 //! For each firmware and peer: identify (make, model, firmware), read (hashrate, power
 //! where the firmware reports it, fans, temperatures, mining state), curtail and resume
-//! (the peer's own `stop_mining`/`resume_mining`, `pause`/`resume`), each checked in the
-//! simulated miner's state and command log, and the peer's figures against our driver's
-//! within the tolerances below. Where a peer cannot do something against what the real
-//! firmware serves, the exact failure is asserted (`Known`), so docs/miners.md's table,
-//! built from these expectations, stays true: a peer that starts working, or ours that
-//! stops, fails the test.
+//! (the peer's own `stop_mining`/`resume_mining`, `pause`/`resume`) and its power target
+//! call, each checked in the simulated miner's state and command log, and the peer's
+//! figures against our driver's within the tolerances below. Where a peer cannot do
+//! something against what the real firmware serves, the exact failure is asserted (each
+//! case's `PeerExpect`, with the reason next to it), so docs/miners.md's table, written
+//! from these expectations, stays true: a peer that starts working, or ours that stops,
+//! fails the test.
 //!
 //! Loopback only (127.K.240.n, the miners on ports 4028 and 80 as real ones, which the
 //! peers insist on), every peer call under a timeout, firmware delays 20x faster.
