@@ -749,6 +749,7 @@ async fn luxos() {
         py_cmds: &["curtail sleep", "curtail wakeup"],
         rs_cmds: &["curtail sleep", "curtail wakeup"],
         curtailed: MinerMode::Sleeping,
+        // The simulator does not serve LuxOS `groups` (pyasic's get_config needs it).
         py_power: Pt {
             said: "error: KeyError: 'GROUPS'",
             target_w: None,
@@ -801,6 +802,7 @@ async fn whatsminer() {
             said: "true",
             target_w: Some(POWER_ASK_W),
         },
+        // asic-rs: refused (`command` for `cmd`), the target pyasic set stays.
         rs_power: Pt {
             said: "Ok(false)",
             target_w: Some(POWER_ASK_W),
@@ -846,6 +848,8 @@ async fn vnish() {
         py_cmds: &[],
         rs_cmds: &["stop", "start"],
         curtailed: MinerMode::Sleeping,
+        // pyasic 0.79's MiningModeConfig.from_vnish never finds the preset mode (its
+        // `cls.preset.from_vnish` is the enum's own method): false, nothing sent.
         py_power: Pt {
             said: "false",
             target_w: None,

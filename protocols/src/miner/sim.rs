@@ -1256,7 +1256,7 @@ async fn http_answer(
             let list: Vec<Value> = (0..=steps)
                 .map(|i| {
                     let w = (m.spec.min_w + span * f64::from(i) / f64::from(steps)).round();
-                    json!({"name": format!("{w:.0}"), "pretty": format!("{w:.0} watt ~ {:.0} TH", w / m.spec.efficiency_j_th), "status": "tuned"})
+                    json!({"name": format!("{w:.0}"), "pretty": format!("{w:.0} watt ~ {:.0} TH", w / m.spec.efficiency_j_th), "status": "tuned", "modded_psu_required": false})
                 })
                 .collect();
             axum::Json(json!(list)).into_response()

@@ -299,6 +299,16 @@ fn vnish_get(m: &SimMiner, path: &str) -> Option<Response> {
             "miner_state_time": 120, "restart_required": false, "reboot_required": false,
             "find_miner": false, "unlocked": false
         })),
+        // The active preset (`PerfSummary` of the API document), as `/autotune/presets`
+        // lists it.
+        "/api/v1/perf-summary" => json_resp(json!({
+            "current_preset": {
+                "name": format!("{:.0}", s.target),
+                "pretty": format!("{:.0} watt ~ {:.0} TH", s.target, s.target / m.spec.efficiency_j_th),
+                "status": "tuned", "modded_psu_required": false
+            },
+            "preset_switcher": {"enabled": false, "top_preset": null, "min_preset": null}
+        })),
         // The active profile is the power preset's name (watts), as `/autotune/presets`.
         "/api/v1/settings" => json_resp(json!({
             "miner": {
