@@ -223,18 +223,18 @@ struct Pt {
     /// The peer's answer as the test writes it (pyasic: `true`/`false` or `error: ...`;
     /// asic-rs: `Ok(true)`, `Err(...)`), a prefix of it.
     said: &'static str,
-    /// The miner's power target afterwards; `None`: unchanged (nominal).
+    /// The miner's power target afterwards; `None`: unchanged by the call.
     target_w: Option<f64>,
 }
 
 /// Checks a peer's power-target call against the miner.
-fn check_power(who: &str, m: &SimMiner, said: &str, e: Pt) {
+fn check_power(who: &str, m: &SimMiner, before_w: f64, said: &str, e: Pt) {
     assert!(
         said.starts_with(e.said),
         "{who} power target: answered {said:?}, known {:?}",
         e.said
     );
-    let want = e.target_w.unwrap_or(m.spec.nominal_w);
+    let want = e.target_w.unwrap_or(before_w);
     assert!(
         (m.target_w() - want).abs() < 1.0,
         "{who} power target: the miner holds {} W, expected {want} W",
@@ -551,6 +551,7 @@ async fn run_case(c: Case) {
                 );
             }
         }
+        let before_w = m.target_w();
         let pw = py.call(&format!("power {ipt} {POWER_ASK_W:.0}")).await;
         let said = if pw["ok"] == json!(true) {
             pw["result"].to_string()
@@ -558,7 +559,7 @@ async fn run_case(c: Case) {
             format!("error: {}", pw["error"].as_str().unwrap_or(""))
         };
         settle(c.fw).await;
-        check_power(&format!("{fw} pyasic"), &m, &said, c.py_power);
+        check_power(&format!("{fw} pyasic"), &m, before_w, &said, c.py_power);
         py.quit().await;
         settle(c.fw).await;
     }
@@ -643,6 +644,7 @@ async fn run_case(c: Case) {
             );
         }
     }
+    let before_w = m.target_w();
     let pw = timeout(
         STEP,
         a.set_power_limit(measurements::Power::from_watts(RS_POWER_ASK_W)),
@@ -654,7 +656,7 @@ async fn run_case(c: Case) {
         Err(e) => format!("Err({e})"),
     };
     settle(c.fw).await;
-    check_power(&format!("{fw} asic-rs"), &m, &said, c.rs_power);
+    check_power(&format!("{fw} asic-rs"), &m, before_w, &said, c.rs_power);
     sim.shutdown().await;
 }
 
@@ -802,10 +804,10 @@ async fn whatsminer() {
             said: "true",
             target_w: Some(POWER_ASK_W),
         },
-        // asic-rs: refused (`command` for `cmd`), the target pyasic set stays.
+        // asic-rs: refused (`command` for `cmd`), the target stays.
         rs_power: Pt {
             said: "Ok(false)",
-            target_w: Some(POWER_ASK_W),
+            target_w: None,
         },
         ours_temps: (None, Some(81.0)),
         // pyasic: board temperature from devs, chip temperature the average (72.5).
