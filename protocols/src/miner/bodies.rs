@@ -78,6 +78,11 @@ pub fn antminer_conf_with_mode(mut conf: Value, mode: u8) -> Result<Value, BodyE
         .as_object_mut()
         .ok_or(BodyError::Shape("configuration is not an object"))?;
     obj.insert("miner-mode".into(), json!(mode));
+    // The configuration read back names the mode `bitmain-work-mode` (a string); sending
+    // it back unchanged next to a new `miner-mode` would be a contradiction.
+    if obj.contains_key("bitmain-work-mode") {
+        obj.insert("bitmain-work-mode".into(), json!(mode.to_string()));
+    }
     Ok(conf)
 }
 

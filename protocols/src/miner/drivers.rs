@@ -680,15 +680,22 @@ impl MinerDriver for Vnish {
         Box::pin(async move {
             let b = &self.base;
             let _g = self.state.lock().await;
-            // The REST summary carries everything the controller needs (hashrate,
-            // power, state, temperatures, fans): one request, no 4028 connection.
-            let (_, v) =
-                http::send_json(&b.http, Method::GET, &b.url("/api/v1/summary"), &[], None)
-                    .await
-                    .map_err(b.http_err("poll"))?;
+            // The REST summary carries hashrate, power, state, temperatures and fans; the
+            // power target is the active preset of the settings (Vnish 1.2.6's API
+            // document has no target in the summary). Both at once, no 4028 connection.
+            let (summary_url, settings_url) = (b.url("/api/v1/summary"), b.url("/api/v1/settings"));
+            let (summary, settings) = tokio::join!(
+                http::send_json(&b.http, Method::GET, &summary_url, &[], None),
+                http::send_json(&b.http, Method::GET, &settings_url, &[], None)
+            );
+            let (_, v) = summary.map_err(b.http_err("poll"))?;
             let mut t = b.telemetry();
             if !tm::apply_vnish_summary(&mut t, &v) {
                 return Err(b.protocol("poll", "summary has no miner section"));
+            }
+            // A target unknown for a poll is no failed poll.
+            if let Ok((_, c)) = settings {
+                t.power_target_w = tm::vnish_preset_w(&c).or(t.power_target_w);
             }
             Ok(b.finish(t, MinerMode::Paused))
         })

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 use super::telemetry::MinerMode;
 use super::wmcrypto::TokenKeys;
 
+// The web APIs the independent clients (pyasic, asic-rs) read: web roots, stock Antminer's
+// CGI set, Vnish's info/status/settings, Braiins OS's GraphQL and REST API.
+mod web;
+
 /// Why the simulator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
@@ -716,7 +720,16 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 "temp_num": 3, "temp1": t, "temp2": t - 2, "temp3": t - 4,
                 "temp2_1": t + 5, "temp2_2": t + 3, "temp2_3": t + 1,
                 "chain_rate1": per, "chain_rate2": per, "chain_rate3": per, "chain_rate4": "",
-                "miner_count": 3, "total_rateideal": 110000.0
+                "miner_count": 3, "total_rateideal": 110000.0,
+                // Per-chain chip counts and sensor strings, as in the LuxOS and stock
+                // captures (pyasic finds the boards by `chain_acnN`).
+                "chain_acn1": 114, "chain_acn2": 114, "chain_acn3": 114, "chain_acn4": 0,
+                "temp_pcb1": format!("{t}-{t}-{t}-{t}"), "temp_pcb2": format!("{0}-{0}-{0}-{0}", t - 2),
+                "temp_pcb3": format!("{0}-{0}-{0}-{0}", t - 4), "temp_pcb4": "0-0-0-0",
+                "temp_chip1": format!("{0}-{0}-{0}-{0}", t + 5), "temp_chip2": format!("{0}-{0}-{0}-{0}", t + 3),
+                "temp_chip3": format!("{0}-{0}-{0}-{0}", t + 1), "temp_chip4": "0-0-0-0",
+                "temp_pic1": format!("{0}-{0}-{0}-{0}", t - 10), "temp_pic2": format!("{0}-{0}-{0}-{0}", t - 12),
+                "temp_pic3": format!("{0}-{0}-{0}-{0}", t - 14), "temp_pic4": "0-0-0-0"
             });
             // bmminer's missing comma between STATS objects (`}{`), as on the wire.
             let stats = if fw == Firmware::AntminerStock {
@@ -755,7 +768,7 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
             "Device Details",
             Some((
                 "DEVDETAILS",
-                json!([6, 7, 8].iter().enumerate().map(|(i, id)| json!({"DEVDETAILS": i, "Name": "Hashchain", "ID": id, "Driver": "bitmain", "Kernel": "", "Model": "Bitmain Antminer S19 Pro"})).collect::<Vec<_>>()),
+                json!([6, 7, 8].iter().enumerate().map(|(i, id)| json!({"DEVDETAILS": i, "Name": "Hashchain", "ID": id, "Driver": "bitmain", "Kernel": "", "Model": "Bitmain Antminer S19 Pro", "Chips": 114, "Frequency": 650.0, "Voltage": 13.4})).collect::<Vec<_>>()),
             )),
         ),
         (Firmware::AntminerStock | Firmware::Vnish, "version") => ok(
@@ -786,6 +799,18 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 json!([{"TEMP": 0, "ID": 6, "Board": 81.875, "Chip": 104.625}, {"TEMP": 1, "ID": 7, "Board": 85.875, "Chip": 108.9375}, {"TEMP": 2, "ID": 8, "Board": 84.4375, "Chip": 105.4375}]),
             )),
         ),
+        // BOSminer's `devs`: one entry per hashboard (ID 6..8 as `temps`), `MHS 5s` zero
+        // while paused (pyasic reads the mining state from it).
+        (Firmware::Braiins, "devs") => {
+            let per = hr_ths * 1.0e6 / 3.0;
+            let nominal = m.spec.nominal_w / m.spec.efficiency_j_th * 1.0e6 / 3.0;
+            let devs: Vec<Value> = [6, 7, 8]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| json!({"ASC": i, "Name": "", "ID": id, "Enabled": "Y", "Status": "Alive", "Temperature": 0.0, "MHS av": per, "MHS 5s": per, "MHS 1m": per, "MHS 5m": per, "MHS 15m": per, "Nominal MHS": nominal, "Accepted": 1350, "Rejected": 3, "Hardware Errors": 0, "Device Elapsed": elapsed}))
+                .collect();
+            ok(9, "3 ASC(s)", Some(("DEVS", json!(devs))))
+        }
         (Firmware::Braiins, "fans") => ok(
             202,
             "2 Fan(s)",
@@ -801,6 +826,18 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
         (Firmware::Braiins, "resume") => {
             m.control("resume", Some(MinerMode::Mining), None);
             ok(205, "Resume", Some(("RESUME", json!([true]))))
+        }
+        // LuxOS `fans` and `temps` (as LUXminer 2025.4.8 answers, asic-rs's luxminer test
+        // data), the same figures as `stats`.
+        (Firmware::Luxos, "fans") => {
+            let th = web::bm_thermals(mode);
+            let fans: Vec<Value> = th.fans.iter().enumerate().map(|(i, rpm)| json!({"FAN": format!("FAN{}", i + 1), "ID": i, "RPM": rpm, "Speed": 100})).collect();
+            ok(202, "4 Fan(s)", Some(("FANS", json!(fans))))
+        }
+        (Firmware::Luxos, "temps") => {
+            let th = web::bm_thermals(mode);
+            let temps: Vec<Value> = (0..3).map(|i| json!({"TEMP": i, "ID": i, "TopLeft": th.pcb[i], "BottomLeft": th.pcb[i], "TopRight": th.pcb[i] - 10, "BottomRight": th.pcb[i] - 10})).collect();
+            ok(201, "3 Temp(s)", Some(("TEMPS", json!(temps))))
         }
         (Firmware::Luxos, "power") => ok(
             311,
@@ -888,14 +925,18 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 )
             }
         }
-        (Firmware::Avalon, "estats") => {
+        // cgminer's `stats` carries the same MM string on an Avalon (asic-rs reads it).
+        (Firmware::Avalon, "estats" | "stats") => {
             let (soft, work) = if mode == MinerMode::Mining {
                 (0, "In Work")
             } else {
                 (1, "In Idle")
             };
+            // As the A1246 capture (asic-rs avalon_a_stats.json): power in PS[] (5th
+            // value), no WALLPOWER.
             let mm = format!(
-                "Ver[1246-83-21082601_4ec6bb0_61407fa] Elapsed[{elapsed}] Fan1[3000] Fan2[3010] FanR[60%] SoftOFF[{soft}] SYSTEMSTATU[Work: {work}, Hash Board: 3 ] TAvg[78] TMax[91] GHSspd[{ghs:.2}] WORKMODE[1] PS[0 1209 2280 54 {:.0} 2280 1270]",
+                "Ver[1246-83-21082601_4ec6bb0_61407fa] Elapsed[{elapsed}] Temp[30] TMax[91] TAvg[78] Fan1[3000] Fan2[3010] FanR[60%] SoftOFF[{soft}] SYSTEMSTATU[Work: {work}, Hash Board: 3 ] GHSspd[{ghs:.2}] GHSmm[{:.2}] MTmax[91 90 89] MTavg[78 77 76] WORKMODE[1] PS[0 1209 2280 54 {:.0} 2280 1270]",
+                m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0,
                 power
             );
             ok(
@@ -903,10 +944,19 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 "CGMiner stats",
                 Some((
                     "STATS",
-                    json!([{"STATS": 0, "ID": "AVA100", "MM Count": 1, "MM ID0": mm}]),
+                    json!([{"STATS": 0, "ID": "AVA100", "Elapsed": elapsed, "Calls": 0, "Wait": 0.0, "Max": 0.0, "Min": 99_999_999.0, "MM Count": 1, "MM ID0": mm}]),
                 )),
             )
         }
+        // cgminer's `devs`: one ASC, rates in MH/s (pyasic and asic-rs read `MHS 1m`).
+        (Firmware::Avalon, "devs") => ok(
+            9,
+            "1 ASC(s)",
+            Some((
+                "DEVS",
+                json!([{"ASC": 0, "Name": "AVALON", "ID": 0, "Enabled": "Y", "Status": "Alive", "Temperature": 0.0, "MHS av": hr_ths * 1.0e6, "MHS 5s": hr_ths * 1.0e6, "MHS 1m": hr_ths * 1.0e6, "MHS 5m": hr_ths * 1.0e6, "MHS 15m": hr_ths * 1.0e6, "Accepted": 890, "Rejected": 2, "Hardware Errors": 0, "Device Elapsed": elapsed}]),
+            )),
+        ),
         (Firmware::Avalon, "version") => ok(
             22,
             "CGMiner versions",
@@ -957,6 +1007,19 @@ fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
     if v.get("enc").is_some() {
         return whatsminer_write(m, v).to_string().into_bytes();
     }
+    // Joined reads (`summary+devs`, as pyasic sends them): cgminer's form, each reply
+    // under its command's name (btminer's trailing `,}` repaired inside).
+    if cmd.contains('+') {
+        let parts: Vec<String> = cmd
+            .split('+')
+            .map(|c| {
+                let one = whatsminer_answer(m, &json!({"cmd": c}));
+                let one = String::from_utf8_lossy(&one).replace(",}", "}");
+                format!("\"{c}\":[{one}]")
+            })
+            .collect();
+        return format!("{{{},\"id\":1}}", parts.join(",")).into_bytes();
+    }
     let now = Instant::now();
     let (power, hr, mode, target, elapsed) = {
         let st = m.st();
@@ -971,7 +1034,9 @@ fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
     let body = match cmd {
         "summary" => {
             let s = json!({
-                "Elapsed": elapsed, "MHS av": hr * 1.0e6, "HS RT": hr * 1.0e6, "Power": power.round(),
+                "Elapsed": elapsed, "MHS av": hr * 1.0e6, "MHS 5s": hr * 1.0e6, "MHS 1m": hr * 1.0e6,
+                "MHS 5m": hr * 1.0e6, "MHS 15m": hr * 1.0e6, "HS RT": hr * 1.0e6, "Power": power.round(),
+                "Factory GHS": (m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0).round(), "Chip Temp Min": 62.0,
                 "Power Limit": target.round(), "Chip Temp Max": 81.0, "Chip Temp Avg": 72.5,
                 "Fan Speed In": 5400, "Fan Speed Out": 5280, "Env Temp": 28.5, "Power Mode": "Normal",
                 "Uptime": elapsed, "MAC": m.mac_text(true)
@@ -983,6 +1048,23 @@ fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
                 text.push_str(",}");
             }
             return text.into_bytes();
+        }
+        // btminer's `devs` (code 9): one entry per hashboard, as whatsminer-apiv2_devs.json.
+        "devs" => {
+            let boards: Vec<Value> = (0..3)
+                .map(|i| json!({
+                    "ASC": i, "Name": "SM", "ID": i, "Slot": i, "Enabled": "Y", "Status": "Alive",
+                    "Temperature": 65.0, "Chip Frequency": 600, "Frequency": 600.0,
+                    "Fan Speed In": 5400, "Fan Speed Out": 5280, "MHS av": hr * 1.0e6 / 3.0,
+                    "Accepted": 1804, "Rejected": 0, "Device Elapsed": elapsed,
+                    "Factory GHS": (m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0 / 3.0).round(),
+                    "Chip Temp Min": 62.0, "Chip Temp Max": 81.0, "Chip Temp Avg": 72.5,
+                    "Effective Chips": 135, "PCB SN": format!("BHM5CSD13028SIM{i:04}")
+                }))
+                .collect();
+            return json!({"STATUS": status("S", 9, "3 ASC(s)", "cgminer 4.9.2"), "DEVS": boards, "id": 1})
+                .to_string()
+                .into_bytes();
         }
         // cgminer's `devdetails` (code 69) with btminer's driver name and model code,
         // the fields pyasic reads to name a Whatsminer (`DEVDETAILS[0].Model`).
@@ -1118,6 +1200,9 @@ async fn http_answer(
     let path = uri.path().to_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let bad = |s: StatusCode| (s, "{}").into_response();
+    if let Some(resp) = web::answer(m, &method, &path, &headers, &body).await {
+        return resp;
+    }
     match (m.spec.firmware, method.as_str(), path.as_str()) {
         (
             Firmware::AntminerStock,
@@ -1134,11 +1219,18 @@ async fn http_answer(
                     .into_response();
             }
             if path.ends_with("get_miner_conf.cgi") {
-                let mode = if m.mode() == MinerMode::Mining { 0 } else { 1 };
+                // The stock firmware reads the mode back as `bitmain-work-mode` (a
+                // string) and takes it as `miner-mode` in set_miner_conf.cgi; pyasic reads
+                // the first, asic-rs writes both.
+                let mode = if m.mode() == MinerMode::Mining {
+                    "0"
+                } else {
+                    "1"
+                };
                 return axum::Json(json!({
                     "pools": [{"url": "stratum+tcp://btc.example.pool:3333", "user": "sim.worker", "pass": "x"}],
-                    "api-listen": true, "bitmain-fan-ctrl": false, "bitmain-fan-pwm": "100",
-                    "miner-mode": mode, "freq-level": "100"
+                    "api-listen": true, "api-network": true, "bitmain-fan-ctrl": false, "bitmain-fan-pwm": "100",
+                    "bitmain-work-mode": mode, "bitmain-freq-level": "100"
                 }))
                 .into_response();
             }
@@ -1156,33 +1248,7 @@ async fn http_answer(
             axum::Json(json!({"stats": "success", "code": "M000", "msg": "OK!"})).into_response()
         }
         (Firmware::Vnish, "GET", "/api/v1/summary") => {
-            let now = Instant::now();
-            let (power, hr, mode, target, up) = {
-                let st = m.st();
-                (
-                    st.ramp.at(now),
-                    m.hashrate_ths(&st, now),
-                    st.mode,
-                    st.target_w,
-                    now.saturating_duration_since(st.booted).as_secs() + 30_000,
-                )
-            };
-            let state = if mode == MinerMode::Mining {
-                "mining"
-            } else {
-                "paused"
-            };
-            axum::Json(json!({"miner": {
-                "miner_type": "Antminer S19 Pro (Vnish 1.2.5)",
-                "miner_status": {"miner_state": state, "miner_state_time": 120},
-                "instant_hashrate": (hr * 100.0).round() / 100.0,
-                "average_hashrate": (hr * 100.0).round() / 100.0,
-                "power_usage": power.round(), "power_target": target.round(),
-                "pcb_temp": {"min": 55, "max": 68}, "chip_temp": {"min": 60, "max": 79},
-                "cooling": {"fan_num": 4, "fans": [{"id": 0, "rpm": 5400}, {"id": 1, "rpm": 5400}, {"id": 2, "rpm": 5280}, {"id": 3, "rpm": 5280}]},
-                "uptime": up
-            }}))
-            .into_response()
+            axum::Json(web::vnish_summary(m)).into_response()
         }
         (Firmware::Vnish, "GET", "/api/v1/autotune/presets") => {
             let steps = 6;
@@ -1190,7 +1256,7 @@ async fn http_answer(
             let list: Vec<Value> = (0..=steps)
                 .map(|i| {
                     let w = (m.spec.min_w + span * f64::from(i) / f64::from(steps)).round();
-                    json!({"name": format!("{w:.0}"), "pretty": format!("{w:.0} watt ~ {:.0} TH", w / m.spec.efficiency_j_th), "status": "tuned"})
+                    json!({"name": format!("{w:.0}"), "pretty": format!("{w:.0} watt ~ {:.0} TH", w / m.spec.efficiency_j_th), "status": "tuned", "modded_psu_required": false})
                 })
                 .collect();
             axum::Json(json!(list)).into_response()
@@ -1218,6 +1284,10 @@ async fn http_answer(
             match p {
                 "/api/v1/mining/pause" => m.control("pause", Some(MinerMode::Paused), None),
                 "/api/v1/mining/resume" => m.control("resume", Some(MinerMode::Mining), None),
+                // asic-rs's pause/resume and pyasic's stop_mining: the cgminer process
+                // stops and starts (the same power and `stopped` state as a pause here).
+                "/api/v1/mining/stop" => m.control("stop", Some(MinerMode::Sleeping), None),
+                "/api/v1/mining/start" => m.control("start", Some(MinerMode::Mining), None),
                 "/api/v1/settings" => {
                     let Some(w) = body
                         .pointer("/miner/overclock/preset")
@@ -1252,7 +1322,9 @@ async fn http_answer(
             m.control(&format!("power-target {w:.0}"), None, Some(w));
             axum::Json(json!({"watt": w})).into_response()
         }
-        _ => bad(StatusCode::NOT_FOUND),
+        // Not JSON: pyasic takes any JSON answer to its Marathon probe
+        // (`/kaonsu/v1/brief`) for a Marathon miner.
+        _ => (StatusCode::NOT_FOUND, "404 Not Found").into_response(),
     }
 }
 

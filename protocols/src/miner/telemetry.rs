@@ -281,8 +281,13 @@ pub fn apply_vnish_summary(t: &mut MinerTelemetry, v: &Value) -> bool {
         return false;
     };
     let n = |p: &str| v.pointer(p).and_then(super::reply::num);
-    t.hashrate_ths = field(m, &["instant_hashrate", "average_hashrate"]).or(t.hashrate_ths);
-    if let Some(p) = field(m, &["power_usage"]) {
+    // Vnish 1.2.6's API document: `hr_realtime` in GH/s (the `hr_measure` of `/info` on
+    // SHA-256 miners); `power_consumption` in watts. `power_usage` is deprecated and "same
+    // as power_efficiency" (J/TH): never watts.
+    t.hashrate_ths = field(m, &["hr_realtime", "hr_average"])
+        .map(|ghs| ghs / 1000.0)
+        .or(t.hashrate_ths);
+    if let Some(p) = field(m, &["power_consumption"]) {
         t.power_w = Some(p);
         t.power_estimated = false;
     }
@@ -318,6 +323,14 @@ pub fn apply_vnish_summary(t: &mut MinerTelemetry, v: &Value) -> bool {
     }
     t.uptime_s = n("/miner/uptime").and_then(secs).or(t.uptime_s);
     true
+}
+
+/// Vnish `/api/v1/settings`: the active power preset (`miner.overclock.preset`, named by
+/// its watts as `/api/v1/autotune/presets` lists them), when it is one.
+pub fn vnish_preset_w(v: &Value) -> Option<f64> {
+    v.pointer("/miner/overclock/preset")
+        .and_then(super::reply::num)
+        .filter(|w| *w > 0.0)
 }
 
 /// Avalon `estats`: the `MM ID0` string of `Key[value]` pairs.
