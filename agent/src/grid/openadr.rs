@@ -204,13 +204,15 @@ impl Ven {
             "polled"
         );
         self.hub.grid.replace(GridSource::Openadr, grid);
-        self.report(&active, now, site_kw).await
+        self.report(&active, now, site_kw).await;
+        Ok(())
     }
 
     /// Reads the secret, finds the token URL, authenticates, finds or creates the VEN.
     async fn connect(&self) -> Result<Session, String> {
         let url = &self.cfg.vtn_url;
-        let secret = read_secret(&self.cfg.client_secret_file)?;
+        let secret =
+            read_secret(&self.cfg.client_secret_file).map_err(|e| format!("VTN {url}: {e}"))?;
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_TIMEOUT)
@@ -297,20 +299,20 @@ impl Ven {
     }
 
     /// The site's load to each event in force, every `report_interval_s` (the first at
-    /// once). A failed report is an error of the cycle (retried at the next).
+    /// once). A failed report is logged and tried again at the next poll; the events
+    /// stand.
     async fn report(
         &mut self,
         active: &[EventClient<VirtualEndNode>],
         now: Millis,
         site_kw: Option<f64>,
-    ) -> Result<(), String> {
+    ) {
         let ids: HashSet<String> = active.iter().map(|e| e.id().to_string()).collect();
         self.reported.retain(|k, _| ids.contains(k));
         let Some(kw) = site_kw else {
-            return Ok(());
+            return;
         };
         let every = self.cfg.report_interval_s.saturating_mul(1000);
-        let mut result = Ok(());
         for ev in active {
             let id = ev.id().to_string();
             if self
@@ -334,16 +336,16 @@ impl Ven {
                         self.cfg.vtn_url
                     );
                 }
-                Err(e) => {
-                    result = Err(format!(
-                        "VTN {}: cannot report the load for event {id}: {}",
-                        self.cfg.vtn_url,
-                        describe(&e)
-                    ));
-                }
+                Err(e) => error!(
+                    event = "grid.openadr.error",
+                    vtn_url = %self.cfg.vtn_url,
+                    openadr_event = %id,
+                    "VTN {}: cannot report the load for event {id}: {}; tried again at the next poll",
+                    self.cfg.vtn_url,
+                    describe(&e)
+                ),
             }
         }
-        result
     }
 }
 
@@ -438,14 +440,20 @@ fn load_report(
     };
     let mut desc = ReportPayloadDescriptor::new(kind);
     desc.units = Some(Unit::KW);
+    let start = Utc::now();
     let period = IntervalPeriod {
-        start: Utc::now(),
+        start,
         duration: serde_json::from_value(serde_json::Value::String(format!("PT{interval_s}S")))
             .ok(),
         randomize_start: None,
     };
+    // Named by its start: some VTNs (openleadr-vtn before 0.2.8) want report names unique.
+    let report_name = format!(
+        "{ven_name} site load {}",
+        start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
     ev.new_report(ven_name.to_owned())
-        .with_name("rackwarden site load")
+        .with_name(&report_name)
         .with_payload_descriptors(vec![desc])
         .with_resources(vec![ReportResource {
             resource_name: ResourceName::AggregatedReport,
@@ -566,8 +574,8 @@ fn price_factor(d: Option<&EventPayloadDescriptor>) -> Result<f64, String> {
 fn number(v: Option<&Value>) -> Option<f64> {
     match v? {
         Value::Number(n) if n.is_finite() => Some(*n),
-        #[allow(clippy::cast_precision_loss)] // levels and kW are far below 2^52
-        Value::Integer(i) => Some(*i as f64),
+        // Levels, kW and prices as integers: exact in f64 far past any real value.
+        Value::Integer(i) => i32::try_from(*i).ok().map(f64::from),
         _ => None,
     }
 }
@@ -723,8 +731,12 @@ mod tests {
                 r#"{"id": 1, "intervalPeriod": {"start": "2026-12-05T07:00:00Z", "duration": "PT1H"}, "payloads""#,
             );
         let (got, _) = tr(&event(&json), None, &mut HashMap::new());
-        assert_eq!(got[0].signal, GridSignal::LimitKw(1.5));
-        assert_eq!(got[1].signal, GridSignal::LimitKw(2.0));
+        let kw = |g: &GridEvent| match g.signal {
+            GridSignal::LimitKw(kw) => kw,
+            other => panic!("{other:?}"),
+        };
+        assert!((kw(&got[0]) - 0.0015).abs() < 1e-12, "{got:?}");
+        assert!((kw(&got[1]) - 0.002).abs() < 1e-12, "{got:?}");
         assert_eq!(got[1].start_ms, ms("2026-12-05T07:00:00Z"));
         assert_eq!(got[1].end_ms, Some(ms("2026-12-05T08:00:00Z")));
         // No descriptor: kW.
@@ -835,6 +847,125 @@ mod tests {
         );
         assert!(got.is_empty());
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    /// A fake VTN on loopback answering with `router`; its base URL.
+    async fn fake_vtn(router: axum::Router) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, router).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn ven_for(url: &str, dir: &std::path::Path) -> Ven {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        Ven::new(
+            OpenAdr {
+                vtn_url: url.to_owned(),
+                client_id: "site".to_owned(),
+                client_secret_file: secret,
+                ven_name: "site".to_owned(),
+                programs: Vec::new(),
+                poll_interval_s: 1,
+                report_interval_s: 60,
+            },
+            StatusHub::new(),
+        )
+    }
+
+    fn held(id: &str) -> GridEvent {
+        GridEvent {
+            source: GridSource::Openadr,
+            id: id.to_owned(),
+            signal: GridSignal::LimitKw(700.0),
+            start_ms: 0,
+            end_ms: Some(u64::MAX),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_and_garbage_are_errors_naming_the_vtn_and_keep_the_events() {
+        use axum::http::StatusCode;
+        use axum::routing::{get, post};
+        let dir = std::env::temp_dir().join(format!("rw-openadr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+
+        // 401 at the token endpoint (no /auth/server: the default token URL).
+        let url = fake_vtn(axum::Router::new().route(
+            "/auth/token",
+            post(|| async {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    axum::Json(serde_json::json!({"error": "invalid_client"})),
+                )
+            }),
+        ))
+        .await;
+        let mut ven = ven_for(&url, &dir);
+        ven.hub
+            .grid
+            .replace(GridSource::Openadr, vec![held("kept")]);
+        let e = ven.cycle().await.unwrap_err();
+        assert!(e.contains(&url), "{e}");
+        assert!(
+            e.contains("invalid_client") || e.contains("uthentication"),
+            "{e}"
+        );
+        assert_eq!(ven.hub.grid.events(GridSource::Openadr), vec![held("kept")]);
+
+        // A token, then garbage where the VEN list should be.
+        let url = fake_vtn(
+            axum::Router::new()
+                .route(
+                    "/auth/server",
+                    get(|| async { "<html>not an auth server</html>" }),
+                )
+                .route("/vens", get(|| async { "<html>oops</html>" })),
+        )
+        .await;
+        let mut ven = ven_for(&url, &dir);
+        let e = ven.cycle().await.unwrap_err();
+        assert!(e.contains(&url) && e.contains("auth server"), "{e}");
+        let url2 = fake_vtn(
+            axum::Router::new()
+                .route(
+                    "/auth/token",
+                    post(|| async {
+                        axum::Json(serde_json::json!({
+                            "access_token": "t", "token_type": "Bearer", "expires_in": 3600
+                        }))
+                    }),
+                )
+                .route("/vens", get(|| async { "<html>oops</html>" })),
+        )
+        .await;
+        let mut ven = ven_for(&url2, &dir);
+        ven.hub
+            .grid
+            .replace(GridSource::Openadr, vec![held("kept")]);
+        let e = ven.cycle().await.unwrap_err();
+        assert!(e.contains(&url2) && e.contains("VEN `site`"), "{e}");
+        assert_eq!(ven.hub.grid.events(GridSource::Openadr).len(), 1);
+
+        // Nothing listens: the connection error names the URL.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url3 = format!("http://127.0.0.1:{port}");
+        let e = ven_for(&url3, &dir).cycle().await.unwrap_err();
+        assert!(e.contains(&url3), "{e}");
+
+        // A secret file that is gone: named.
+        let mut ven = ven_for(&url3, &dir);
+        std::fs::remove_file(dir.join("secret")).unwrap();
+        let e = ven.cycle().await.unwrap_err();
+        assert!(e.contains("secret"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
