@@ -58,7 +58,7 @@ fn pg_bin(name: &str) -> Option<PathBuf> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    debian.sort_by(|a, b| b.0.cmp(&a.0));
+    debian.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.extend(debian.into_iter().map(|d| d.1));
     find_bin(name, &dirs)
 }
