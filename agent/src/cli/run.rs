@@ -124,6 +124,14 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
     // stay in the hub's inbox); a changed `[grid.openadr]` section takes a restart.
     let ven_cancel = CancellationToken::new();
     let _stop_ven = ven_cancel.clone().drop_guard();
+    if site.grid.openadr.is_some() && (args.speed - 1.0).abs() > f64::EPSILON {
+        warn!(
+            event = "grid.openadr.speed",
+            speed = args.speed,
+            "the OpenADR VEN takes the VTN's wall-clock times as the agent's: at speed {} its events land elsewhere on the agent's timeline",
+            args.speed
+        );
+    }
     let mut ven_task = site
         .grid
         .openadr
