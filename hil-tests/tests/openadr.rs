@@ -621,6 +621,9 @@ fn a_vtn_event_sheds_miners_reports_the_load_and_they_come_back_after_it() {
         kw > limit * 0.5 && kw < load * 1.1,
         "reported {kw} kW: not the site's load (about {load} kW, then under {limit} kW) {r:#}"
     );
+    eprintln!(
+        "openadr: load {load} kW, limit {limit} kW, under it after the shed: {last} kW, first report {kw} kW"
+    );
 
     // The event ends (50 s after its start): the limit goes, miners come back.
     let end_wait = Duration::from_secs(60).saturating_sub(created.elapsed());
