@@ -120,6 +120,23 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
         },
         None => None,
     };
+    // ---- issue 19: the OpenADR VEN lives across reloads too (the events it handed over
+    // stay in the hub's inbox); a changed `[grid.openadr]` section takes a restart.
+    let ven_cancel = CancellationToken::new();
+    let _stop_ven = ven_cancel.clone().drop_guard();
+    if site.grid.openadr.is_some() && (args.speed - 1.0).abs() > f64::EPSILON {
+        warn!(
+            event = "grid.openadr.speed",
+            speed = args.speed,
+            "the OpenADR VEN takes the VTN's wall-clock times as the agent's: at speed {} its events land elsewhere on the agent's timeline",
+            args.speed
+        );
+    }
+    let mut ven_task = site
+        .grid
+        .openadr
+        .clone()
+        .map(|cfg| crate::grid::openadr::start(cfg, hub.clone(), ven_cancel.clone()));
     // ---- issue 11: the election lives across reloads (a reload is no reason to hand
     // the site over); a changed `[ha]` section takes a restart.
     let ha_cancel = CancellationToken::new();
@@ -162,6 +179,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 r = &mut task => {
                     let code = finished(r);
                     stop_ha().await;
+                    stop_ven(&ven_cancel, ven_task.take()).await;
                     finish_alerts(alert_delivery.take()).await;
                     return code;
                 }
@@ -206,6 +224,12 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                         "the [alerts] section changed: it takes effect at the next restart"
                     );
                 }
+                if new.grid.openadr != site.grid.openadr {
+                    warn!(
+                        event = "config.reload.openadr_ignored",
+                        "the [grid.openadr] section changed: it takes effect at the next restart"
+                    );
+                }
                 if new.ha != site.ha {
                     warn!(
                         event = "config.reload.ha_ignored",
@@ -222,10 +246,19 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 );
                 let code = finished(r);
                 stop_ha().await;
+                stop_ven(&ven_cancel, ven_task.take()).await;
                 finish_alerts(alert_delivery.take()).await;
                 return code;
             }
         }
+    }
+}
+
+/// Stops the OpenADR VEN (bounded: a request to the VTN in flight is dropped).
+async fn stop_ven(cancel: &CancellationToken, task: Option<tokio::task::JoinHandle<()>>) {
+    cancel.cancel();
+    if let Some(t) = task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
     }
 }
 

@@ -7,6 +7,8 @@
 //! latest price. The control core (`control/decide/grid.rs`) acts on them with the
 //! ordinary levers. Times are on the agent's timeline (Unix milliseconds at speed 1).
 
+pub mod openadr;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
