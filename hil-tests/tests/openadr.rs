@@ -568,7 +568,7 @@ fn a_vtn_event_sheds_miners_reports_the_load_and_they_come_back_after_it() {
 
     // Shed for the grid within seconds of the event's start.
     assert!(
-        wait_until(Duration::from_secs(10), || !grid_actions(&a, &["Grid"])
+        wait_until(Duration::from_secs(10), || !grid_actions(&a, &["grid"])
             .is_empty()),
         "no shed with reason grid within 10 s of the event (limit {limit} kW, load {load} kW)\n{}",
         a.dump()
@@ -638,18 +638,18 @@ fn a_vtn_event_sheds_miners_reports_the_load_and_they_come_back_after_it() {
         "the limit went {:.1} s into a 50 s event",
         created.elapsed().as_secs_f64()
     );
-    let mark = grid_actions(&a, &["Restore", "Fill"]).len();
+    let mark = grid_actions(&a, &["restore", "fill"]).len();
     assert!(
         wait_until(Duration::from_secs(40), || grid_actions(
             &a,
-            &["Restore", "Fill"]
+            &["restore", "fill"]
         )
         .len()
             > mark),
         "no miner restored within 40 s of the event's end\n{}",
         a.dump()
     );
-    let restore = grid_actions(&a, &["Restore", "Fill"]);
+    let restore = grid_actions(&a, &["restore", "fill"]);
     eprintln!(
         "openadr: event end -> first restore {:.1} s ({})",
         ended.elapsed().as_secs_f64(),
