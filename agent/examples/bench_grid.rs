@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
-use rackwarden::http::status::StatusHub;
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
 use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden::status::StatusHub;
 use rackwarden_config::Site;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

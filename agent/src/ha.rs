@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use crate::alerts;
 use crate::control::{Alert, Severity};
-use crate::http::StatusHub;
+use crate::status::StatusHub;
 
 /// Errors of the etcd side; each names the endpoints or the key.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +353,7 @@ impl Ha {
 /// other agent is loaded here and written to the local overrides file. Polled every
 /// second; when both change within the same second, the last writer wins.
 async fn sync_overrides(ha: Arc<Ha>, file: std::path::PathBuf, cancel: CancellationToken) {
-    use crate::http::status::OverrideSet;
+    use crate::status::OverrideSet;
     let key = format!("{}/overrides", ha.cfg.prefix);
     // What etcd held at the last sync (None: not synced yet: etcd's copy wins over a
     // local file that may be older than the other agent's changes).

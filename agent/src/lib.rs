@@ -12,4 +12,5 @@ pub mod logging;
 pub mod metrics;
 pub mod runtime;
 pub mod sim;
+pub mod status;
 pub mod store;

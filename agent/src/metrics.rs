@@ -8,7 +8,7 @@
 //! and a test keeps it in step with [`Metrics::new`].
 //!
 //! Gauges describing the site are set by the control loop once per decision
-//! ([`crate::http::StatusHub::record_decision`]); host figures are read from `sysinfo`
+//! ([`crate::status::StatusHub::record_decision`]); host figures are read from `sysinfo`
 //! when `/metrics` is scraped, so an idle agent costs nothing.
 
 use std::sync::atomic::AtomicU64;

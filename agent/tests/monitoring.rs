@@ -27,8 +27,9 @@ use axum::http::{Request, StatusCode};
 use rackwarden::control::{
     self, ControlState, GpuLimits, MinerMode, Snapshot, Tick, Topology, UnitState,
 };
-use rackwarden::http::{router, HttpState, OverrideSet, StatusHub};
+use rackwarden::http::{router, HttpState};
 use rackwarden::metrics::PollClass;
+use rackwarden::status::{OverrideSet, StatusHub};
 use serde_json::Value;
 use tower::ServiceExt;
 

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
-use rackwarden::http::{self, HttpState, StatusHub};
+use rackwarden::http::{self, HttpState};
 use rackwarden::runtime::agent::{self, RunOptions};
 use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden::status::StatusHub;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

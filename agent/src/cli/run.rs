@@ -22,8 +22,9 @@ use tracing::{error, info, warn};
 
 use crate::alerts;
 use crate::control::{Alert, Severity};
-use crate::http::{self, HttpState, StatusHub};
+use crate::http::{self, HttpState};
 use crate::runtime::agent::{self, RunOptions};
+use crate::status::StatusHub;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -189,7 +189,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(mut rec: Recorder, hub: Arc<crate::http::StatusHub>) -> Writer {
+    pub fn spawn(mut rec: Recorder, hub: Arc<crate::status::StatusHub>) -> Writer {
         let (tx, rx) = std::sync::mpsc::channel::<Batch>();
         let handle = std::thread::Builder::new()
             .name("energy-writer".into())

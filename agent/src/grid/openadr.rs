@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{GridEvent, GridSignal, GridSource};
 use crate::control::Millis;
-use crate::http::StatusHub;
+use crate::status::StatusHub;
 
 /// A `SIMPLE` event of level L sheds `L x 25 %` of the site's load at the interval's
 /// start (level 1: 25 %, 2: 50 %, 3: 75 %, 4 and up: all of it); level 0 or below asks

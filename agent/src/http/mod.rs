@@ -14,8 +14,6 @@
 //! so a restart keeps them; the loop applies them from its next tick.
 
 mod grid;
-pub mod history;
-pub mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,11 +29,10 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use status::{OverrideKind, OverrideSet, StatusHub};
-
 use crate::alerts;
 use crate::control::{Alert, Severity};
 use crate::runtime::persist::{self, Journal};
+use crate::status::{self, history, OverrideKind, OverrideSet, StatusHub};
 
 /// Errors of the HTTP layer.
 #[derive(Debug, thiserror::Error)]

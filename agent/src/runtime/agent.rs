@@ -24,7 +24,7 @@ use crate::control::{Action, Alert, ControlState, Lever, NodeView, Snapshot, Tic
 use crate::energy::EnergyBook;
 use crate::ha::Ha;
 // Issue 8: the status hub the HTTP layer reads, and poll metrics.
-use crate::http::StatusHub;
+use crate::status::StatusHub;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]

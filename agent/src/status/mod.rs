@@ -22,7 +22,9 @@ use crate::control::{
 };
 use crate::metrics::{Labels, Metrics, PollClass};
 
-use super::history::{History, HistoryDoc, Point};
+pub mod history;
+
+use history::{History, HistoryDoc, Point};
 
 /// Frames kept for `?at_ms=` (a few seconds of fast ticks even at high speed).
 const FRAMES: usize = 256;
