@@ -393,7 +393,7 @@ async fn sync_overrides(ha: Arc<Ha>, file: std::path::PathBuf, cancel: Cancellat
             Some(Ok(remote)) => {
                 if remote != local {
                     ha.hub.load_overrides(remote.clone());
-                    if let Err(e) = crate::runtime::persist::write_atomic(&file, &remote) {
+                    if let Err(e) = crate::store::file::write_atomic(&file, &remote) {
                         warn!(file = %file.display(), error = %e, "overrides from the pair not saved locally");
                     }
                     info!(

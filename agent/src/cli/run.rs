@@ -137,7 +137,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
         .grid
         .openadr
         .clone()
-        .map(|cfg| crate::grid::openadr::start(cfg, hub.clone(), ven_cancel.clone()));
+        .map(|cfg| crate::grid::openadr::start(cfg, hub.grid.clone(), ven_cancel.clone()));
     // ---- issue 11: the election lives across reloads (a reload is no reason to hand
     // the site over); a changed `[ha]` section takes a restart.
     let ha_cancel = CancellationToken::new();

@@ -88,6 +88,8 @@ struct Inner {
     events: Vec<GridEvent>,
     /// Per `ShedKw` event: the site load it started from, kW.
     baselines: HashMap<(GridSource, String), f64>,
+    /// The site's load as the last decision saw it (`eff_kw` of the site node), kW.
+    site_kw: Option<f64>,
 }
 
 /// Where grid events wait for the decisions (shared by the HTTP layer, the VEN and the
@@ -108,6 +110,17 @@ impl GridInbox {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The control loop leaves the site's load here after each decision (to 0.1 kW, as
+    /// `/api/v1/status` shows it), for the VEN's reports.
+    pub fn set_site_load(&self, kw: Option<f64>) {
+        self.lock().site_kw = kw.map(|k| (k * 10.0).round() / 10.0);
+    }
+
+    /// The site's load as the last decision saw it, kW.
+    pub fn site_load_kw(&self) -> Option<f64> {
+        self.lock().site_kw
     }
 
     /// Adds or replaces (same source and id) one event.
@@ -166,7 +179,9 @@ impl GridInbox {
     /// that have ended.
     pub fn resolve(&self, now: Millis, site_kw: Option<f64>) -> (GridInput, GridView) {
         let mut g = self.lock();
-        let Inner { events, baselines } = &mut *g;
+        let Inner {
+            events, baselines, ..
+        } = &mut *g;
         events.retain(|e| e.end_ms.is_none_or(|end| now < end));
         baselines.retain(|k, _| events.iter().any(|e| &e.key() == k));
         let mut view = GridView {

@@ -32,9 +32,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{GridEvent, GridSignal, GridSource};
+use super::{GridEvent, GridInbox, GridSignal, GridSource};
 use crate::control::Millis;
-use crate::status::StatusHub;
 
 /// A `SIMPLE` event of level L sheds `L x 25 %` of the site's load at the interval's
 /// start (level 1: 25 %, 2: 50 %, 3: 75 %, 4 and up: all of it); level 0 or below asks
@@ -51,11 +50,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const INFINITE_MS: i64 = 100 * 365 * 86_400_000;
 
 /// Starts the VEN; it runs until `cancel`.
-pub fn start(cfg: OpenAdr, hub: Arc<StatusHub>, cancel: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(run(cfg, hub, cancel))
+pub fn start(cfg: OpenAdr, inbox: Arc<GridInbox>, cancel: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(run(cfg, inbox, cancel))
 }
 
-async fn run(cfg: OpenAdr, hub: Arc<StatusHub>, cancel: CancellationToken) {
+async fn run(cfg: OpenAdr, inbox: Arc<GridInbox>, cancel: CancellationToken) {
     info!(
         event = "grid.openadr.started",
         vtn_url = %cfg.vtn_url,
@@ -65,7 +64,7 @@ async fn run(cfg: OpenAdr, hub: Arc<StatusHub>, cancel: CancellationToken) {
         cfg.vtn_url,
         cfg.poll_interval_s
     );
-    let mut ven = Ven::new(cfg, hub);
+    let mut ven = Ven::new(cfg, inbox);
     let mut failures: u32 = 0;
     loop {
         let result = tokio::select! {
@@ -130,7 +129,7 @@ struct Session {
 
 struct Ven {
     cfg: OpenAdr,
-    hub: Arc<StatusHub>,
+    inbox: Arc<GridInbox>,
     session: Option<Session>,
     /// `SIMPLE` sheds by grid event id: the kW fixed when first seen (the load falls as
     /// the site sheds; the amount must not follow it).
@@ -146,10 +145,10 @@ fn wall_ms() -> Millis {
 }
 
 impl Ven {
-    fn new(cfg: OpenAdr, hub: Arc<StatusHub>) -> Ven {
+    fn new(cfg: OpenAdr, inbox: Arc<GridInbox>) -> Ven {
         Ven {
             cfg,
-            hub,
+            inbox,
             session: None,
             simple_kw: HashMap::new(),
             reported: HashMap::new(),
@@ -157,7 +156,7 @@ impl Ven {
     }
 
     fn site_kw(&self) -> Option<f64> {
-        self.hub.status(None).and_then(|s| s.grid.load_kw)
+        self.inbox.site_load_kw()
     }
 
     /// Connects if needed, polls, hands the events over, reports. Errors name the VTN.
@@ -203,7 +202,7 @@ impl Ven {
             grid_events = grid.len(),
             "polled"
         );
-        self.hub.grid.replace(GridSource::Openadr, grid);
+        self.inbox.replace(GridSource::Openadr, grid);
         self.report(&active, now, site_kw).await;
         Ok(())
     }
@@ -872,7 +871,7 @@ mod tests {
                 poll_interval_s: 1,
                 report_interval_s: 60,
             },
-            StatusHub::new(),
+            Arc::default(),
         )
     }
 
@@ -905,16 +904,14 @@ mod tests {
         ))
         .await;
         let mut ven = ven_for(&url, &dir);
-        ven.hub
-            .grid
-            .replace(GridSource::Openadr, vec![held("kept")]);
+        ven.inbox.replace(GridSource::Openadr, vec![held("kept")]);
         let e = ven.cycle().await.unwrap_err();
         assert!(e.contains(&url), "{e}");
         assert!(
             e.contains("invalid_client") || e.contains("uthentication"),
             "{e}"
         );
-        assert_eq!(ven.hub.grid.events(GridSource::Openadr), vec![held("kept")]);
+        assert_eq!(ven.inbox.events(GridSource::Openadr), vec![held("kept")]);
 
         // A token, then garbage where the VEN list should be.
         let url = fake_vtn(
@@ -943,12 +940,10 @@ mod tests {
         )
         .await;
         let mut ven = ven_for(&url2, &dir);
-        ven.hub
-            .grid
-            .replace(GridSource::Openadr, vec![held("kept")]);
+        ven.inbox.replace(GridSource::Openadr, vec![held("kept")]);
         let e = ven.cycle().await.unwrap_err();
         assert!(e.contains(&url2) && e.contains("VEN `site`"), "{e}");
-        assert_eq!(ven.hub.grid.events(GridSource::Openadr).len(), 1);
+        assert_eq!(ven.inbox.events(GridSource::Openadr).len(), 1);
 
         // Nothing listens: the connection error names the URL.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -372,6 +372,7 @@ impl Loop {
             plan.grid_shortfall_kw,
             plan.price_curtailed,
         );
+        hub.grid.set_site_load(self.last_site_kw);
         // Observers may come and go: nobody listening is not an error.
         let _ = self.agent.wiring.events.send(AgentEvent::Decision {
             now,

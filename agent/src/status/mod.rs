@@ -365,7 +365,7 @@ pub struct GridStatus {
 pub struct StatusHub {
     pub metrics: Metrics,
     /// Grid events from the API and the VEN, resolved at each decision.
-    pub grid: crate::grid::GridInbox,
+    pub grid: Arc<crate::grid::GridInbox>,
     inner: Mutex<Inner>,
     overrides: Mutex<OverrideSet>,
 }
@@ -374,7 +374,7 @@ impl Default for StatusHub {
     fn default() -> Self {
         StatusHub {
             metrics: Metrics::new(),
-            grid: crate::grid::GridInbox::default(),
+            grid: Arc::default(),
             inner: Mutex::new(Inner::default()),
             overrides: Mutex::new(OverrideSet::default()),
         }

@@ -10,6 +10,7 @@
 //! The schema is versioned (`PRAGMA user_version`) with migrations applied in order at
 //! open; a file SQLite cannot read is set aside ([`open_or_set_aside`]).
 
+pub mod file;
 pub mod intent;
 pub mod journal;
 
