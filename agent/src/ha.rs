@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{Alert, Severity};
 use crate::status::StatusHub;
 
@@ -132,12 +132,11 @@ fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn raise(hub: &StatusHub, name: &'static str, severity: Severity, node: &str, message: String) {
+fn raise(hub: &StatusHub, name: AlertKind, severity: Severity, node: &str, message: String) {
     let mut a = Alert::new(name, severity, message);
     a.device = Some(node.to_owned());
     let now = hub.last_now();
-    alerts::log(&a, now);
-    hub.record_alert(now, &a);
+    hub.raise(now, &a);
 }
 
 impl Ha {
@@ -221,7 +220,7 @@ impl Ha {
             self.hub.set_role(Some("standby"));
             raise(
                 &self.hub,
-                alerts::HA_LEADER_LOST,
+                AlertKind::HaLeaderLost,
                 Severity::Critical,
                 &self.cfg.node,
                 format!("{} stops acting (term {}): {why}", self.cfg.node, l.fence),
@@ -317,7 +316,7 @@ impl Ha {
         if !std::mem::replace(&mut lock(&self.inner).unsaved_alerted, true) {
             raise(
                 &self.hub,
-                alerts::HA_INTENT_UNSAVED,
+                AlertKind::HaIntentUnsaved,
                 Severity::Warning,
                 &self.cfg.node,
                 format!("control intent not stored in etcd: {e}"),
@@ -331,7 +330,7 @@ impl Ha {
         if first {
             raise(
                 &self.hub,
-                alerts::HA_ETCD_UNREACHABLE,
+                AlertKind::HaEtcdUnreachable,
                 Severity::Warning,
                 &self.cfg.node,
                 format!("{e}; this agent cannot lead until etcd answers"),
@@ -575,7 +574,7 @@ async fn term(ha: &Arc<Ha>, cancel: &CancellationToken) -> Result<(), HaError> {
                 ha.hub.set_role(Some("leader"));
                 raise(
                     &ha.hub,
-                    alerts::HA_LEADER_ACQUIRED,
+                    AlertKind::HaLeaderAcquired,
                     Severity::Info,
                     &ha.cfg.node,
                     format!("{} leads (term {fence}, lease ttl {} s)", ha.cfg.node, ttl.as_secs()),

@@ -2,6 +2,7 @@
 //! the command line. The binary (`src/main.rs`) only parses arguments and calls in here.
 
 pub mod alerts;
+pub mod catalogue;
 pub mod cli;
 pub mod control;
 pub mod energy;

@@ -12,8 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use rackwarden::alerts::{self, deliver};
-use rackwarden::control::plan as control;
-use rackwarden::control::{Alert, Severity};
+use rackwarden::control::{Alert, AlertKind, Severity};
 use rackwarden::metrics::Metrics;
 use rackwarden_config::{AlertDelivery, AlertLevel};
 use serde_json::Value;
@@ -73,9 +72,9 @@ fn config(url: &str, token: Option<std::path::PathBuf>, queue: usize) -> AlertDe
     }
 }
 
-fn alert(name: &'static str, severity: Severity, zone: &str, message: &str) -> Alert {
+fn alert(kind: AlertKind, severity: Severity, zone: &str, message: &str) -> Alert {
     Alert {
-        name,
+        kind,
         severity,
         node: None,
         zone: Some(zone.to_owned()),
@@ -134,7 +133,7 @@ async fn the_webhook_gets_firing_resent_and_resolved_alerts_with_the_token() {
     let d = deliver::start(&config(&url, Some(token), 64), "test-site", &metrics).unwrap();
 
     let lost = alert(
-        control::COOLING_REDUNDANCY_LOST,
+        AlertKind::CoolingRedundancyLost,
         Severity::Critical,
         "air-mining",
         "zone `air-mining` lost N+1",
@@ -144,7 +143,7 @@ async fn the_webhook_gets_firing_resent_and_resolved_alerts_with_the_token() {
     alerts::log(
         &Alert {
             zone: None,
-            ..alert(alerts::CONFIG_RELOADED, Severity::Info, "", "reloaded")
+            ..alert(AlertKind::ConfigReloaded, Severity::Info, "", "reloaded")
         },
         0,
     );
@@ -153,7 +152,7 @@ async fn the_webhook_gets_firing_resent_and_resolved_alerts_with_the_token() {
         &Alert {
             zone: None,
             ..alert(
-                alerts::CONFIG_RELOAD_FAILED,
+                AlertKind::ConfigReloadFailed,
                 Severity::Warning,
                 "",
                 "bad file",
@@ -202,7 +201,7 @@ async fn the_webhook_gets_firing_resent_and_resolved_alerts_with_the_token() {
     // The counterpart resolves it: same labels, status resolved, no more re-sends.
     alerts::log(
         &alert(
-            control::COOLING_REDUNDANCY_RESTORED,
+            AlertKind::CoolingRedundancyRestored,
             Severity::Info,
             "air-mining",
             "zone `air-mining` N+1 holds again",
@@ -288,7 +287,7 @@ async fn a_failing_receiver_is_retried_and_counted() {
     let t0 = Instant::now();
     alerts::log(
         &alert(
-            control::COOLING_CAPACITY_EXCEEDED,
+            AlertKind::CoolingCapacityExceeded,
             Severity::Critical,
             "z",
             "over capacity",
@@ -335,7 +334,7 @@ async fn a_slow_receiver_never_blocks_the_caller_and_a_full_queue_drops() {
         let zone = format!("z{i}");
         alerts::log(
             &alert(
-                control::COOLING_CAPACITY_EXCEEDED,
+                AlertKind::CoolingCapacityExceeded,
                 Severity::Critical,
                 &zone,
                 "over capacity",
@@ -372,7 +371,7 @@ async fn at_exit_what_waits_gets_one_last_bounded_send() {
         zone: None,
         device: Some("mgmt-a".to_owned()),
         ..alert(
-            alerts::HA_LEADER_LOST,
+            AlertKind::HaLeaderLost,
             Severity::Critical,
             "",
             "mgmt-a stops acting",

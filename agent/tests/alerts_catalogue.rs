@@ -86,3 +86,40 @@ fn alert_names_are_dotted_lowercase() {
         );
     }
 }
+
+/// docs/alerts.md's severity column is the one the enum gives each kind.
+#[test]
+fn documented_severities_are_the_catalogues() {
+    let text = std::fs::read_to_string(repo().join("docs/alerts.md")).unwrap();
+    let mut checked = 0;
+    // The catalogue table: the rows after its header, up to the first line that is not
+    // a row.
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| alert | severity |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'));
+    for line in rows {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        let kind = rackwarden::catalogue::AlertKind::from_name(name)
+            .unwrap_or_else(|| panic!("{name} is documented but not an AlertKind"));
+        assert_eq!(cells[2], kind.severity().name(), "severity of {name}");
+        checked += 1;
+    }
+    assert_eq!(checked, rackwarden::catalogue::AlertKind::ALL.len());
+}
+
+/// The GPU sources (protocols/) raise two alerts by name: they are the catalogue's.
+#[test]
+fn the_gpu_sources_alert_names_are_catalogued() {
+    use rackwarden::catalogue::AlertKind;
+    assert_eq!(
+        rackwarden_protocols::gpu::ALERT_NVML_UNAVAILABLE,
+        AlertKind::TelemetryNvmlUnavailable.name()
+    );
+    assert_eq!(
+        rackwarden_protocols::gpu::ALERT_NVML_UNSUPPORTED,
+        AlertKind::TelemetryNvmlUnsupported.name()
+    );
+}

@@ -260,7 +260,7 @@ proptest! {
                     heard.insert(gn.id.clone());
                 }
             }
-            for a in step.plan.alerts.iter().filter(|a| a.name == "telemetry.nvml.unavailable") {
+            for a in step.plan.alerts.iter().filter(|a| a.name() == "telemetry.nvml.unavailable") {
                 *said.entry(a.device.clone().unwrap()).or_default() += 1;
             }
             inv9_no_nvml(sim, step, &mut mem)?;

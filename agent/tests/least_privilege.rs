@@ -279,7 +279,7 @@ fn decide_switches_outlets_only_on_allowlisted_pdus() {
                 .plan
                 .alerts
                 .iter()
-                .any(|a| a.name == "power.budget.emergency");
+                .any(|a| a.name() == "power.budget.emergency");
             for a in &step.plan.actions {
                 if matches!(a.lever, Lever::OutletOff | Lever::OutletOn) {
                     assert!(allowed, "{} switched on a read-only PDU", a.device_id);

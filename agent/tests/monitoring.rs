@@ -206,11 +206,11 @@ async fn exposition() -> String {
     );
     assert!(!plan.actions.is_empty(), "feed A above B sheds nothing");
     for a in &plan.actions {
-        hub.record_action(now, a, false);
+        hub.report_action(now, a, false);
     }
     assert!(!plan.alerts.is_empty(), "the decision raised no alert");
     for a in &plan.alerts {
-        hub.record_alert(now, a);
+        hub.raise(now, a);
     }
     for (class, ok) in [
         (PollClass::Modbus, true),

@@ -110,7 +110,7 @@ async fn a_miner_without_credentials_gets_no_api_command_and_counts_at_nameplate
                 actions.push((action.device_id, action.lever));
             }
             Ok(Ok(AgentEvent::Alert { alert, .. })) => {
-                alerts.push((alert.name.to_owned(), alert.device));
+                alerts.push((alert.name().to_owned(), alert.device));
             }
             _ => {}
         }

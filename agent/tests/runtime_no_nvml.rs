@@ -40,7 +40,7 @@ async fn agent_runs_without_nvml_and_reserves_the_rack_at_rated_max() {
                 reserve = Some(nodes[gpu_rack].gpu_reserve_kw);
             }
             Ok(Ok(AgentEvent::Alert { alert, .. }))
-                if alert.name == "telemetry.nvml.unavailable" =>
+                if alert.name() == "telemetry.nvml.unavailable" =>
             {
                 nvml_alerts += 1;
             }

@@ -69,7 +69,7 @@ async fn a_hanging_miner_leaves_the_other_miners_fresh() {
     let until = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < until {
         match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-            Ok(Ok(AgentEvent::Alert { alert, .. })) if alert.name == "telemetry.stale" => {
+            Ok(Ok(AgentEvent::Alert { alert, .. })) if alert.name() == "telemetry.stale" => {
                 // Only miners: the unserved Modbus devices are stale too.
                 if let Some(d) = alert.device.filter(|d| d.starts_with("m-")) {
                     stale.push(d);

@@ -536,7 +536,7 @@ fn soak_example_site_for_a_simulated_month() {
             }
         }
         for a in &step.plan.alerts {
-            *tally.alerts.entry(a.name).or_default() += 1;
+            *tally.alerts.entry(a.name()).or_default() += 1;
         }
         let mut results = vec![
             inv1_budget(&sim, step),

@@ -24,34 +24,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::control::plan as c;
+use crate::catalogue::{AlertKind, PAIRS};
 use crate::control::{Alert, Severity};
 use crate::metrics::{Labels, Metrics};
-
-/// Which alert resolves which: `(fires, resolved_by)`, for the same node / zone /
-/// device. Where both names are the same (`miner.slow`), the `info` event resolves the
-/// one of higher severity. Alerts not listed here as `fires` are one-shots. A test
-/// checks every name is in [`super::catalogue`].
-pub const PAIRS: &[(&str, &str)] = &[
-    (c::POWER_BUDGET_SHED, c::POWER_BUDGET_RESTORED),
-    (c::POWER_BUDGET_EMERGENCY, c::POWER_BUDGET_RESTORED),
-    (c::POWER_BUDGET_UNMET, c::POWER_BUDGET_RESTORED),
-    (c::POWER_EXCURSION_LONG, c::POWER_EXCURSION),
-    (c::COOLING_REDUNDANCY_LOST, c::COOLING_REDUNDANCY_RESTORED),
-    (c::COOLING_CAPACITY_EXCEEDED, c::COOLING_CAPACITY_RESTORED),
-    (c::TELEMETRY_STALE, c::TELEMETRY_FRESH),
-    (c::GPU_CAP_APPLIED, c::GPU_CAP_LIFTED),
-    (c::CONTROL_STARTUP_HOLD, c::CONTROL_STARTUP_RELEASED),
-    (c::MINER_SLOW, c::MINER_SLOW),
-    (c::GRID_TARGET_ACTIVE, c::GRID_TARGET_ENDED),
-    (c::GRID_TARGET_UNMET, c::GRID_TARGET_MET),
-    (c::GRID_TARGET_UNMET, c::GRID_TARGET_ENDED),
-    (
-        super::OPERATOR_OVERRIDE_SET,
-        super::OPERATOR_OVERRIDE_CLEARED,
-    ),
-    (super::HA_LEADER_LOST, super::HA_LEADER_ACQUIRED),
-];
 
 /// A firing alert is sent with `endsAt` this many resend intervals ahead (Alertmanager
 /// resolves it by itself if the agent stops re-sending); a one-shot alert too.
@@ -61,7 +36,7 @@ pub const ENDS_AFTER_INTERVALS: u64 = 4;
 const MAX_BATCH: usize = 256;
 
 /// The alerts `name` resolves when raised at `severity`.
-pub fn resolved_by(name: &str, severity: Severity) -> impl Iterator<Item = &'static str> + '_ {
+pub fn resolved_by(name: AlertKind, severity: Severity) -> impl Iterator<Item = AlertKind> {
     PAIRS
         .iter()
         .filter(move |(f, r)| *r == name && (*f != *r || severity == Severity::Info))
@@ -69,7 +44,7 @@ pub fn resolved_by(name: &str, severity: Severity) -> impl Iterator<Item = &'sta
 }
 
 /// The counterpart that resolves `name` raised at `severity`, if it has one.
-pub fn counterpart(name: &str, severity: Severity) -> Option<&'static str> {
+pub fn counterpart(name: AlertKind, severity: Severity) -> Option<AlertKind> {
     PAIRS
         .iter()
         .find(|(f, r)| *f == name && !(*f == *r && severity == Severity::Info))
@@ -98,14 +73,14 @@ fn rfc3339(ms: u64) -> String {
 /// What identifies one alert at a receiver: its name and where.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
-    pub name: &'static str,
+    pub name: AlertKind,
     pub node: Option<String>,
     pub zone: Option<String>,
     pub device: Option<String>,
 }
 
 impl Key {
-    fn of(name: &'static str, a: &Alert) -> Key {
+    fn of(name: AlertKind, a: &Alert) -> Key {
         Key {
             name,
             node: a.node.clone(),
@@ -131,7 +106,7 @@ pub struct Notice {
     pub ends_at: u64,
     pub resolved: bool,
     /// The alert that resolves this one (None: a one-shot).
-    pub resolved_by: Option<&'static str>,
+    pub resolved_by: Option<AlertKind>,
 }
 
 struct Entry {
@@ -162,14 +137,14 @@ impl ActiveSet {
     /// Whether `a` concerns this set at all: at or above the minimum severity, or a
     /// counterpart that may resolve an alert.
     pub fn wants(min: Severity, a: &Alert) -> bool {
-        a.severity >= min || resolved_by(a.name, a.severity).next().is_some()
+        a.severity >= min || resolved_by(a.kind, a.severity).next().is_some()
     }
 
     /// Takes one alert at `now` (Unix ms); returns what to send.
     pub fn offer(&mut self, a: &Alert, now: u64) -> Vec<Notice> {
         let mut out = Vec::new();
         let mut resolver = false;
-        for fired in resolved_by(a.name, a.severity) {
+        for fired in resolved_by(a.kind, a.severity) {
             resolver = true;
             if let Some(e) = self.active.remove(&Key::of(fired, a)) {
                 out.push(Notice {
@@ -181,12 +156,12 @@ impl ActiveSet {
             }
         }
         // `miner.slow` at info only resolves; it is no alert of its own.
-        let self_paired = resolver && PAIRS.iter().any(|(f, r)| f == r && *r == a.name);
+        let self_paired = resolver && PAIRS.iter().any(|(f, r)| f == r && *r == a.kind);
         if a.severity < self.min || self_paired {
             return out;
         }
-        let key = Key::of(a.name, a);
-        let resolved_by = counterpart(a.name, a.severity);
+        let key = Key::of(a.kind, a);
+        let resolved_by = counterpart(a.kind, a.severity);
         let starts_at = self
             .active
             .get(&key)
@@ -351,7 +326,7 @@ pub fn alertmanager_body(site: &str, batch: &[Notice]) -> Value {
             .iter()
             .map(|n| {
                 let mut labels = Map::new();
-                labels.insert("alertname".into(), n.key.name.into());
+                labels.insert("alertname".into(), n.key.name.name().into());
                 labels.insert("severity".into(), n.severity.name().into());
                 labels.insert("site".into(), site.into());
                 for (k, v) in [
@@ -393,7 +368,7 @@ pub fn webhook_body(site: &str, batch: &[Notice]) -> Value {
         "site": site,
         "alerts": batch.iter().map(|n| json!({
             "status": if n.resolved { "resolved" } else { "firing" },
-            "alert": n.key.name,
+            "alert": n.key.name.name(),
             "severity": n.severity.name(),
             "node": n.key.node,
             "zone": n.key.zone,
@@ -803,7 +778,7 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
-    fn alert(name: &'static str, sev: Severity, node: Option<&str>) -> Alert {
+    fn alert(name: AlertKind, sev: Severity, node: Option<&str>) -> Alert {
         let mut a = Alert::new(name, sev, format!("{name} on {node:?}"));
         a.node = node.map(str::to_owned);
         a
@@ -813,8 +788,8 @@ mod tests {
     fn every_paired_name_is_in_the_catalogue() {
         let cat = super::super::catalogue();
         for (f, r) in PAIRS {
-            assert!(cat.contains(f), "{f} is not in the catalogue");
-            assert!(cat.contains(r), "{r} is not in the catalogue");
+            assert!(cat.contains(&f.name()), "{f} is not in the catalogue");
+            assert!(cat.contains(&r.name()), "{r} is not in the catalogue");
         }
         // A resolving alert never also fires under another pair (it would resolve
         // itself).
@@ -832,13 +807,17 @@ mod tests {
     fn a_paired_alert_fires_is_resent_and_resolves() {
         let mut s = ActiveSet::new(MIN, Severity::Warning);
         let t0 = 1_000_000;
-        let a = alert(c::POWER_BUDGET_SHED, Severity::Warning, Some("feed-a"));
+        let a = alert(
+            AlertKind::PowerBudgetShed,
+            Severity::Warning,
+            Some("feed-a"),
+        );
         let out = s.offer(&a, t0);
         assert_eq!(out.len(), 1);
         assert!(!out[0].resolved);
         assert_eq!(out[0].starts_at, t0);
         assert_eq!(out[0].ends_at, t0 + 4 * MIN);
-        assert_eq!(out[0].resolved_by, Some(c::POWER_BUDGET_RESTORED));
+        assert_eq!(out[0].resolved_by, Some(AlertKind::PowerBudgetRestored));
         assert_eq!(s.len(), 1);
         // Not due before an interval has passed, due once it has.
         assert!(s.due(t0 + MIN - 1, usize::MAX).is_empty());
@@ -849,16 +828,24 @@ mod tests {
         assert_eq!(again[0].ends_at, t0 + 5 * MIN);
         assert!(s.due(t0 + MIN + 10, usize::MAX).is_empty());
         // The counterpart for another node resolves nothing.
-        let other = alert(c::POWER_BUDGET_RESTORED, Severity::Info, Some("feed-b"));
+        let other = alert(
+            AlertKind::PowerBudgetRestored,
+            Severity::Info,
+            Some("feed-b"),
+        );
         assert!(s.offer(&other, t0 + MIN + 20).is_empty());
         assert_eq!(s.len(), 1);
         // The counterpart for the node resolves it: same labels, endsAt now.
-        let back = alert(c::POWER_BUDGET_RESTORED, Severity::Info, Some("feed-a"));
+        let back = alert(
+            AlertKind::PowerBudgetRestored,
+            Severity::Info,
+            Some("feed-a"),
+        );
         let out = s.offer(&back, t0 + 2 * MIN + 5);
         assert_eq!(out.len(), 1);
         let r = &out[0];
         assert!(r.resolved);
-        assert_eq!(r.key.name, c::POWER_BUDGET_SHED);
+        assert_eq!(r.key.name, AlertKind::PowerBudgetShed);
         assert_eq!(r.severity, Severity::Warning);
         assert_eq!(r.starts_at, t0);
         assert_eq!(r.ends_at, t0 + 2 * MIN + 5);
@@ -873,7 +860,7 @@ mod tests {
         let mut s = ActiveSet::new(MIN, Severity::Warning);
         for (t, node) in [(3, "c"), (1, "a"), (2, "b")] {
             s.offer(
-                &alert(c::POWER_BUDGET_SHED, Severity::Warning, Some(node)),
+                &alert(AlertKind::PowerBudgetShed, Severity::Warning, Some(node)),
                 t,
             );
         }
@@ -902,24 +889,28 @@ mod tests {
     fn one_counterpart_resolves_every_alert_it_pairs_with() {
         let mut s = ActiveSet::new(MIN, Severity::Warning);
         s.offer(
-            &alert(c::POWER_BUDGET_SHED, Severity::Warning, Some("f")),
+            &alert(AlertKind::PowerBudgetShed, Severity::Warning, Some("f")),
             1,
         );
         s.offer(
-            &alert(c::POWER_BUDGET_EMERGENCY, Severity::Critical, Some("f")),
+            &alert(
+                AlertKind::PowerBudgetEmergency,
+                Severity::Critical,
+                Some("f"),
+            ),
             2,
         );
         assert_eq!(s.len(), 2);
         let out = s.offer(
-            &alert(c::POWER_BUDGET_RESTORED, Severity::Info, Some("f")),
+            &alert(AlertKind::PowerBudgetRestored, Severity::Info, Some("f")),
             3,
         );
         let names: Vec<_> = out.iter().map(|n| (n.key.name, n.resolved)).collect();
         assert_eq!(
             names,
             [
-                (c::POWER_BUDGET_SHED, true),
-                (c::POWER_BUDGET_EMERGENCY, true)
+                (AlertKind::PowerBudgetShed, true),
+                (AlertKind::PowerBudgetEmergency, true)
             ]
         );
         assert!(s.is_empty());
@@ -928,7 +919,7 @@ mod tests {
     #[test]
     fn one_shots_are_sent_once_with_a_bounded_end() {
         let mut s = ActiveSet::new(MIN, Severity::Warning);
-        let a = alert(super::super::CONFIG_RELOAD_FAILED, Severity::Warning, None);
+        let a = alert(AlertKind::ConfigReloadFailed, Severity::Warning, None);
         let out = s.offer(&a, 10);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].resolved_by, None);
@@ -940,10 +931,10 @@ mod tests {
     #[test]
     fn below_the_minimum_severity_nothing_is_sent() {
         let mut s = ActiveSet::new(MIN, Severity::Critical);
-        let a = alert(c::POWER_BUDGET_SHED, Severity::Warning, Some("f"));
+        let a = alert(AlertKind::PowerBudgetShed, Severity::Warning, Some("f"));
         assert!(!ActiveSet::wants(Severity::Critical, &a));
         assert!(s.offer(&a, 1).is_empty());
-        let back = alert(c::POWER_BUDGET_RESTORED, Severity::Info, Some("f"));
+        let back = alert(AlertKind::PowerBudgetRestored, Severity::Info, Some("f"));
         // Counterparts pass the queue (they may resolve), but resolve nothing here.
         assert!(ActiveSet::wants(Severity::Critical, &back));
         assert!(s.offer(&back, 2).is_empty());
@@ -951,14 +942,14 @@ mod tests {
         let mut s = ActiveSet::new(MIN, Severity::Info);
         let out = s.offer(&back, 3);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].key.name, c::POWER_BUDGET_RESTORED);
+        assert_eq!(out[0].key.name, AlertKind::PowerBudgetRestored);
         assert!(!out[0].resolved);
     }
 
     #[test]
     fn a_self_paired_alert_resolves_at_info() {
         let mut s = ActiveSet::new(MIN, Severity::Info);
-        let mut slow = alert(c::MINER_SLOW, Severity::Warning, Some("mine-a1"));
+        let mut slow = alert(AlertKind::MinerSlow, Severity::Warning, Some("mine-a1"));
         slow.device = Some("m-1".into());
         assert_eq!(s.offer(&slow, 1).len(), 1);
         assert_eq!(s.len(), 1);
@@ -971,7 +962,7 @@ mod tests {
         assert!(s.is_empty());
     }
 
-    fn notice(name: &'static str, node: &str) -> Notice {
+    fn notice(name: AlertKind, node: &str) -> Notice {
         let mut s = ActiveSet::new(MIN, Severity::Info);
         s.offer(&alert(name, Severity::Warning, Some(node)), 1)
             .pop()
@@ -981,8 +972,8 @@ mod tests {
     #[test]
     fn the_outbox_keeps_the_latest_per_alert_bounded_and_backs_off() {
         let mut o = Outbox::new(2, 1000, 8000);
-        assert!(o.push(notice(c::POWER_BUDGET_SHED, "a")));
-        let mut resolved = notice(c::POWER_BUDGET_SHED, "a");
+        assert!(o.push(notice(AlertKind::PowerBudgetShed, "a")));
+        let mut resolved = notice(AlertKind::PowerBudgetShed, "a");
         resolved.resolved = true;
         assert!(o.push(resolved));
         assert_eq!(o.len(), 1);
@@ -990,8 +981,11 @@ mod tests {
             o.batch(10)[0].resolved,
             "the latest state replaces the older"
         );
-        assert!(o.push(notice(c::POWER_BUDGET_SHED, "b")));
-        assert!(!o.push(notice(c::POWER_BUDGET_SHED, "c")), "full: dropped");
+        assert!(o.push(notice(AlertKind::PowerBudgetShed, "b")));
+        assert!(
+            !o.push(notice(AlertKind::PowerBudgetShed, "c")),
+            "full: dropped"
+        );
         assert_eq!(o.len(), 2);
         assert!(o.ready(0));
         let waits: Vec<u64> = (0..6).map(|_| o.failed(100)).collect();
@@ -1015,14 +1009,14 @@ mod tests {
             min: Severity::Warning,
             dropped: Counter::default(),
         };
-        let a = alert(c::POWER_BUDGET_SHED, Severity::Warning, Some("f"));
+        let a = alert(AlertKind::PowerBudgetShed, Severity::Warning, Some("f"));
         assert!(q.offer(&a));
         assert!(q.offer(&a));
         assert!(!q.offer(&a));
         assert!(!q.offer(&a));
         assert_eq!(q.dropped.get(), 2);
         // Below the minimum and no counterpart: not even queued.
-        let info = alert(super::super::CONFIG_RELOADED, Severity::Info, None);
+        let info = alert(AlertKind::ConfigReloaded, Severity::Info, None);
         assert!(q.offer(&info));
         assert_eq!(q.dropped.get(), 2);
         assert!(rx.try_recv().is_ok());
@@ -1031,7 +1025,7 @@ mod tests {
 
     #[test]
     fn the_alertmanager_body_carries_labels_annotations_and_times() {
-        let mut a = alert(c::COOLING_REDUNDANCY_LOST, Severity::Critical, None);
+        let mut a = alert(AlertKind::CoolingRedundancyLost, Severity::Critical, None);
         a.zone = Some("air-mining".into());
         a = a.figures(120.0, 100.0);
         let mut s = ActiveSet::new(MIN, Severity::Warning);

@@ -204,7 +204,7 @@ impl<'a> Timeline<'a> {
             .or_else(|| a.zone.clone())
             .or_else(|| a.device.clone())
             .unwrap_or_else(|| "site".to_owned());
-        if let Some(g) = self.alerts.iter_mut().find(|g| g.name == a.name) {
+        if let Some(g) = self.alerts.iter_mut().find(|g| g.name == a.kind.name()) {
             if !g.places.contains(&place) {
                 g.places.push(place);
             }
@@ -212,7 +212,7 @@ impl<'a> Timeline<'a> {
         }
         self.alerts.push(AlertGroup {
             first: now,
-            name: a.name,
+            name: a.kind.name(),
             severity: a.severity,
             places: vec![place],
             message: a.message.clone(),
@@ -493,7 +493,7 @@ async fn play(
             }
             AgentEvent::Alert { now, alert } => {
                 timeline.at(now);
-                *tally.alerts.entry(alert.name).or_default() += 1;
+                *tally.alerts.entry(alert.kind.name()).or_default() += 1;
                 timeline.alert(now, &alert);
             }
             AgentEvent::ActionResult { .. } => {}

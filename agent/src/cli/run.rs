@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{Alert, Severity};
 use crate::http::{self, HttpState};
 use crate::runtime::agent::{self, RunOptions};
@@ -193,16 +194,16 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                         let _ = sd_notify::notify(&st);
                         break Some(new);
                     }
-                    Err(e) => alerts::log(
+                    Err(e) => hub.raise(
+                        hub.last_now(),
                         &Alert::new(
-                            alerts::CONFIG_RELOAD_FAILED,
+                            AlertKind::ConfigReloadFailed,
                             Severity::Warning,
                             format!(
                                 "kept the running config: {}",
                                 e.to_string().replace('\n', "; ")
                             ),
                         ),
-                        0,
                     ),
                 },
             }
@@ -211,13 +212,13 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
         let r = task.await;
         match next {
             Some(new) => {
-                alerts::log(
+                hub.raise(
+                    hub.last_now(),
                     &Alert::new(
-                        alerts::CONFIG_RELOADED,
+                        AlertKind::ConfigReloaded,
                         Severity::Info,
                         format!("{} reloaded", args.config.display()),
                     ),
-                    0,
                 );
                 if new.alerts != site.alerts {
                     warn!(

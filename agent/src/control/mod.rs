@@ -8,7 +8,7 @@
 //! - `state.rs`: [`ControlState`], what persists between ticks and across restarts
 //!   (miner intents, commands in flight, cycle history, GPU caps, timers, alert flags).
 //! - `plan.rs`: [`Plan`] (actions, alerts, next state, load views), [`Action`], [`Lever`],
-//!   [`Alert`], the alert catalogue [`ALERTS`].
+//!   [`Alert`], their kinds ([`AlertKind`], the catalogue).
 //! - `topology.rs`: [`Topology`], per-site indices built once (paths, shed order).
 //! - `load.rs`: [`Loads`]: per GPU rack the worst-case reserve X and the sustained
 //!   reserve S (rolling peak), per node `P_proj`, `P_worst`, measured load, the mining
@@ -33,7 +33,7 @@ pub mod topology;
 pub use decide::{decide, decide_owned};
 pub use load::Loads;
 pub use plan::{
-    Action, Alert, Device, Lever, NodeView, Plan, Reason, Scope, Severity, ZoneView, ALERTS,
+    Action, Alert, AlertKind, Device, Lever, NodeView, Plan, Reason, Scope, Severity, ZoneView,
 };
 pub use snapshot::{
     GpuLimits, GpuNodeReading, GridInput, MeterReading, MinerMode, MinerReading, OutletReading,

@@ -176,29 +176,14 @@ pub struct Action {
     pub emergency: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+pub use crate::catalogue::{AlertKind, Severity};
 
 /// One alert, fired on a transition (not every tick).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
-    /// A dotted name from [`ALERTS`].
-    pub name: &'static str,
+    /// Its kind; serialized as its dotted name (`name`).
+    #[serde(rename = "name")]
+    pub kind: AlertKind,
     pub severity: Severity,
     pub node: Option<String>,
     pub zone: Option<String>,
@@ -214,9 +199,14 @@ pub struct Alert {
 }
 
 impl Alert {
-    pub(crate) fn new(name: &'static str, severity: Severity, message: String) -> Alert {
+    /// Its dotted name (`power.budget.shed`).
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    pub fn new(kind: AlertKind, severity: Severity, message: String) -> Alert {
         Alert {
-            name,
+            kind,
             severity,
             node: None,
             zone: None,
@@ -235,63 +225,6 @@ impl Alert {
         self
     }
 }
-
-pub const POWER_BUDGET_SHED: &str = "power.budget.shed";
-pub const POWER_BUDGET_EMERGENCY: &str = "power.budget.emergency";
-pub const POWER_BUDGET_RESTORED: &str = "power.budget.restored";
-pub const POWER_BUDGET_UNMET: &str = "power.budget.unmet";
-pub const COOLING_REDUNDANCY_LOST: &str = "cooling.redundancy.lost";
-pub const COOLING_REDUNDANCY_RESTORED: &str = "cooling.redundancy.restored";
-pub const COOLING_CAPACITY_EXCEEDED: &str = "cooling.capacity.exceeded";
-pub const COOLING_CAPACITY_RESTORED: &str = "cooling.capacity.restored";
-pub const TELEMETRY_STALE: &str = "telemetry.stale";
-pub const TELEMETRY_FRESH: &str = "telemetry.fresh";
-pub const TELEMETRY_METER_SILENT: &str = "telemetry.meter.silent";
-pub const TELEMETRY_NVML_UNAVAILABLE: &str = "telemetry.nvml.unavailable";
-pub const ACTION_UNCONFIRMED: &str = "action.unconfirmed";
-pub const GPU_CAP_APPLIED: &str = "gpu.cap.applied";
-pub const GPU_CAP_LIFTED: &str = "gpu.cap.lifted";
-pub const CONTROL_STARTUP_HOLD: &str = "control.startup.hold";
-pub const CONTROL_STARTUP_RELEASED: &str = "control.startup.released";
-pub const POWER_EXCURSION: &str = "power.excursion";
-pub const POWER_EXCURSION_LONG: &str = "power.excursion.long";
-pub const POWER_CEILING_SHED: &str = "power.ceiling.shed";
-pub const MINER_SLOW: &str = "miner.slow";
-pub const MINER_NO_DRIVER: &str = "miner.no_driver";
-pub const GRID_TARGET_ACTIVE: &str = "grid.target.active";
-pub const GRID_TARGET_ENDED: &str = "grid.target.ended";
-pub const GRID_TARGET_UNMET: &str = "grid.target.unmet";
-pub const GRID_TARGET_MET: &str = "grid.target.met";
-
-/// Every alert name `decide` can emit (docs/alerts.md is checked against it).
-pub const ALERTS: &[&str] = &[
-    POWER_BUDGET_SHED,
-    POWER_BUDGET_EMERGENCY,
-    POWER_BUDGET_RESTORED,
-    POWER_BUDGET_UNMET,
-    COOLING_REDUNDANCY_LOST,
-    COOLING_REDUNDANCY_RESTORED,
-    COOLING_CAPACITY_EXCEEDED,
-    COOLING_CAPACITY_RESTORED,
-    TELEMETRY_STALE,
-    TELEMETRY_FRESH,
-    TELEMETRY_METER_SILENT,
-    TELEMETRY_NVML_UNAVAILABLE,
-    ACTION_UNCONFIRMED,
-    GPU_CAP_APPLIED,
-    GPU_CAP_LIFTED,
-    CONTROL_STARTUP_HOLD,
-    CONTROL_STARTUP_RELEASED,
-    POWER_EXCURSION,
-    POWER_EXCURSION_LONG,
-    POWER_CEILING_SHED,
-    MINER_SLOW,
-    MINER_NO_DRIVER,
-    GRID_TARGET_ACTIVE,
-    GRID_TARGET_ENDED,
-    GRID_TARGET_UNMET,
-    GRID_TARGET_MET,
-];
 
 /// A node as the decision saw it (before its actions).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -15,6 +15,7 @@ use super::report::accounts;
 use super::store::{self, SlotRow, Store};
 use super::EnergyBook;
 use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{Alert, Millis, Severity};
 use crate::metrics::{Labels, Metrics};
 
@@ -51,7 +52,7 @@ impl Recorder {
                 if let Some((aside, why)) = aside {
                     alerts::log(
                         &Alert::new(
-                            alerts::ENERGY_STORE_CORRUPT,
+                            AlertKind::EnergyStoreCorrupt,
                             Severity::Critical,
                             format!("{why}; moved aside to {}", aside.display()),
                         ),
@@ -156,7 +157,7 @@ impl Recorder {
                 if !self.failing {
                     alerts::log(
                         &Alert::new(
-                            alerts::ENERGY_STORE_FAILED,
+                            AlertKind::EnergyStoreFailed,
                             Severity::Warning,
                             format!(
                                 "{e}; {} slots kept in memory, retried every minute",

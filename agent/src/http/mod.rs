@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{Alert, Severity};
 use crate::runtime::persist::{self, Journal};
 use crate::status::{self, history, OverrideKind, OverrideSet, StatusHub};
@@ -475,9 +475,9 @@ fn change_override(s: &HttpState, headers: &HeaderMap, kind: &str, id: &str, on:
         };
         let mut alert = Alert::new(
             if on {
-                alerts::OPERATOR_OVERRIDE_SET
+                AlertKind::OperatorOverrideSet
             } else {
-                alerts::OPERATOR_OVERRIDE_CLEARED
+                AlertKind::OperatorOverrideCleared
             },
             if on {
                 Severity::Warning
@@ -491,8 +491,7 @@ fn change_override(s: &HttpState, headers: &HeaderMap, kind: &str, id: &str, on:
             OverrideKind::Rack => alert.node = Some(id.to_owned()),
             OverrideKind::Miner => alert.device = Some(id.to_owned()),
         }
-        alerts::log(&alert, now);
-        s.hub.record_alert(now, &alert);
+        s.hub.raise(now, &alert);
         if let Some(j) = &s.journal {
             let entry = OverrideEntry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),

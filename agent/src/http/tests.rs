@@ -11,6 +11,7 @@ use rackwarden_config::Site;
 use tower::ServiceExt;
 
 use super::*;
+use crate::catalogue::AlertKind;
 use crate::control::{
     self, ControlState, GpuLimits, MinerMode, Snapshot, Tick, Topology, UnitState,
 };
@@ -594,11 +595,11 @@ async fn overrides_need_the_token_and_are_journaled_and_alerted() {
     assert_eq!(
         names
             .iter()
-            .filter(|n| **n == crate::alerts::OPERATOR_OVERRIDE_SET)
+            .filter(|n| **n == AlertKind::OperatorOverrideSet.name())
             .count(),
         3
     );
-    assert!(names.contains(&crate::alerts::OPERATOR_OVERRIDE_CLEARED));
+    assert!(names.contains(&AlertKind::OperatorOverrideCleared.name()));
     assert!(hub.metrics.encode().contains(
         "rackwarden_alerts_total{alert=\"operator.override.set\",severity=\"warning\"} 3"
     ));
@@ -624,7 +625,7 @@ async fn an_override_holds_a_rack_curtailed_in_the_decision() {
         snap.overrides = hub.overrides_for(&site);
         let plan = control::decide(&site, &topo, &snap, &state, now, Tick::Slow);
         for a in &plan.actions {
-            hub.record_action(now, a, true);
+            hub.report_action(now, a, true);
             if a.reason == control::Reason::Operator {
                 operator_actions += 1;
             }

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use rackwarden_config::profile::Role;
 use rackwarden_config::Site;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::agent::{AgentEvent, Shared};
 use super::clock::Millis;
 use super::collect::poll_bounded;
+use super::io::IoError;
 use super::journal::journal_row;
 use super::persist::ActionJournal;
-use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{self, Action, Alert, ControlState, Device, Lever};
 
 /// Commands and read-back polls in flight at once (as many as the poll loop's).
@@ -94,41 +95,16 @@ pub(super) fn execute(
             now,
             device_id: a.device_id.clone(),
             lever: a.lever,
-            error: Some(format!("miner {} has no driver", a.device_id)),
+            error: Some(
+                IoError::NoDriver {
+                    device: a.device_id.clone(),
+                }
+                .to_string(),
+            ),
         });
         return;
     }
-    if dry_run {
-        info!(
-            event = "action.would",
-            now_ms = now,
-            node = %a.constraint,
-            device = %a.device_id,
-            lever = a.lever.name(),
-            from_w = a.from_w,
-            to_w = a.to_w,
-            reason = a.reason.name(),
-            "dry run: would {} {}", a.lever.name(), a.device_id
-        );
-    } else {
-        info!(
-            event = "action.sent",
-            now_ms = now,
-            node = %a.constraint,
-            device = %a.device_id,
-            lever = a.lever.name(),
-            from_w = a.from_w,
-            to_w = a.to_w,
-            reason = a.reason.name(),
-            "{} {}", a.lever.name(), a.device_id
-        );
-    }
-    shared.hub.record_action(now, &a, dry_run);
-    let _ = shared.events.send(AgentEvent::Action {
-        now,
-        action: a.clone(),
-        dry_run,
-    });
+    shared.report_action(now, &a, dry_run);
     if dry_run {
         return;
     }
@@ -141,7 +117,7 @@ pub(super) fn execute(
         let r = match (&sh.ha, fence) {
             (Some(h), Some(f)) if !h.may_act(f) => {
                 fenced(&sh, &a, f);
-                Err("fenced: leadership ended before the command went out".to_owned())
+                Err(IoError::Fenced)
             }
             _ => command(&sh, &a).await,
         };
@@ -167,7 +143,8 @@ pub(super) fn execute(
             now: sh.clock.now_ms(),
             device_id: a.device_id.clone(),
             lever: a.lever,
-            error: r.err(),
+            // The edge that prints it: observers get the text.
+            error: r.err().map(|e| e.to_string()),
         });
     });
 }
@@ -175,7 +152,7 @@ pub(super) fn execute(
 /// Says that `a`, decided in term `fence`, was refused: that term has ended.
 pub(super) fn fenced(sh: &Shared, a: &Action, fence: i64) {
     let mut alert = Alert::new(
-        alerts::HA_ACTION_FENCED,
+        AlertKind::HaActionFenced,
         control::Severity::Warning,
         format!(
             "{} {} refused: decided in term {fence}, which has ended",
@@ -184,32 +161,29 @@ pub(super) fn fenced(sh: &Shared, a: &Action, fence: i64) {
         ),
     );
     alert.device = Some(a.device_id.clone());
-    let now = sh.clock.now_ms();
-    alerts::log(&alert, now);
-    sh.hub.record_alert(now, &alert);
+    sh.raise(sh.clock.now_ms(), &alert);
 }
 
-pub(super) async fn command(sh: &Shared, a: &Action) -> Result<(), String> {
+pub(super) async fn command(sh: &Shared, a: &Action) -> Result<(), IoError> {
     match a.device {
         Device::Miner(i) => {
             let m = &sh.site.miners[i];
             match a.lever {
                 Lever::OutletOff | Lever::OutletOn => {
-                    let o = m
-                        .outlet
-                        .as_ref()
-                        .ok_or_else(|| format!("miner {} has no outlet configured", m.id))?;
+                    let o = m.outlet.as_ref().ok_or_else(|| IoError::NoOutlet {
+                        device: m.id.clone(),
+                    })?;
                     let on = if a.lever == Lever::OutletOn { 1.0 } else { 0.0 };
                     sh.io
                         .modbus
                         .write_point(o.device, Role::OutletSwitch.name(), o.outlet, on)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(IoError::from)
                 }
                 lever => {
-                    let d = sh.io.miners[i]
-                        .as_ref()
-                        .ok_or_else(|| format!("miner {} has no driver", m.id))?;
+                    let d = sh.io.miners[i].as_ref().ok_or_else(|| IoError::NoDriver {
+                        device: m.id.clone(),
+                    })?;
                     let r = match lever {
                         Lever::PowerTarget | Lever::PowerTargetRaise => {
                             d.set_power_target(a.to_w).await
@@ -217,14 +191,16 @@ pub(super) async fn command(sh: &Shared, a: &Action) -> Result<(), String> {
                         Lever::Sleep => d.sleep().await,
                         Lever::Wake => d.wake().await,
                         other => {
-                            return Err(format!("lever {} is not a miner lever", other.name()))
+                            return Err(IoError::NotAMinerLever {
+                                lever: other.name(),
+                            })
                         }
                     };
-                    r.map(|_| ()).map_err(|e| e.to_string())
+                    r.map(|_| ()).map_err(IoError::from)
                 }
             }
         }
-        Device::GpuNode(g) => sh.io.cap_gpu(g, a.to_w).await,
+        Device::GpuNode(g) => sh.io.cap_gpu(&sh.site, g, a.to_w).await,
     }
 }
 

@@ -174,6 +174,28 @@ impl Shared {
             urgent: tokio::sync::Notify::new(),
         })
     }
+
+    /// Raises one alert: [`StatusHub::raise`] (log, delivery, counter, status), then the
+    /// observers' event.
+    pub(super) fn raise(&self, now: Millis, a: &Alert) {
+        self.hub.raise(now, a);
+        // Observers may come and go: nobody listening is not an error.
+        let _ = self.events.send(AgentEvent::Alert {
+            now,
+            alert: a.clone(),
+        });
+    }
+
+    /// Reports one action being carried out: [`StatusHub::report_action`] (log,
+    /// counter, status), then the observers' event. Its journal row is already written.
+    pub(super) fn report_action(&self, now: Millis, a: &Action, dry_run: bool) {
+        self.hub.report_action(now, a, dry_run);
+        let _ = self.events.send(AgentEvent::Action {
+            now,
+            action: a.clone(),
+            dry_run,
+        });
+    }
 }
 
 /// Runs the agent until `cancel` fires ([`Agent::run`] with a hub of its own).

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::agent::{lock, Shared};
 use super::clock::Millis;
+use super::io::IoError;
 use crate::control::{
     GpuLimits, GpuNodeReading, MeterReading, MinerMode, MinerReading, OutletReading, Snapshot,
     UnitReading, UnitState,
@@ -347,7 +348,7 @@ pub(super) fn spawn_collectors(
                     _ = iv.tick() => {}
                 }
                 let t0 = tokio::time::Instant::now();
-                let r = sh.io.read_gpu(g).await;
+                let r = sh.io.read_gpu(&sh.site, g).await;
                 sh.hub.poll(PollClass::Gpu, t0.elapsed(), r.is_ok());
                 match r {
                     Ok(r) => {
@@ -375,15 +376,14 @@ pub(super) fn miner_poll_budget(sh: &Shared) -> Duration {
 pub(super) async fn poll_bounded(
     d: &dyn MinerDriver,
     budget: Duration,
-) -> Result<MinerTelemetry, String> {
+) -> Result<MinerTelemetry, IoError> {
     match tokio::time::timeout(budget, d.poll()).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "miner {} at {}: poll gave no answer within {} ms",
-            d.id(),
-            d.addr(),
-            budget.as_millis()
-        )),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(IoError::PollTimeout {
+            device: d.id().to_owned(),
+            addr: d.addr().to_string(),
+            ms: budget.as_millis(),
+        }),
     }
 }
 
@@ -423,7 +423,13 @@ mod poll_bound_tests {
         let t0 = tokio::time::Instant::now();
         let e = poll_bounded(d.as_ref(), budget).await.unwrap_err();
         assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-        assert!(e.contains("hung-1") && e.contains("300 ms"), "{e}");
+        // The bound's own error, typed, and its text names the miner and the bound.
+        assert!(
+            matches!(&e, IoError::PollTimeout { device, ms: 300, .. } if device == "hung-1"),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("hung-1") && text.contains("300 ms"), "{text}");
         sim.shutdown().await;
     }
 }

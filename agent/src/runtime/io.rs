@@ -6,18 +6,58 @@ use std::time::Duration;
 
 use rackwarden_config::{GpuSource as GpuSourceKind, Site};
 use rackwarden_protocols::gpu::node::GpuNodeClient;
-use rackwarden_protocols::gpu::{self, GpuSource, GpuTarget};
-use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerDriver};
+use rackwarden_protocols::gpu::{self, GpuError, GpuSource, GpuTarget};
+use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerDriver, MinerError};
 use rackwarden_protocols::modbus::client::ModbusPool;
+use rackwarden_protocols::modbus::ModbusError;
 use tracing::warn;
 
 use crate::control::{Action, Device, Lever, Snapshot};
+
+/// What reading or commanding a device can fail with: the protocols' own errors, kept
+/// whole (they name the device and the address), and the runtime's. Turned into text
+/// only where it is printed (a log line, an observer's event).
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error(transparent)]
+    Modbus(#[from] ModbusError),
+    #[error(transparent)]
+    Miner(#[from] MinerError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// A GPU host whose client could not be built (its token file, its address).
+    #[error("gpu node {device} unavailable: {cause}")]
+    GpuSetup {
+        device: String,
+        #[source]
+        cause: Arc<GpuError>,
+    },
+    #[error("gpu node {device} has no address or token file")]
+    GpuUnconfigured { device: String },
+    #[error("miner {device} at {addr}: poll gave no answer within {ms} ms")]
+    PollTimeout {
+        device: String,
+        addr: String,
+        ms: u128,
+    },
+    #[error("miner {device} has no driver")]
+    NoDriver { device: String },
+    #[error("miner {device} has no outlet configured")]
+    NoOutlet { device: String },
+    #[error("lever {lever} is not a miner lever")]
+    NotAMinerLever { lever: &'static str },
+    #[error("fenced: leadership ended before the command went out")]
+    Fenced,
+}
 
 /// A GPU host as the agent reaches it.
 enum GpuIo {
     Remote(GpuNodeClient),
     Local(Arc<dyn GpuSource>),
-    Missing(String),
+    /// No address or token file.
+    Unconfigured,
+    /// The client could not be built.
+    Broken(Arc<GpuError>),
 }
 
 /// The device side: drivers, pools and clients, built once from the site.
@@ -60,7 +100,7 @@ impl Io {
                 }
                 GpuSourceKind::Remote => {
                     let (Some(addr), Some(tf)) = (g.address, g.token_file.as_ref()) else {
-                        return GpuIo::Missing("no address or token file".into());
+                        return GpuIo::Unconfigured;
                     };
                     let client = gpu::node::Token::from_file(&g.id, tf).and_then(|t| {
                         GpuNodeClient::new(g.id.clone(), addr, t, Duration::from_secs(2))
@@ -69,7 +109,7 @@ impl Io {
                         Ok(c) => GpuIo::Remote(c),
                         Err(e) => {
                             warn!(device = %g.id, error = %e, "gpu node unreachable by configuration");
-                            GpuIo::Missing(e.to_string())
+                            GpuIo::Broken(Arc::new(e))
                         }
                     }
                 }
@@ -112,21 +152,45 @@ impl Io {
         }
     }
 
-    pub(super) async fn read_gpu(&self, i: usize) -> Result<gpu::GpuNodeReading, String> {
+    /// Why GPU host `i` cannot be reached, when its client could not be built.
+    fn gpu_missing(&self, site: &Site, i: usize) -> Option<IoError> {
+        let device = site.gpu_nodes[i].id.clone();
         match &self.gpus[i] {
-            GpuIo::Remote(c) => c.read().await.map_err(|e| e.to_string()),
-            GpuIo::Local(s) => s.read().await.map_err(|e| e.to_string()),
-            GpuIo::Missing(why) => Err(why.clone()),
+            GpuIo::Unconfigured => Some(IoError::GpuUnconfigured { device }),
+            GpuIo::Broken(cause) => Some(IoError::GpuSetup {
+                device,
+                cause: cause.clone(),
+            }),
+            GpuIo::Remote(_) | GpuIo::Local(_) => None,
         }
     }
 
-    pub(super) async fn cap_gpu(&self, i: usize, w: f64) -> Result<(), String> {
-        let r = match &self.gpus[i] {
-            GpuIo::Remote(c) => c.set_power_limit(GpuTarget::All, w).await,
-            GpuIo::Local(s) => s.set_power_limit(GpuTarget::All, w).await,
-            GpuIo::Missing(why) => return Err(why.clone()),
+    pub(super) async fn read_gpu(
+        &self,
+        site: &Site,
+        i: usize,
+    ) -> Result<gpu::GpuNodeReading, IoError> {
+        match &self.gpus[i] {
+            GpuIo::Remote(c) => Ok(c.read().await?),
+            GpuIo::Local(s) => Ok(s.read().await?),
+            GpuIo::Unconfigured | GpuIo::Broken(_) => Err(self.missing(site, i)),
+        }
+    }
+
+    pub(super) async fn cap_gpu(&self, site: &Site, i: usize, w: f64) -> Result<(), IoError> {
+        match &self.gpus[i] {
+            GpuIo::Remote(c) => c.set_power_limit(GpuTarget::All, w).await?,
+            GpuIo::Local(s) => s.set_power_limit(GpuTarget::All, w).await?,
+            GpuIo::Unconfigured | GpuIo::Broken(_) => return Err(self.missing(site, i)),
         };
-        r.map(|_| ()).map_err(|e| e.to_string())
+        Ok(())
+    }
+
+    fn missing(&self, site: &Site, i: usize) -> IoError {
+        self.gpu_missing(site, i)
+            .unwrap_or_else(|| IoError::GpuUnconfigured {
+                device: site.gpu_nodes[i].id.clone(),
+            })
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{Alert, ControlState, Millis, Severity};
 use crate::store::journal::JournalRow;
 use crate::store::Store;
@@ -278,7 +279,7 @@ impl IntentStore {
             self.alerted = true;
             alerts::log(
                 &Alert::new(
-                    alerts::STATE_UNSAVED,
+                    AlertKind::ControlStateUnsaved,
                     Severity::Critical,
                     format!("control intent not saved: {why}; kept in memory and tried again"),
                 ),
@@ -419,7 +420,11 @@ impl IntentStore {
 
 fn corrupt_alert(msg: &str) {
     alerts::log(
-        &Alert::new(alerts::STATE_CORRUPT, Severity::Critical, msg.to_owned()),
+        &Alert::new(
+            AlertKind::ControlStateCorrupt,
+            Severity::Critical,
+            msg.to_owned(),
+        ),
         0,
     );
 }

@@ -10,9 +10,10 @@ use super::agent::Persisted;
 use super::clock::Millis;
 use super::journal::journal_actions;
 use super::tick::Acting;
-use crate::alerts;
+use crate::catalogue::AlertKind;
 use crate::control::{self, Alert, ControlState, Device};
 use crate::ha::Ha;
+use crate::status::StatusHub;
 
 /// [`Persisted`] borrowed for writing (the state file, the HA intent): serialising a
 /// 30,000-miner state clones nothing.
@@ -26,6 +27,7 @@ pub(super) struct PersistedRef<'a> {
 /// agent's own (a start-up hold follows, as after a restart: no wake until it is over).
 pub(super) async fn take_over(
     h: &Ha,
+    hub: &StatusHub,
     site: &Site,
     state: &mut ControlState,
     now: Millis,
@@ -50,13 +52,13 @@ pub(super) async fn take_over(
             }
             Err(e) => {
                 // Not ours to throw away: keep this agent's own intent and say so.
-                alerts::log(
+                hub.raise(
+                    now,
                     &Alert::new(
-                        alerts::STATE_CORRUPT,
+                        AlertKind::ControlStateCorrupt,
                         control::Severity::Critical,
                         format!("intent stored in etcd unreadable ({e}); keeping this agent's own"),
                     ),
-                    now,
                 );
                 *state = ControlState::for_site(site, state, now);
             }
@@ -108,7 +110,8 @@ impl super::tick::Loop {
             Some(l) => {
                 // A new term: take over the intent the last leader stored before the
                 // first action, or stand by another tick if it cannot be read.
-                match take_over(&h, &self.site, &mut self.state, now).await {
+                match take_over(&h, &self.agent.wiring.hub, &self.site, &mut self.state, now).await
+                {
                     Ok(()) => {
                         self.term = Some(l.fence);
                         // The local database follows the intent taken over, whole.

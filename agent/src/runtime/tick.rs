@@ -24,7 +24,6 @@ use super::io::Io;
 use super::journal::{journal_actions, journal_confirmations};
 use super::persist::{ActionJournal, IntentStore};
 use super::takeover::store;
-use crate::alerts;
 use crate::control::{self, ControlState, NodeView, Plan, Snapshot, Tick, Topology};
 use crate::energy::mining::MiningBook;
 use crate::energy::recorder::{Recorder, Writer, COMMIT_EVERY_MS};
@@ -397,14 +396,8 @@ impl Loop {
                 plan.actions.len()
             );
         }
-        let wiring = &self.agent.wiring;
         for a in &plan.alerts {
-            alerts::log(a, now);
-            wiring.hub.record_alert(now, a);
-            let _ = wiring.events.send(AgentEvent::Alert {
-                now,
-                alert: a.clone(),
-            });
+            self.shared.raise(now, a);
         }
         if self.agent.opts.dry_run {
             // Nothing was sent in a dry run: there is nothing to confirm or escalate, and

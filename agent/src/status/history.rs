@@ -5,7 +5,7 @@
 //!
 //! Filled by [`crate::status::StatusHub::record_decision`] from the same rows the status
 //! document shows (so a chart and `/api/v1/status` agree to the tenth of a kW), and by
-//! `record_action` for the marks. Memory is bounded: [`SPAN_MS`] of samples at most,
+//! `report_action` for the marks. Memory is bounded: [`SPAN_MS`] of samples at most,
 //! values kept as `f32` (a 100 MW site with 60 feeds and rows: about 2 MiB).
 
 use std::collections::VecDeque;

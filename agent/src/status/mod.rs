@@ -1,7 +1,9 @@
-//! The status hub: what the control loop last saw and did, kept for the HTTP layer.
+//! The status hub: what the control loop last saw and did, kept for the HTTP layer, and
+//! the one reporting layer: every alert is raised through [`StatusHub::raise`] and every
+//! action carried out is reported through [`StatusHub::report_action`] (log, counter,
+//! status; the runtime adds the observers' event).
 //!
-//! The loop calls [`StatusHub::record_decision`], [`StatusHub::record_action`] and
-//! [`StatusHub::record_alert`]; collectors call [`StatusHub::poll`]. The hub turns them
+//! The loop calls [`StatusHub::record_decision`]; collectors call [`StatusHub::poll`]. The hub turns them
 //! into the `/api/v1/status` document (a ring of the last frames, so a page and the API
 //! can be compared tick for tick), the `/readyz` verdict and the metrics' gauges. It also
 //! holds the operator overrides by id; the loop resolves them against the site it runs
@@ -644,8 +646,45 @@ impl StatusHub {
         g.curtailed = curtailed;
     }
 
+    /// The one way an alert is raised: its structured log event (and its delivery,
+    /// `[alerts]`), the `rackwarden_alerts_total` counter and the status document's
+    /// recent alerts. The runtime adds the observers' event ([`crate::runtime`]'s
+    /// `Shared::raise`).
+    pub fn raise(&self, now: Millis, a: &Alert) {
+        crate::alerts::log(a, now);
+        self.record_alert(now, a);
+    }
+
+    /// The one way an action being carried out is reported: its log event
+    /// (`action.sent`, or `action.would` in a dry run), the `rackwarden_actions_total`
+    /// counter and the status document. Its journal row is written before, with the
+    /// intent that holds it (`runtime/journal.rs`): a crash between the two leaves the
+    /// row, never a command the journal lacks.
+    pub fn report_action(&self, now: Millis, a: &Action, dry_run: bool) {
+        let event = if dry_run {
+            "action.would"
+        } else {
+            "action.sent"
+        };
+        tracing::info!(
+            event,
+            now_ms = now,
+            node = %a.constraint,
+            device = %a.device_id,
+            lever = a.lever.name(),
+            from_w = a.from_w,
+            to_w = a.to_w,
+            reason = a.reason.name(),
+            "{}{} {}",
+            if dry_run { "dry run: would " } else { "" },
+            a.lever.name(),
+            a.device_id
+        );
+        self.record_action(now, a, dry_run);
+    }
+
     /// Records one action the loop planned.
-    pub fn record_action(&self, now: Millis, a: &Action, dry_run: bool) {
+    fn record_action(&self, now: Millis, a: &Action, dry_run: bool) {
         self.metrics
             .actions
             .get_or_create(&vec![
@@ -679,11 +718,11 @@ impl StatusHub {
     }
 
     /// Records one alert (any source: `decide`, runtime, operator overrides).
-    pub fn record_alert(&self, now: Millis, a: &Alert) {
+    fn record_alert(&self, now: Millis, a: &Alert) {
         self.metrics
             .alerts
             .get_or_create(&vec![
-                ("alert", a.name.to_owned()),
+                ("alert", a.kind.name().to_owned()),
                 ("severity", a.severity.name().to_owned()),
             ])
             .inc();
@@ -693,7 +732,7 @@ impl StatusHub {
         }
         g.alerts.push_back(AlertRow {
             now_ms: now,
-            name: a.name,
+            name: a.kind.name(),
             severity: a.severity.name(),
             message: a.message.clone(),
             node: a.node.clone(),

@@ -460,7 +460,7 @@ pub fn inv9_no_nvml(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), Stri
         .plan
         .alerts
         .iter()
-        .filter(|a| a.name == "telemetry.nvml.unavailable")
+        .filter(|a| a.name() == "telemetry.nvml.unavailable")
     {
         let d = a.device.clone().unwrap_or_default();
         let said = mem.nvml_said.entry(d.clone()).or_default();

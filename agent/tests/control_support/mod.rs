@@ -680,7 +680,7 @@ impl Sim {
         self.steps
             .iter()
             .filter(|s| s.now > from_s * 1000 && s.now <= to_s * 1000)
-            .flat_map(|s| s.plan.alerts.iter().map(|a| a.name))
+            .flat_map(|s| s.plan.alerts.iter().map(|a| a.name()))
             .collect()
     }
 }

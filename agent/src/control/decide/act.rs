@@ -3,9 +3,7 @@
 //! rest of the decision sees, and pushes the action. Operator overrides too.
 
 use super::super::load::Loads;
-use super::super::plan::{
-    Action, Alert, Device, Lever, Reason, Scope, Severity, GPU_CAP_APPLIED, GPU_CAP_LIFTED,
-};
+use super::super::plan::{Action, Alert, AlertKind, Device, Lever, Reason, Scope, Severity};
 use super::super::state::{ControlState, GpuPending, Intent, Pending};
 use super::{ms, Cx, DAY_MS, HOUR_MS};
 
@@ -264,7 +262,7 @@ impl Cx<'_> {
         let gn = &self.site.gpu_nodes[g];
         let mut a = match (was, cap) {
             (None, Some(limit_w)) => Alert::new(
-                GPU_CAP_APPLIED,
+                AlertKind::GpuCapApplied,
                 Severity::Warning,
                 format!(
                     "GPU node `{}` capped to {limit_w:.0} W per GPU: no mining left to shed under `{}`",
@@ -273,7 +271,7 @@ impl Cx<'_> {
                 ),
             ),
             (Some(_), None) => Alert::new(
-                GPU_CAP_LIFTED,
+                AlertKind::GpuCapLifted,
                 Severity::Info,
                 format!("GPU node `{}` back to its default limits", gn.id),
             ),

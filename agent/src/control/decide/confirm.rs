@@ -5,7 +5,7 @@
 use rackwarden_config::Site;
 
 use super::super::load::{fresh, Loads};
-use super::super::plan::{Alert, Lever, Reason, Scope, Severity, ACTION_UNCONFIRMED, MINER_SLOW};
+use super::super::plan::{Alert, AlertKind, Lever, Reason, Scope, Severity};
 use super::super::snapshot::{MinerMode, Snapshot};
 use super::super::state::{ControlState, Intent, Pending};
 use super::super::Millis;
@@ -97,7 +97,7 @@ impl Cx<'_> {
                     Severity::Info
                 };
                 let mut a = Alert::new(
-                    ACTION_UNCONFIRMED,
+                    AlertKind::ActionUnconfirmed,
                     sev,
                     format!(
                         "miner `{}` did not confirm `{}` within {} ms",
@@ -134,7 +134,7 @@ impl Cx<'_> {
                 st.gpus[g].pending = None;
                 let gn = &self.site.gpu_nodes[g];
                 let mut a = Alert::new(
-                    ACTION_UNCONFIRMED,
+                    AlertKind::ActionUnconfirmed,
                     Severity::Warning,
                     format!("GPU node `{}` did not read back the commanded limit", gn.id),
                 );
@@ -176,7 +176,11 @@ impl Cx<'_> {
                     ),
                 )
             };
-            let mut a = Alert::new(MINER_SLOW, sev, format!("miner `{}` {what}", m.id));
+            let mut a = Alert::new(
+                AlertKind::MinerSlow,
+                sev,
+                format!("miner `{}` {what}", m.id),
+            );
             a.device = Some(m.id.clone());
             a.node = Some(self.site.nodes[m.rack].id.clone());
             self.alert(a);

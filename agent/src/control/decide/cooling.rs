@@ -5,10 +5,7 @@
 use rackwarden_config::Redundancy;
 
 use super::super::load::{fresh, Loads};
-use super::super::plan::{
-    Alert, Reason, Scope, Severity, ZoneView, COOLING_CAPACITY_EXCEEDED, COOLING_CAPACITY_RESTORED,
-    COOLING_REDUNDANCY_LOST, COOLING_REDUNDANCY_RESTORED,
-};
+use super::super::plan::{Alert, AlertKind, Reason, Scope, Severity, ZoneView};
 use super::super::snapshot::UnitState;
 use super::super::state::ControlState;
 use super::shed::Shed;
@@ -121,13 +118,13 @@ impl Cx<'_> {
             zs.n_plus_1 = v.n_plus_1;
             let (name, sev, what) = if v.n_plus_1 {
                 (
-                    COOLING_REDUNDANCY_RESTORED,
+                    AlertKind::CoolingRedundancyRestored,
                     Severity::Info,
                     "N+1 holds again",
                 )
             } else {
                 (
-                    COOLING_REDUNDANCY_LOST,
+                    AlertKind::CoolingRedundancyLost,
                     Severity::Critical,
                     "lost N+1: restores frozen, shedding the zone's miners",
                 )
@@ -141,13 +138,13 @@ impl Cx<'_> {
             zs.n = v.n;
             let (name, sev, what) = if v.n {
                 (
-                    COOLING_CAPACITY_RESTORED,
+                    AlertKind::CoolingCapacityRestored,
                     Severity::Info,
                     "capacity covers the heat load again",
                 )
             } else {
                 (
-                    COOLING_CAPACITY_EXCEEDED,
+                    AlertKind::CoolingCapacityExceeded,
                     Severity::Critical,
                     "heat load above the available capacity: emergency shed",
                 )

@@ -13,10 +13,7 @@
 //! A grid signal only ever lowers what mining may hold: it never wakes a miner and never
 //! lifts a limit of the power policy.
 
-use super::super::plan::{
-    Alert, Reason, Scope, Severity, GRID_TARGET_ACTIVE, GRID_TARGET_ENDED, GRID_TARGET_MET,
-    GRID_TARGET_UNMET,
-};
+use super::super::plan::{Alert, AlertKind, Reason, Scope, Severity};
 use super::super::state::{ControlState, Intent};
 use super::super::Loads;
 use super::shed::Shed;
@@ -102,7 +99,7 @@ impl Cx<'_> {
         if short > EPS_KW && !ns.grid_unmet_alerted {
             ns.grid_unmet_alerted = true;
             let mut a = Alert::new(
-                GRID_TARGET_UNMET,
+                AlertKind::GridTargetUnmet,
                 Severity::Warning,
                 format!(
                     "site load {:.1} kW cannot meet the grid limit {l:.1} kW ({}): {short:.1} kW short with no mining left to shed{}",
@@ -117,7 +114,7 @@ impl Cx<'_> {
         } else if short <= EPS_KW && ns.grid_unmet_alerted {
             ns.grid_unmet_alerted = false;
             let mut a = Alert::new(
-                GRID_TARGET_MET,
+                AlertKind::GridTargetMet,
                 Severity::Info,
                 format!("site load within the grid limit {l:.1} kW again"),
             )
@@ -143,7 +140,7 @@ impl Cx<'_> {
         let eff = loads.eff_kw(SITE);
         let mut a = match limit {
             Some(l) => Alert::new(
-                GRID_TARGET_ACTIVE,
+                AlertKind::GridTargetActive,
                 Severity::Info,
                 format!(
                     "grid limit {l:.1} kW in force ({}); site load {eff:.1} kW",
@@ -154,7 +151,7 @@ impl Cx<'_> {
             None => {
                 st.nodes[SITE].grid_unmet_alerted = false;
                 Alert::new(
-                    GRID_TARGET_ENDED,
+                    AlertKind::GridTargetEnded,
                     Severity::Info,
                     format!("no grid limit in force any more; site load {eff:.1} kW"),
                 )

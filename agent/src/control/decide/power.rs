@@ -12,11 +12,7 @@
 use rackwarden_config::NodeIdx;
 
 use super::super::load::{fresh, Loads};
-use super::super::plan::{
-    Alert, Reason, Scope, Severity, POWER_BUDGET_EMERGENCY, POWER_BUDGET_RESTORED,
-    POWER_BUDGET_SHED, POWER_BUDGET_UNMET, POWER_CEILING_SHED, POWER_EXCURSION,
-    POWER_EXCURSION_LONG, TELEMETRY_METER_SILENT,
-};
+use super::super::plan::{Alert, AlertKind, Reason, Scope, Severity};
 use super::super::state::{Band, ControlState, Excursion, RunningMean};
 use super::super::Millis;
 use super::shed::Shed;
@@ -128,17 +124,17 @@ impl Cx<'_> {
         st.nodes[n].band = new;
         let (name, sev, what) = match new {
             Band::Emergency => (
-                POWER_BUDGET_EMERGENCY,
+                AlertKind::PowerBudgetEmergency,
                 Severity::Critical,
                 "at its ceiling or above a rating: emergency shed",
             ),
             Band::Shed => (
-                POWER_BUDGET_SHED,
+                AlertKind::PowerBudgetShed,
                 Severity::Warning,
                 "over its budget: shedding mining now",
             ),
             _ => (
-                POWER_BUDGET_RESTORED,
+                AlertKind::PowerBudgetRestored,
                 Severity::Info,
                 "back under the fill line",
             ),
@@ -182,7 +178,7 @@ impl Cx<'_> {
             if long && fast_left && !e.escalated {
                 e.escalated = true;
                 let mut a = Alert::new(
-                    POWER_EXCURSION_LONG,
+                    AlertKind::PowerExcursionLong,
                     Severity::Critical,
                     format!(
                         "`{}` above its budget for over {} s with fast mining left: emergency levers",
@@ -203,7 +199,7 @@ impl Cx<'_> {
                 Severity::Info
             };
             let mut a = Alert::new(
-                POWER_EXCURSION,
+                AlertKind::PowerExcursion,
                 sev,
                 format!(
                     "`{}` back within its budget after {:.1} s above it (peak {:.1} kW, {:.1}% of B, {:.1}% of its rating)",
@@ -232,7 +228,7 @@ impl Cx<'_> {
             st.nodes[n].ceiling_alerted = over;
             if over {
                 let mut a = Alert::new(
-                    POWER_CEILING_SHED,
+                    AlertKind::PowerCeilingShed,
                     Severity::Warning,
                     format!(
                         "`{}` worst case {:.1} kW above its ceiling {h:.1} kW: shedding mining",
@@ -336,7 +332,7 @@ impl Cx<'_> {
         if !st.nodes[n].silent_alerted {
             st.nodes[n].silent_alerted = true;
             let mut a = Alert::new(
-                TELEMETRY_METER_SILENT,
+                AlertKind::TelemetryMeterSilent,
                 Severity::Critical,
                 format!(
                     "meter of `{}` silent with no device-level bound: miners held to {allowance:.1} kW",
@@ -379,7 +375,7 @@ impl Cx<'_> {
         st.nodes[n].unmet_alerted = true;
         let node = &self.site.nodes[n];
         let mut a = Alert::new(
-            POWER_BUDGET_UNMET,
+            AlertKind::PowerBudgetUnmet,
             Severity::Critical,
             format!(
                 "`{}` needs {rem:.1} kW more shed than any lever left can give",

@@ -2,10 +2,7 @@
 //! restores until every input has been fresh for `startup_fresh_s`).
 
 use super::super::load::fresh;
-use super::super::plan::{
-    Alert, Severity, CONTROL_STARTUP_HOLD, CONTROL_STARTUP_RELEASED, MINER_NO_DRIVER,
-    TELEMETRY_FRESH, TELEMETRY_NVML_UNAVAILABLE, TELEMETRY_STALE,
-};
+use super::super::plan::{Alert, AlertKind, Severity};
 use super::super::state::{ControlState, Intent};
 use super::{ms, Cx};
 
@@ -20,13 +17,13 @@ impl Change {
     fn alert(&self, subject: String) -> Alert {
         if self.stale {
             Alert::new(
-                TELEMETRY_STALE,
+                AlertKind::TelemetryStale,
                 Severity::Warning,
                 format!("{subject} {}", self.what_stale),
             )
         } else {
             Alert::new(
-                TELEMETRY_FRESH,
+                AlertKind::TelemetryFresh,
                 Severity::Info,
                 format!("{subject} {}", self.what_fresh),
             )
@@ -90,7 +87,7 @@ impl Cx<'_> {
                 Some(r) if !r.nvml_available && !gs.nvml_alerted => {
                     gs.nvml_alerted = true;
                     let mut a = Alert::new(
-                        TELEMETRY_NVML_UNAVAILABLE,
+                        AlertKind::TelemetryNvmlUnavailable,
                         Severity::Warning,
                         format!(
                             "NVML unavailable on `{}`: GPUs metered at the PDU, rack reserved at its rated maximum, GPU caps off",
@@ -165,7 +162,7 @@ impl Cx<'_> {
             if self.snap.undriveable(i) && !st.miners[i].no_driver_alerted {
                 st.miners[i].no_driver_alerted = true;
                 let mut a = Alert::new(
-                    MINER_NO_DRIVER,
+                    AlertKind::MinerNoDriver,
                     Severity::Warning,
                     format!(
                         "miner `{}` has no driver: no command is sent to it, counted at nameplate{}",
@@ -219,7 +216,7 @@ impl Cx<'_> {
         if !st.startup_alerted {
             st.startup_alerted = true;
             self.alert(Alert::new(
-                CONTROL_STARTUP_HOLD,
+                AlertKind::ControlStartupHold,
                 Severity::Info,
                 format!(
                     "start-up: no restores until every input has been fresh for {} s; persisted intents kept",
@@ -234,7 +231,7 @@ impl Cx<'_> {
         {
             st.startup_done = true;
             self.alert(Alert::new(
-                CONTROL_STARTUP_RELEASED,
+                AlertKind::ControlStartupReleased,
                 Severity::Info,
                 "start-up hold over: every input fresh, restores allowed".to_owned(),
             ));
