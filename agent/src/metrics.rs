@@ -46,6 +46,15 @@ impl PollClass {
             PollClass::Gpu => "gpu",
         }
     }
+
+    /// What one source of the class is called in the logs.
+    pub fn noun(self) -> &'static str {
+        match self {
+            PollClass::Modbus => "modbus device",
+            PollClass::Miner => "miner",
+            PollClass::Gpu => "gpu node",
+        }
+    }
 }
 
 fn poll_histogram() -> Histogram {

@@ -14,7 +14,6 @@ use super::meter::LastReading;
 use super::report::accounts;
 use super::store::{self, SlotRow, Store};
 use super::EnergyBook;
-use crate::alerts;
 use crate::catalogue::AlertKind;
 use crate::control::{Alert, Millis, Severity};
 use crate::metrics::{Labels, Metrics};
@@ -35,9 +34,17 @@ pub struct Recorder {
     pending: BTreeMap<(Millis, String), super::meter::Slot>,
     last_commit: Millis,
     failing: bool,
+    /// Alerts raised since the writer last took them ([`Recorder::take_alerts`]).
+    alerts: Vec<Alert>,
 }
 
 impl Recorder {
+    /// The alerts raised since the last call (the database set aside, commits failing):
+    /// the writer raises them through the status hub.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
+    }
+
     /// Opens the database at `path` (a corrupt one is set aside with an alert) and a book
     /// for `site` that resumes from its last readings. `None` when no database can be
     /// had at all (named in the log): the agent runs on without energy accounting.
@@ -47,17 +54,15 @@ impl Recorder {
         metrics: &Metrics,
         now: Millis,
     ) -> Option<(Recorder, EnergyBook)> {
+        let mut alerts = Vec::new();
         let store = match store::open_or_set_aside(path) {
             Ok((s, aside)) => {
                 if let Some((aside, why)) = aside {
-                    alerts::log(
-                        &Alert::new(
-                            AlertKind::EnergyStoreCorrupt,
-                            Severity::Critical,
-                            format!("{why}; moved aside to {}", aside.display()),
-                        ),
-                        now,
-                    );
+                    alerts.push(Alert::new(
+                        AlertKind::EnergyStoreCorrupt,
+                        Severity::Critical,
+                        format!("{why}; moved aside to {}", aside.display()),
+                    ));
                 }
                 s
             }
@@ -85,6 +90,7 @@ impl Recorder {
             pending: BTreeMap::new(),
             last_commit: now,
             failing: false,
+            alerts,
         };
         match r.store.totals() {
             Ok(t) => r.count(t.iter().map(|(n, kwh)| (n.as_str(), *kwh)), metrics),
@@ -155,17 +161,14 @@ impl Recorder {
                     }
                 }
                 if !self.failing {
-                    alerts::log(
-                        &Alert::new(
-                            AlertKind::EnergyStoreFailed,
-                            Severity::Warning,
-                            format!(
-                                "{e}; {} slots kept in memory, retried every minute",
-                                self.pending.len()
-                            ),
+                    self.alerts.push(Alert::new(
+                        AlertKind::EnergyStoreFailed,
+                        Severity::Warning,
+                        format!(
+                            "{e}; {} slots kept in memory, retried every minute",
+                            self.pending.len()
                         ),
-                        now,
-                    );
+                    ));
                 }
                 self.failing = true;
             }
@@ -195,9 +198,16 @@ impl Writer {
         let handle = std::thread::Builder::new()
             .name("energy-writer".into())
             .spawn(move || {
+                // What opening the database found (a corrupt file set aside).
+                for a in rec.take_alerts() {
+                    hub.raise(hub.last_now(), &a);
+                }
                 for (taken, mining, now) in rx {
                     rec.commit(taken, &hub.metrics, now);
                     rec.commit_mining(&mining);
+                    for a in rec.take_alerts() {
+                        hub.raise(now, &a);
+                    }
                 }
             })
             .map_err(|e| warn!(error = %e, "energy accounting off: no writer thread"))

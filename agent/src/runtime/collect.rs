@@ -1,5 +1,6 @@
-//! The collectors: one task per Modbus device, one for the miner fleet, one per GPU
-//! host, each on its own interval, each reading through [`super::io::Io`] and applying
+//! The collectors: one task per Modbus device and one per GPU host (the generic
+//! [`collect`]: interval, timeout, backoff, apply), one for the miner fleet, each on its
+//! own interval, each reading through [`super::io::Io`] and applying
 //! what it read to the shared snapshot (`Shared::apply_*`). A reading that may need a shed
 //! now wakes the loop (`Shared::urgent`). Collectors never decide.
 
@@ -240,6 +241,85 @@ pub(super) fn first_round_done(site: &Site, s: &Snapshot) -> bool {
     metered && units && miners && s.gpus.iter().all(Option::is_some)
 }
 
+/// One source read on an interval by [`collect`]: what it is, how often, how long a read
+/// may take.
+struct Source {
+    /// The device's id, in every log line about it.
+    id: String,
+    class: PollClass,
+    every: Duration,
+    /// A read past this is abandoned and counts as failed (the device's staleness
+    /// limit: an answer later than that would be stale anyway).
+    timeout: Duration,
+}
+
+/// After consecutive failures a source is read every 2nd, then every 4th tick (a dead
+/// gateway is not hammered; a recovery is seen within 4 intervals).
+const MAX_BACKOFF_TICKS: u32 = 4;
+
+/// The generic collector: reads `src` on its interval until `cancel`, each read bounded
+/// by its timeout and counted (`rackwarden_polls_total`), each answer applied at once;
+/// the first failure and the recovery said once each, naming the device; backoff while
+/// it fails ([`MAX_BACKOFF_TICKS`]).
+async fn collect<T, R, Fut, A>(
+    sh: Arc<Shared>,
+    cancel: CancellationToken,
+    src: Source,
+    read: R,
+    apply: A,
+) where
+    R: Fn(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, IoError>>,
+    A: Fn(&Shared, &T, Millis),
+{
+    let mut iv = tokio::time::interval(src.every);
+    iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut failures, mut skip) = (0u32, 0u32);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = iv.tick() => {}
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        let t0 = tokio::time::Instant::now();
+        let r = match tokio::time::timeout(src.timeout, read(sh.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(IoError::ReadTimeout {
+                device: src.id.clone(),
+                ms: src.timeout.as_millis(),
+            }),
+        };
+        sh.hub.poll(src.class, t0.elapsed(), r.is_ok());
+        match r {
+            Ok(v) => {
+                if std::mem::take(&mut failures) > 0 {
+                    info!(device = %src.id, "{} answers again", src.class.noun());
+                }
+                apply(&sh, &v, sh.clock.now_ms());
+            }
+            Err(e) => {
+                if failures == 0 {
+                    warn!(device = %src.id, error = %e, "{} read failed; its readings go stale", src.class.noun());
+                }
+                failures = failures.saturating_add(1);
+                skip = backoff_skip(failures);
+            }
+        }
+    }
+}
+
+/// Ticks to skip after `failures` consecutive failures: 0, then 1, then 3.
+fn backoff_skip(failures: u32) -> u32 {
+    match failures {
+        0 | 1 => 0,
+        2 => 1,
+        _ => MAX_BACKOFF_TICKS - 1,
+    }
+}
+
 pub(super) fn spawn_collectors(
     shared: &Arc<Shared>,
     tasks: &mut tokio::task::JoinSet<()>,
@@ -252,117 +332,88 @@ pub(super) fn spawn_collectors(
         if use_.meters.is_empty() && use_.outlets.is_empty() && use_.units.is_empty() {
             continue;
         }
-        let class_ms = if use_.meters.is_empty() && use_.outlets.is_empty() {
-            p.cooling_poll_ms
+        let (class_ms, stale_ms) = if use_.meters.is_empty() && use_.outlets.is_empty() {
+            (p.cooling_poll_ms, p.cooling_stale_ms)
         } else {
-            p.meter_poll_ms
+            (p.meter_poll_ms, p.meter_stale_ms)
         };
-        let every = shared.clock.real(dev.poll_interval_ms.unwrap_or(class_ms));
-        let (sh, cancel) = (shared.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = iv.tick() => {}
-                }
-                let t0 = tokio::time::Instant::now();
-                let r = sh.io.modbus.read_device(d).await;
-                sh.hub.poll(PollClass::Modbus, t0.elapsed(), r.is_ok());
-                match r {
-                    Ok(r) => {
-                        if std::mem::take(&mut failing) {
-                            info!(device = %sh.site.modbus_devices[d].id, "modbus device answers again");
-                        }
-                        sh.apply_device(d, &r, sh.clock.now_ms());
-                    }
-                    Err(e) => {
-                        if !std::mem::replace(&mut failing, true) {
-                            warn!(device = %sh.site.modbus_devices[d].id, error = %e, "modbus read failed; its readings go stale");
-                        }
-                    }
-                }
-            }
-        });
+        let src = Source {
+            id: dev.id.clone(),
+            class: PollClass::Modbus,
+            every: shared.clock.real(dev.poll_interval_ms.unwrap_or(class_ms)),
+            timeout: shared.clock.real(stale_ms),
+        };
+        tasks.spawn(collect(
+            shared.clone(),
+            cancel.clone(),
+            src,
+            move |sh| async move { Ok(sh.io.modbus.read_device(d).await?) },
+            move |sh, r, now| sh.apply_device(d, r, now),
+        ));
     }
     if !site.miners.is_empty() {
-        let every = shared.clock.real(p.miner_poll_ms);
-        let budget = miner_poll_budget(shared);
-        let (sh, cancel) = (shared.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut failing = vec![false; sh.site.miners.len()];
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = iv.tick() => {}
-                }
-                // Each poll is bounded by `budget`, and each answer reaches the snapshot
-                // as it comes: a miner that hangs (or a web interface that waits out its
-                // 30 s HTTP timeout) must not hold back the readings of all the others.
-                let mut results = futures::stream::iter(0..sh.site.miners.len())
-                    .map(|i| {
-                        let sh = &sh;
-                        async move {
-                            let r = match &sh.io.miners[i] {
-                                Some(d) => {
-                                    let t0 = tokio::time::Instant::now();
-                                    let r = poll_bounded(d.as_ref(), budget).await;
-                                    sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
-                                    Some(r)
-                                }
-                                None => None,
-                            };
-                            (i, r)
-                        }
-                    })
-                    .buffer_unordered(MINER_POLLS_IN_FLIGHT);
-                while let Some((i, r)) = results.next().await {
-                    match r {
-                        Some(Ok(t)) => {
-                            failing[i] = false;
-                            sh.apply_miner(i, &t, sh.clock.now_ms());
-                        }
-                        Some(Err(e)) if !std::mem::replace(&mut failing[i], true) => {
-                            warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
-                        }
-                        Some(Err(_)) | None => {}
-                    }
-                }
-            }
-        });
+        tasks.spawn(collect_miners(shared.clone(), cancel.clone()));
     }
-    for g in 0..site.gpu_nodes.len() {
-        let every = shared.clock.real(p.gpu_power_poll_ms);
-        let (sh, cancel) = (shared.clone(), cancel.clone());
-        tasks.spawn(async move {
-            let mut iv = tokio::time::interval(every);
-            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut failing = false;
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = iv.tick() => {}
-                }
-                let t0 = tokio::time::Instant::now();
-                let r = sh.io.read_gpu(&sh.site, g).await;
-                sh.hub.poll(PollClass::Gpu, t0.elapsed(), r.is_ok());
-                match r {
-                    Ok(r) => {
-                        failing = false;
-                        sh.apply_gpu(g, &r, sh.clock.now_ms());
-                    }
-                    Err(e) => {
-                        if !std::mem::replace(&mut failing, true) {
-                            warn!(device = %sh.site.gpu_nodes[g].id, error = %e, "gpu node read failed; it goes stale");
+    for (g, node) in site.gpu_nodes.iter().enumerate() {
+        let src = Source {
+            id: node.id.clone(),
+            class: PollClass::Gpu,
+            every: shared.clock.real(p.gpu_power_poll_ms),
+            timeout: shared.clock.real(p.gpu_power_stale_ms),
+        };
+        tasks.spawn(collect(
+            shared.clone(),
+            cancel.clone(),
+            src,
+            move |sh| async move { sh.io.read_gpu(&sh.site, g).await },
+            move |sh, r, now| sh.apply_gpu(g, r, now),
+        ));
+    }
+}
+
+/// The miner fleet's collector: every miner once per interval, at most
+/// [`MINER_POLLS_IN_FLIGHT`] at a time, each poll bounded ([`poll_bounded`]) and applied
+/// as it comes: a miner that hangs (or a web interface that waits out its 30 s HTTP
+/// timeout) must not hold back the readings of all the others.
+async fn collect_miners(sh: Arc<Shared>, cancel: CancellationToken) {
+    let mut iv = tokio::time::interval(sh.clock.real(sh.site.policy.miner_poll_ms));
+    iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let budget = miner_poll_budget(&sh);
+    let mut failing = vec![false; sh.site.miners.len()];
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = iv.tick() => {}
+        }
+        let mut results = futures::stream::iter(0..sh.site.miners.len())
+            .map(|i| {
+                let sh = &sh;
+                async move {
+                    let r = match &sh.io.miners[i] {
+                        Some(d) => {
+                            let t0 = tokio::time::Instant::now();
+                            let r = poll_bounded(d.as_ref(), budget).await;
+                            sh.hub.poll(PollClass::Miner, t0.elapsed(), r.is_ok());
+                            Some(r)
                         }
-                    }
+                        None => None,
+                    };
+                    (i, r)
                 }
+            })
+            .buffer_unordered(MINER_POLLS_IN_FLIGHT);
+        while let Some((i, r)) = results.next().await {
+            match r {
+                Some(Ok(t)) => {
+                    failing[i] = false;
+                    sh.apply_miner(i, &t, sh.clock.now_ms());
+                }
+                Some(Err(e)) if !std::mem::replace(&mut failing[i], true) => {
+                    warn!(device = %sh.site.miners[i].id, error = %e, "miner poll failed; its reading goes stale");
+                }
+                Some(Err(_)) | None => {}
             }
-        });
+        }
     }
 }
 
@@ -431,5 +482,19 @@ mod poll_bound_tests {
         let text = e.to_string();
         assert!(text.contains("hung-1") && text.contains("300 ms"), "{text}");
         sim.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// A failing source is read on 1 tick in 1, then 1 in 2, then 1 in 4: never less
+    /// often (a recovery is seen within 4 intervals).
+    #[test]
+    fn a_failing_source_backs_off_to_one_read_in_four_ticks() {
+        let reads: Vec<u32> = (1..=6).map(|f| backoff_skip(f) + 1).collect();
+        assert_eq!(reads, [1, 2, 4, 4, 4, 4]);
+        assert_eq!(backoff_skip(u32::MAX) + 1, MAX_BACKOFF_TICKS);
     }
 }

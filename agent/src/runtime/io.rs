@@ -40,6 +40,8 @@ pub enum IoError {
         addr: String,
         ms: u128,
     },
+    #[error("{device}: no answer within {ms} ms")]
+    ReadTimeout { device: String, ms: u128 },
     #[error("miner {device} has no driver")]
     NoDriver { device: String },
     #[error("miner {device} has no outlet configured")]

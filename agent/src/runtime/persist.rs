@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::alerts;
 use crate::catalogue::AlertKind;
 use crate::control::{Alert, ControlState, Millis, Severity};
 use crate::store::journal::JournalRow;
@@ -160,6 +159,8 @@ pub struct IntentStore {
     next: usize,
     pub commits: u64,
     pub rows: u64,
+    /// Alerts raised since the loop last took them ([`IntentStore::take_alerts`]).
+    alerts: Vec<Alert>,
 }
 
 /// A previous run's intent: the last instant of its timeline, and its state.
@@ -192,18 +193,20 @@ impl IntentStore {
             next: 0,
             commits: 0,
             rows: 0,
+            alerts: Vec::new(),
         };
         let mut loaded = None;
         match crate::store::open_or_set_aside(db) {
             Ok((s, aside)) => {
                 if let Some((aside, why)) = aside {
-                    corrupt_alert(&format!("{why}; moved aside to {}", aside.display()));
+                    st.corrupt(format!("{why}; moved aside to {}", aside.display()));
                 }
                 loaded = st.read_back(s);
             }
             Err(e) => st.unsaved(&e.to_string()),
         }
-        if let Some(imported) = import_legacy(state_file, loaded.as_ref().map(|l| l.0)) {
+        let legacy = import_legacy(state_file, loaded.as_ref().map(|l| l.0), &mut st.alerts);
+        if let Some(imported) = legacy {
             if let Some(s) = &mut st.db {
                 let (t, state) = (&imported.0, &imported.1);
                 match s.commit_intent(None, state, *t, &[], true) {
@@ -241,7 +244,7 @@ impl IntentStore {
                 drop(s);
                 match crate::store::set_aside(&self.path) {
                     Ok(aside) => {
-                        corrupt_alert(&format!("{e}; moved aside to {}", aside.display()));
+                        self.corrupt(format!("{e}; moved aside to {}", aside.display()));
                         match Store::open(&self.path) {
                             Ok(s) => {
                                 self.db = Some(s);
@@ -258,7 +261,7 @@ impl IntentStore {
                 // Readable, but a row is not (hand-edited, written by a broken build):
                 // the intent is not trusted, the file kept (energy lives in it too) and
                 // rewritten whole by the first commit.
-                corrupt_alert(&format!("{e}; starting without it"));
+                self.corrupt(format!("{e}; starting without it"));
                 self.db = Some(s);
                 self.ready();
                 None
@@ -277,15 +280,22 @@ impl IntentStore {
     fn unsaved(&mut self, why: &str) {
         if !self.alerted {
             self.alerted = true;
-            alerts::log(
-                &Alert::new(
-                    AlertKind::ControlStateUnsaved,
-                    Severity::Critical,
-                    format!("control intent not saved: {why}; kept in memory and tried again"),
-                ),
-                0,
-            );
+            self.alerts.push(Alert::new(
+                AlertKind::ControlStateUnsaved,
+                Severity::Critical,
+                format!("control intent not saved: {why}; kept in memory and tried again"),
+            ));
         }
+    }
+
+    fn corrupt(&mut self, msg: String) {
+        self.alerts.push(corrupt_alert(msg));
+    }
+
+    /// The alerts raised since the last call (a corrupt database set aside, an intent
+    /// not saved): the loop raises them through the status hub.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
     }
 
     /// The next commit writes every row (the state was replaced: a takeover).
@@ -418,15 +428,8 @@ impl IntentStore {
     }
 }
 
-fn corrupt_alert(msg: &str) {
-    alerts::log(
-        &Alert::new(
-            AlertKind::ControlStateCorrupt,
-            Severity::Critical,
-            msg.to_owned(),
-        ),
-        0,
-    );
+fn corrupt_alert(msg: String) -> Alert {
+    Alert::new(AlertKind::ControlStateCorrupt, Severity::Critical, msg)
 }
 
 /// What an older agent's state file held.
@@ -438,7 +441,7 @@ struct LegacyState {
 
 /// The legacy state file's intent, when there is one newer than the database's
 /// (`db_last`). A corrupt one is set aside with an alert.
-fn import_legacy(path: &Path, db_last: Option<Millis>) -> Option<Loaded> {
+fn import_legacy(path: &Path, db_last: Option<Millis>, alerts: &mut Vec<Alert>) -> Option<Loaded> {
     match read::<LegacyState>(path) {
         Ok(Some(l)) if db_last.is_none_or(|t| l.last_now > t) => Some((l.last_now, l.control)),
         Ok(Some(_)) => {
@@ -450,10 +453,10 @@ fn import_legacy(path: &Path, db_last: Option<Millis>) -> Option<Loaded> {
         Ok(None) => None,
         Err(e) => {
             let aside = quarantine(path);
-            corrupt_alert(&format!(
+            alerts.push(corrupt_alert(format!(
                 "{e}; moved aside to {}",
                 aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string())
-            ));
+            )));
             None
         }
     }
@@ -599,6 +602,7 @@ mod tests {
         let (db, sf) = (d.join("rackwarden.db"), d.join("state.json"));
         let (mut store, loaded) = IntentStore::open(&db, &sf, 90);
         assert!(loaded.is_none());
+        assert!(store.take_alerts().is_empty(), "a first start is no alert");
         let st = crate::store::intent::test_state(5);
         let mut j = ActionJournal::open(&d.join("journal.jsonl"));
         assert!(store.commit(&st, &st, 1_000, &mut j, false));
@@ -634,6 +638,16 @@ mod tests {
                 .any(|n| n.starts_with("rackwarden.db.corrupt.")),
             "{names:?}"
         );
+        // Said once, for the loop to raise (the file it moved named).
+        let alerts = store.take_alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, AlertKind::ControlStateCorrupt);
+        assert!(
+            alerts[0].message.contains("rackwarden.db.corrupt."),
+            "{}",
+            alerts[0].message
+        );
+        assert!(store.take_alerts().is_empty());
         // The new database takes commits.
         assert!(store.commit(&st, &st, 2_000, &mut j, false));
         fs::remove_dir_all(&d).unwrap();

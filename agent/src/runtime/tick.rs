@@ -135,6 +135,11 @@ impl Loop {
             None => (None, None),
         };
         let shared = Shared::new(&agent, site.clone(), clock, Io::new(&site), book);
+        // What opening the database found (a corrupt file set aside, an intent that
+        // cannot be saved).
+        for a in intents.take_alerts() {
+            shared.raise(now, &a);
+        }
         hub.set_site(
             site.clone(),
             opts.dry_run,
@@ -165,6 +170,9 @@ impl Loop {
             // deadlines.
             journal_actions(&shared, &mut journal, &resend, now, opts.dry_run);
             intents.commit(&resumed, &state, now, &mut journal, true);
+            for a in intents.take_alerts() {
+                shared.raise(now, &a);
+            }
             for a in resend {
                 execute(&shared, &mut journal, a, now, opts.dry_run, None);
             }
@@ -446,6 +454,9 @@ impl Loop {
         journal_actions(&self.shared, &mut self.journal, actions, now, dry_run);
         self.intents
             .commit(&self.prev, &state, now, &mut self.journal, false);
+        for a in self.intents.take_alerts() {
+            self.shared.raise(now, &a);
+        }
         self.state = state;
         if !(changed || now.saturating_sub(self.last_persist) >= 30_000) {
             return true;
@@ -494,6 +505,9 @@ impl Loop {
         let now = self.shared.clock.now_ms();
         self.intents
             .commit(&self.state, &self.state, now, &mut self.journal, true);
+        for a in self.intents.take_alerts() {
+            self.shared.raise(now, &a);
+        }
         if let Some((p50, p99)) = self.intents.latency_ms() {
             info!(
                 event = "state.commits",
