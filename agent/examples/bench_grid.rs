@@ -15,45 +15,20 @@
 //!
 //! With `--json` the last line is one JSON object of the figures.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
+use common::{percentile, private_copy, Args};
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden::sim::{Scenario, SiteSim};
 use rackwarden::status::StatusHub;
 use rackwarden_config::Site;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-
-fn private_copy(path: &std::path::Path, dir: &std::path::Path) -> Result<Site, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = text
-        .replace("127.0.0.1", "127.0.78.1")
-        .replace("\"127.1.", "\"127.72.");
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
-    for entry in std::fs::read_dir(base)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let p = entry.path();
-        if p.extension().is_some_and(|x| x == "token") {
-            if let Some(name) = p.file_name() {
-                std::fs::copy(&p, dir.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
-            }
-        }
-    }
-    rackwarden_config::load_str(&text, &dir.join("site.toml"), dir).map_err(|e| e.to_string())
-}
-
-fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(sorted.len() - 1) * per_mille / 1000]
-}
 
 struct Trial {
     first_shed_ms: f64,
@@ -154,37 +129,19 @@ async fn trial(site: &Site, shed_kw: f64, dir: &std::path::Path) -> Result<Trial
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let path = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map_or_else(|| PathBuf::from("examples/site.toml"), PathBuf::from);
-    let trials: usize = opt("--trials").and_then(|t| t.parse().ok()).unwrap_or(5);
-    let shed_kw: f64 = opt("--shed-kw")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(100.0);
-    let json = args.iter().any(|a| a == "--json");
+    let args = Args::from_env();
+    let path = args.site_path();
+    let trials: usize = args.parsed("--trials", 5);
+    let shed_kw: f64 = args.parsed("--shed-kw", 100.0);
+    let json = args.flag("--json");
     let dir = std::env::temp_dir().join(format!("rackwarden-grid-bench-{}", std::process::id()));
-    let site = match private_copy(&path, &dir) {
+    let site = match private_copy(&path, &dir, (78, 72)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(78);
         }
     };
-    for m in &site.miners {
-        if let Some(var) = m.credentials.as_ref().and_then(|c| c.password_env.as_ref()) {
-            if std::env::var_os(var).is_none() {
-                std::env::set_var(var, SIM_MINER_PASSWORD);
-            }
-        }
-    }
     let Ok(rt) = tokio::runtime::Runtime::new() else {
         return ExitCode::FAILURE;
     };

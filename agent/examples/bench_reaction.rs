@@ -21,14 +21,17 @@
 //! the step itself (which adds the wait for the next poll).
 //! With `--json` the last line is one JSON object of the figures.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{percentile, private_copy, Args};
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
-use rackwarden::sim::{EventKind, Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden::sim::{EventKind, Scenario, SiteSim};
 use rackwarden_config::Site;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -109,38 +112,6 @@ impl<S: tracing::Subscriber> Layer<S> for Recorder {
             g.push((Instant::now(), seen));
         }
     }
-}
-
-/// The site file moved to loopback addresses of its own (127.0.0.1 -> 127.0.77.1,
-/// 127.1.x.y -> 127.71.x.y), so the benchmark never collides with a demo or a test
-/// serving the example site at the same time; the token file is copied beside it.
-fn private_copy(path: &std::path::Path, dir: &std::path::Path) -> Result<Site, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = text
-        .replace("127.0.0.1", "127.0.77.1")
-        .replace("\"127.1.", "\"127.71.");
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
-    for entry in std::fs::read_dir(base)
-        .map_err(|e| e.to_string())?
-        .flatten()
-    {
-        let p = entry.path();
-        if p.extension().is_some_and(|x| x == "token") {
-            if let Some(name) = p.file_name() {
-                std::fs::copy(&p, dir.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
-            }
-        }
-    }
-    let file = dir.join("site.toml");
-    rackwarden_config::load_str(&text, &file, dir).map_err(|e| e.to_string())
-}
-
-fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(sorted.len() - 1) * per_mille / 1000]
 }
 
 struct Trial {
@@ -274,39 +245,24 @@ async fn trial(site: &Site, feed: &str, dir: &std::path::Path, log: &Log) -> Res
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |k: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let path = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .map_or_else(|| PathBuf::from("examples/site.toml"), PathBuf::from);
-    let trials: usize = opt("--trials").and_then(|t| t.parse().ok()).unwrap_or(12);
-    let feeds: Vec<String> = opt("--feeds")
+    let args = Args::from_env();
+    let path = args.site_path();
+    let trials: usize = args.parsed("--trials", 12);
+    let feeds: Vec<String> = args
+        .opt("--feeds")
         .unwrap_or_else(|| "feed-a,feed-b".into())
         .split(',')
         .map(str::to_owned)
         .collect();
-    let json = args.iter().any(|a| a == "--json");
+    let json = args.flag("--json");
     let dir = std::env::temp_dir().join(format!("rackwarden-reaction-{}", std::process::id()));
-    let site = match private_copy(&path, &dir) {
+    let site = match private_copy(&path, &dir, (77, 71)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(78);
         }
     };
-    for m in &site.miners {
-        if let Some(var) = m.credentials.as_ref().and_then(|c| c.password_env.as_ref()) {
-            if std::env::var_os(var).is_none() {
-                std::env::set_var(var, SIM_MINER_PASSWORD);
-            }
-        }
-    }
     let log: Log = Arc::default();
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("rackwarden::reading", tracing::Level::TRACE)
