@@ -103,44 +103,72 @@ pub(super) async fn show(State(s): State<HttpState>) -> Response {
     }
 }
 
+/// The operator's token checked and the body parsed, or the response that says why not.
+// The error is the response itself, built once per refused request: boxing it would buy
+// nothing on this path.
+#[allow(clippy::result_large_err)]
+fn authorized_body<T>(
+    s: &HttpState,
+    headers: &HeaderMap,
+    what: &str,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Response> {
+    if let Some(r) = refused(s, headers, what) {
+        return Err(r);
+    }
+    body.map(|Json(b)| b).map_err(|e| bad(format!("body: {e}")))
+}
+
+/// The API event a request asks for: its signal, id (or `default_id`) and window
+/// checked.
+fn api_event(
+    s: &HttpState,
+    signal: Result<GridSignal, String>,
+    id: Option<&str>,
+    default_id: &str,
+    start_in_s: Option<u64>,
+    duration_s: Option<u64>,
+) -> Result<GridEvent, String> {
+    let signal = signal?;
+    let id = event_id(Some(id.unwrap_or(default_id)))?;
+    let (start_ms, end_ms) = window(s, start_in_s, duration_s)?;
+    Ok(GridEvent {
+        source: GridSource::Api,
+        id,
+        signal,
+        start_ms,
+        end_ms,
+    })
+}
+
 pub(super) async fn set_target(
     State(s): State<HttpState>,
     headers: HeaderMap,
     body: Result<Json<TargetBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refused(&s, &headers, "grid targets") {
-        return r;
-    }
-    let Json(b) = match body {
+    let b = match authorized_body(&s, &headers, "grid targets", body) {
         Ok(b) => b,
-        Err(e) => return bad(format!("body: {e}")),
+        Err(r) => return r,
     };
     let signal = match (b.limit_kw, b.shed_kw) {
-        (Some(l), None) if l.is_finite() && l > 0.0 => GridSignal::LimitKw(l),
-        (None, Some(x)) if x.is_finite() && x > 0.0 => GridSignal::ShedKw(x),
+        (Some(l), None) if l.is_finite() && l > 0.0 => Ok(GridSignal::LimitKw(l)),
+        (None, Some(x)) if x.is_finite() && x > 0.0 => Ok(GridSignal::ShedKw(x)),
         (Some(_), Some(_)) | (None, None) => {
-            return bad("give one of limit_kw (site import at most) or shed_kw (shed this much)")
+            Err("give one of limit_kw (site import at most) or shed_kw (shed this much)".to_owned())
         }
-        _ => return bad("limit_kw / shed_kw must be a positive number of kW"),
+        _ => Err("limit_kw / shed_kw must be a positive number of kW".to_owned()),
     };
-    let id = match event_id(b.id.as_deref()) {
-        Ok(i) => i,
-        Err(e) => return bad(e),
-    };
-    let (start_ms, end_ms) = match window(&s, b.start_in_s, b.duration_s) {
-        Ok(w) => w,
-        Err(e) => return bad(e),
-    };
-    accept(
+    match api_event(
         &s,
-        GridEvent {
-            source: GridSource::Api,
-            id,
-            signal,
-            start_ms,
-            end_ms,
-        },
-    )
+        signal,
+        b.id.as_deref(),
+        "api",
+        b.start_in_s,
+        b.duration_s,
+    ) {
+        Ok(e) => accept(&s, e),
+        Err(e) => bad(e),
+    }
 }
 
 pub(super) async fn set_price(
@@ -148,35 +176,27 @@ pub(super) async fn set_price(
     headers: HeaderMap,
     body: Result<Json<PriceBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refused(&s, &headers, "grid prices") {
-        return r;
-    }
-    let Json(b) = match body {
+    let b = match authorized_body(&s, &headers, "grid prices", body) {
         Ok(b) => b,
-        Err(e) => return bad(format!("body: {e}")),
+        Err(r) => return r,
     };
     // Negative prices exist (a surplus of wind): mining is then worth it all the more.
-    if !b.usd_per_mwh.is_finite() || b.usd_per_mwh.abs() > 1e6 {
-        return bad("usd_per_mwh must be a number within +-1,000,000");
-    }
-    let id = match event_id(b.id.as_deref().or(Some("api-price"))) {
-        Ok(i) => i,
-        Err(e) => return bad(e),
+    let signal = if b.usd_per_mwh.is_finite() && b.usd_per_mwh.abs() <= 1e6 {
+        Ok(GridSignal::PriceUsdPerMwh(b.usd_per_mwh))
+    } else {
+        Err("usd_per_mwh must be a number within +-1,000,000".to_owned())
     };
-    let (start_ms, end_ms) = match window(&s, b.start_in_s, b.duration_s) {
-        Ok(w) => w,
-        Err(e) => return bad(e),
-    };
-    accept(
+    match api_event(
         &s,
-        GridEvent {
-            source: GridSource::Api,
-            id,
-            signal: GridSignal::PriceUsdPerMwh(b.usd_per_mwh),
-            start_ms,
-            end_ms,
-        },
-    )
+        signal,
+        b.id.as_deref(),
+        "api-price",
+        b.start_in_s,
+        b.duration_s,
+    ) {
+        Ok(e) => accept(&s, e),
+        Err(e) => bad(e),
+    }
 }
 
 fn accept(s: &HttpState, e: GridEvent) -> Response {
