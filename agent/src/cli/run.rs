@@ -93,23 +93,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(every) = sd_notify::watchdog_enabled() {
-        let (hub, cancel) = (hub.clone(), http_cancel.clone());
-        tokio::spawn(async move {
-            // Ping at half the period, and only while the loop decides: a wedged loop
-            // gets the process restarted by systemd.
-            let mut iv = tokio::time::interval(every / 2);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = iv.tick() => {}
-                }
-                if hub.loop_alive() {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-            }
-        });
-    }
+    spawn_watchdog(&hub, &http_cancel);
     // ---- issue 18: alert delivery lives across reloads too (the alerts it holds active
     // stay so); a changed `[alerts]` section takes a restart.
     let mut alert_delivery = match &site.alerts {
@@ -126,19 +110,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
     // stay in the hub's inbox); a changed `[grid.openadr]` section takes a restart.
     let ven_cancel = CancellationToken::new();
     let _stop_ven = ven_cancel.clone().drop_guard();
-    if site.grid.openadr.is_some() && (args.speed - 1.0).abs() > f64::EPSILON {
-        warn!(
-            event = "grid.openadr.speed",
-            speed = args.speed,
-            "the OpenADR VEN takes the VTN's wall-clock times as the agent's: at speed {} its events land elsewhere on the agent's timeline",
-            args.speed
-        );
-    }
-    let mut ven_task = site
-        .grid
-        .openadr
-        .clone()
-        .map(|cfg| crate::grid::openadr::start(cfg, hub.grid.clone(), ven_cancel.clone()));
+    let mut ven_task = start_ven(&site, args.speed, &hub, &ven_cancel);
     // ---- issue 11: the election lives across reloads (a reload is no reason to hand
     // the site over); a changed `[ha]` section takes a restart.
     let ha_cancel = CancellationToken::new();
@@ -220,24 +192,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                         format!("{} reloaded", args.config.display()),
                     ),
                 );
-                if new.alerts != site.alerts {
-                    warn!(
-                        event = "config.reload.alerts_ignored",
-                        "the [alerts] section changed: it takes effect at the next restart"
-                    );
-                }
-                if new.grid.openadr != site.grid.openadr {
-                    warn!(
-                        event = "config.reload.openadr_ignored",
-                        "the [grid.openadr] section changed: it takes effect at the next restart"
-                    );
-                }
-                if new.ha != site.ha {
-                    warn!(
-                        event = "config.reload.ha_ignored",
-                        "the [ha] section changed: it takes effect at the next restart"
-                    );
-                }
+                warn_restart_sections(&site, &new);
                 site = new;
             }
             None => {
@@ -253,6 +208,72 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 return code;
             }
         }
+    }
+}
+
+/// Pings systemd's watchdog at half its period, and only while the loop decides: a
+/// wedged loop gets the process restarted by systemd.
+fn spawn_watchdog(hub: &std::sync::Arc<StatusHub>, cancel: &CancellationToken) {
+    let Some(every) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let (hub, cancel) = (hub.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(every / 2);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = iv.tick() => {}
+            }
+            if hub.loop_alive() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    });
+}
+
+/// Starts the OpenADR VEN when `[grid.openadr]` is set.
+fn start_ven(
+    site: &Site,
+    speed: f64,
+    hub: &StatusHub,
+    cancel: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = site.grid.openadr.clone()?;
+    if (speed - 1.0).abs() > f64::EPSILON {
+        warn!(
+            event = "grid.openadr.speed",
+            speed,
+            "the OpenADR VEN takes the VTN's wall-clock times as the agent's: at speed {speed} its events land elsewhere on the agent's timeline"
+        );
+    }
+    Some(crate::grid::openadr::start(
+        cfg,
+        hub.grid.clone(),
+        cancel.clone(),
+    ))
+}
+
+/// A reload keeps alert delivery, the VEN and the election running as they are: says
+/// which of their sections changed (they take a restart).
+fn warn_restart_sections(old: &Site, new: &Site) {
+    if new.alerts != old.alerts {
+        warn!(
+            event = "config.reload.alerts_ignored",
+            "the [alerts] section changed: it takes effect at the next restart"
+        );
+    }
+    if new.grid.openadr != old.grid.openadr {
+        warn!(
+            event = "config.reload.openadr_ignored",
+            "the [grid.openadr] section changed: it takes effect at the next restart"
+        );
+    }
+    if new.ha != old.ha {
+        warn!(
+            event = "config.reload.ha_ignored",
+            "the [ha] section changed: it takes effect at the next restart"
+        );
     }
 }
 
