@@ -68,15 +68,29 @@ async fn call(
     uri: &str,
     auth: Option<&str>,
 ) -> (StatusCode, String) {
+    send(r, method, uri, auth, None).await
+}
+
+/// One request through the router; `json`: a JSON body.
+async fn send(
+    r: &axum::Router,
+    method: Method,
+    uri: &str,
+    auth: Option<&str>,
+    json: Option<&str>,
+) -> (StatusCode, String) {
     let mut b = Request::builder().method(method).uri(uri);
     if let Some(a) = auth {
         b = b.header("authorization", a);
     }
-    let resp = r
-        .clone()
-        .oneshot(b.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
+    let body = match json {
+        Some(j) => {
+            b = b.header("content-type", "application/json");
+            Body::from(j.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let resp = r.clone().oneshot(b.body(body).unwrap()).await.unwrap();
     let code = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
         .await
@@ -840,23 +854,7 @@ async fn call_json(
     auth: Option<&str>,
     body: &str,
 ) -> (StatusCode, String) {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json");
-    if let Some(a) = auth {
-        b = b.header("authorization", a);
-    }
-    let resp = r
-        .clone()
-        .oneshot(b.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let code = resp.status();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 24)
-        .await
-        .unwrap();
-    (code, String::from_utf8(body.to_vec()).unwrap())
+    send(r, method, uri, auth, Some(body)).await
 }
 
 #[tokio::test]
