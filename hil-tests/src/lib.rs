@@ -584,6 +584,11 @@ pub fn debug_dump(a: &Proc, s: &Proc) {
 /// The agent's `/api/v1/status` (its `http_listen` of the example site, moved by
 /// [`relocate`]), or `Null` when it does not answer within a few seconds.
 pub fn agent_status() -> Value {
+    agent_get("/api/v1/status")
+}
+
+/// The agent's JSON at `GET path` (`Null` when it does not answer).
+pub fn agent_get(path: &str) -> Value {
     use std::io::{Read, Write};
     let addr = format!("127.{}.250.1:9180", net_k());
     let Ok(mut c) =
@@ -592,7 +597,7 @@ pub fn agent_status() -> Value {
         return Value::Null;
     };
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if write!(c, "GET /api/v1/status HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
+    if write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
         return Value::Null;
     }
     let mut text = String::new();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rackwarden_hil_tests::{agent, agent_status, net_k, serial, sim, Proc, TempSite};
+use rackwarden_hil_tests::{agent, agent_get, agent_status, net_k, serial, sim, Proc, TempSite};
 use serde_json::{json, Value};
 
 fn skip_peers() -> bool {
@@ -445,20 +445,7 @@ fn site_with_openadr(name: &str, vtn_url: &str) -> TempSite {
 
 /// The agent's `GET /api/v1/grid` (`Null` when it does not answer).
 fn agent_grid() -> Value {
-    use std::io::Write;
-    let addr: SocketAddr = format!("127.{}.250.1:9180", net_k()).parse().unwrap();
-    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return Value::Null;
-    };
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if write!(c, "GET /api/v1/grid HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
-        return Value::Null;
-    }
-    let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
-    text.split_once("\r\n\r\n")
-        .and_then(|(_, body)| serde_json::from_str(body).ok())
-        .unwrap_or(Value::Null)
+    agent_get("/api/v1/grid")
 }
 
 fn grid_actions(a: &Proc, reasons: &[&str]) -> Vec<Value> {
