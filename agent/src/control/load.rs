@@ -129,8 +129,12 @@ enum AiRead {
     Fresh(AiReading),
     /// A miner command in flight in the rack: the last peak stands.
     Busy,
-    /// Meter or a miner stale: S = X.
-    Stale,
+    /// Meter or a miner stale: S = X, the rolling peak waits for fresh readings. With a
+    /// fresh meter, a stale miner and no command in flight in the rack, the meter less
+    /// the miners with the stale ones at their committed power (nameplate, their worst
+    /// case): a lower bound of the load beside the miners, which still counts in X and
+    /// in the other load (a stale miner must not hide what the meter shows).
+    Stale(Option<AiReading>),
 }
 
 /// The two reserves of one rack.
@@ -326,9 +330,12 @@ impl Loads {
             gpus.iter().map(|&g| self.gpu_kw[g]).sum()
         };
         let read = self.ai_reading(site, topo, snap, st, i, now);
-        let ai = match read {
-            AiRead::Fresh(a) => Some(a),
-            AiRead::Busy | AiRead::Stale => None,
+        // What the meter shows beside the miners: a fresh reading, or with a stale miner
+        // the bound its nameplate leaves (for X and the other load, never for the peak).
+        let (ai, seen) = match read {
+            AiRead::Fresh(a) => (Some(a), Some(a)),
+            AiRead::Stale(bound) => (None, bound),
+            AiRead::Busy => (None, None),
         };
         // Non-GPU load: the rack meter less its GPUs' measured power; a stale power
         // reading reads as its worst case, the limits.
@@ -360,7 +367,7 @@ impl Loads {
                 .sum(),
         };
         let prev_non_gpu = prev.as_ref().map_or(0.0, |t| t.non_gpu_kw);
-        let non_gpu_now = match (ai, limits, gpu_power) {
+        let non_gpu_now = match (seen, limits, gpu_power) {
             (Some(a), Some(_), Some(g)) => (a.now_kw - g).max(0.0),
             _ => 0.0,
         };
@@ -383,14 +390,20 @@ impl Loads {
             )),
             None => prev,
         };
-        let non_gpu = match limits {
-            Some(_) => track.as_ref().map_or(0.0, |t| t.non_gpu_kw),
-            None => 0.0,
+        let non_gpu = match (limits, read) {
+            // A stale miner: the held peak, or more where the meter (less the miner at
+            // nameplate) shows more now; the peak itself is left as it was.
+            (Some(_), AiRead::Stale(_)) => track
+                .as_ref()
+                .map_or(0.0, |t| t.non_gpu_kw)
+                .max(non_gpu_now),
+            (Some(_), _) => track.as_ref().map_or(0.0, |t| t.non_gpu_kw),
+            (None, _) => 0.0,
         };
         let worst = base_x + non_gpu;
         // With GPU telemetry every non-GPU watt is in X already; without, what the
         // meter shows above the rated maximum is other load.
-        let other = match (limits, ai) {
+        let other = match (limits, seen) {
             (None, Some(a)) => (a.now_kw - worst).max(0.0),
             _ => 0.0,
         };
@@ -402,7 +415,7 @@ impl Loads {
             _ => worst,
         };
         let warm = measured
-            && read != AiRead::Stale
+            && !matches!(read, AiRead::Stale(_))
             && track.as_ref().is_some_and(|t| {
                 now.saturating_sub(t.since) >= p.reserve_window_s.saturating_mul(1000)
             });
@@ -417,10 +430,12 @@ impl Loads {
         )
     }
 
-    /// The rack's meter less its miners' committed power. Stale when the meter or any of the rack's
-    /// miners is; busy while a command to one of its miners is in flight (the meter and
-    /// the miner's reading may disagree about it for seconds: neither is taken as AI
-    /// load, the last peak stands).
+    /// The rack's meter less its miners' committed power. Stale when the meter or any of
+    /// the rack's miners is (with a fresh meter and no command in flight, the reading
+    /// with the stale miners at their committed power, nameplate, comes along as a
+    /// bound); busy while a command to one of its miners is in flight (the meter and the
+    /// miner's reading may disagree about it for seconds: neither is taken as AI load,
+    /// the last peak stands).
     fn ai_reading(
         &self,
         site: &Site,
@@ -435,10 +450,11 @@ impl Loads {
             .meter(i)
             .filter(|r| fresh(r.taken_at, now, p.meter_stale_ms))
         else {
-            return AiRead::Stale;
+            return AiRead::Stale(None);
         };
         let mut miners = 0.0;
         let mut busy = false;
+        let mut stale = false;
         for &m in &topo.rack_miners[i] {
             let ms = st.miners.get(m);
             busy |= ms.is_some_and(|s| s.pending.is_some());
@@ -452,19 +468,25 @@ impl Loads {
                 .miner(m)
                 .is_some_and(|r| fresh(r.taken_at, now, p.miner_stale_ms))
             {
-                return AiRead::Stale;
+                stale = true;
             }
-            // Its committed power (at least its reading): what the projection counts
-            // for it is not counted again as AI load.
+            // Its committed power (at least its reading; nameplate when stale): what the
+            // projection counts for it is not counted again as AI load.
             miners += self.miner_w[m] / 1000.0;
         }
-        if busy {
-            return AiRead::Busy;
-        }
-        AiRead::Fresh(AiReading {
+        let reading = AiReading {
             peak_kw: (meter.kw.max(meter.max_kw) - miners).max(0.0),
             now_kw: (meter.kw - miners).max(0.0),
-        })
+        };
+        if stale {
+            // A command in flight: the meter still shows what the command takes off
+            // (the miner counts at its commanded power already), so no bound either.
+            AiRead::Stale((!busy).then_some(reading))
+        } else if busy {
+            AiRead::Busy
+        } else {
+            AiRead::Fresh(reading)
+        }
     }
 
     /// `P_eff = max(P_proj, measured peak less what in-flight sheds will remove)`.
