@@ -46,7 +46,7 @@ async fn trial(site: &Site, shed_kw: f64, dir: &std::path::Path) -> Result<Trial
         events: vec![],
     };
     for f in ["state.json", "rackwarden.db", "journal.jsonl"] {
-        let _ = std::fs::remove_file(dir.join(f));
+        std::fs::remove_file(dir.join(f)).ok();
     }
     let sim = SiteSim::start(site, scenario, 1.0)
         .await
@@ -118,7 +118,7 @@ async fn trial(site: &Site, shed_kw: f64, dir: &std::path::Path) -> Result<Trial
     }
     .await;
     cancel.cancel();
-    let _ = agent.await;
+    agent.await.ok();
     sim.shutdown().await;
     let t = result?;
     println!(
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     let sorted = |f: fn(&Trial) -> f64| {
         let mut v: Vec<f64> = got.iter().map(f).collect();
         v.sort_by(f64::total_cmp);

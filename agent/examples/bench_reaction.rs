@@ -148,7 +148,7 @@ async fn trial(site: &Site, feed: &str, dir: &std::path::Path, log: &Log) -> Res
             },
         }],
     };
-    let _ = std::fs::remove_file(dir.join("state.json"));
+    std::fs::remove_file(dir.join("state.json")).ok();
     let sim = SiteSim::start(site, scenario, 1.0)
         .await
         .map_err(|e| format!("simulator: {e}"))?;
@@ -181,7 +181,7 @@ async fn trial(site: &Site, feed: &str, dir: &std::path::Path, log: &Log) -> Res
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     cancel.cancel();
-    let _ = agent.await;
+    agent.await.ok();
     sim.shutdown().await;
     let (arrived, miner, cmd) = arrival.ok_or("no shed command within 8 s of the step")?;
     let arrived = arrived.into_std();
@@ -289,7 +289,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     let sorted = |f: fn(&Trial) -> f64| {
         let mut v: Vec<f64> = got.iter().map(f).collect();
         v.sort_by(f64::total_cmp);

@@ -589,7 +589,9 @@ async fn term(ha: &Arc<Ha>, cancel: &CancellationToken) -> Result<(), HaError> {
         Err(e) => ha.step_down(&e.to_string()),
     }
     let mut lease_c = client.lease_client();
-    let _ = tokio::time::timeout(timeout, lease_c.revoke(lease)).await;
+    tokio::time::timeout(timeout, lease_c.revoke(lease))
+        .await
+        .ok();
     result
 }
 

@@ -14,7 +14,7 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     // A second init (tests, reload) keeps the first subscriber.
-    let _ = match format {
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(false)
@@ -22,7 +22,8 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
-    };
+    }
+    .ok();
 }
 
 /// Installs the global subscriber writing text logs, without colour codes, to a new file
@@ -30,10 +31,11 @@ pub fn init(format: LogFormat) {
 pub fn init_file(path: &std::path::Path) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
-        .try_init();
+        .try_init()
+        .ok();
     Ok(())
 }

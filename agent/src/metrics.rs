@@ -63,6 +63,7 @@ fn poll_histogram() -> Histogram {
 }
 
 /// The registry and every metric in it.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub node_measured_watts: Family<Labels, GaugeF>,
@@ -464,7 +465,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        encode(&mut out, &self.registry).ok();
         out
     }
 }

@@ -55,7 +55,7 @@ async fn receiver(h: Hook) -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
+        axum::serve(l, app).await.ok();
     });
     format!("http://{addr}/hook")
 }

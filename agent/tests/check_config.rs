@@ -128,7 +128,7 @@ fn an_ha_section_is_summarised_with_its_defaults() {
     )
     .unwrap();
     let (code, stdout, stderr) = check_config(&file);
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(code, 0, "{stderr}");
     let site_id = stdout
         .lines()
@@ -164,7 +164,7 @@ fn an_alerts_section_is_summarised_with_its_defaults() {
     )
     .unwrap();
     let (code, stdout, stderr) = check_config(&file);
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(
@@ -193,7 +193,7 @@ fn a_grid_section_is_summarised() {
     )
     .unwrap();
     let (code, stdout, stderr) = check_config(&file);
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("grid        targets from api (with agent.http_token_file), openadr https://vtn.utility.example/openadr3 as VEN `mini`, polled every 10 s; margin 2%, GPU caps allowed; price curtailment at hashprice 0.05 USD/TH/day (breakeven 69 USD/MWh at 30 J/TH)"),
@@ -218,7 +218,7 @@ fn a_site_without_gpus_prints_zero_not_minus_zero_kw() {
     let file = dir.join("site.toml");
     std::fs::write(&file, mining).unwrap();
     let (code, stdout, stderr) = check_config(&file);
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("gpus        0 on 0 hosts (0 remote), 0.0 kW rated max"),

@@ -174,7 +174,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rw-lp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -506,7 +506,7 @@ fn secret_files_readable_by_others_are_warned_about_and_the_site_file_is_not() {
             "{quiet} warned about: {logs}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 // ---- 4. HTTP on loopback unless configured. ----

@@ -84,7 +84,7 @@ async fn a_miner_without_credentials_gets_no_api_command_and_counts_at_nameplate
         .unwrap();
 
     let dir = std::env::temp_dir().join(format!("rw-no-driver-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     let opts = RunOptions {
         dry_run: false,
         speed: SPEED,
@@ -125,7 +125,7 @@ async fn a_miner_without_credentials_gets_no_api_command_and_counts_at_nameplate
         .unwrap()
         .unwrap();
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 
     // Counted at nameplate (never read, never polled): both miners in the first decision.
     let first = first_mining_kw.expect("no decision");

@@ -49,7 +49,7 @@ async fn agent_runs_without_nvml_and_reserves_the_rack_at_rated_max() {
     }
     cancel.cancel();
     let state = task.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert!(
         decisions >= 5,
         "only {decisions} decisions: the agent stalled"

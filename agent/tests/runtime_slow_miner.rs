@@ -86,7 +86,7 @@ async fn a_hanging_miner_leaves_the_other_miners_fresh() {
         .unwrap()
         .unwrap();
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     assert!(decisions >= 20, "only {decisions} decisions");
     assert!(
         stale.iter().any(|d| d == "m-2"),

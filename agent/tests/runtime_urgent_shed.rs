@@ -42,7 +42,7 @@ async fn a_meter_over_its_budget_is_shed_between_ticks() {
             &format!("[policy]\nfast_loop_ms = {TICK_MS}\nslow_loop_ms = {TICK_MS}\n"),
         );
     let dir = std::env::temp_dir().join(format!("rw-urgent-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     let site = rackwarden_config::load_str(&text, &dir.join("site.toml"), &dir).unwrap();
     assert_eq!(site.policy.fast_loop_ms, TICK_MS);
@@ -103,9 +103,9 @@ async fn a_meter_over_its_budget_is_shed_between_ticks() {
         }
     }
     cancel.cancel();
-    let _ = agent.await;
+    agent.await.ok();
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 
     let shed_at =
         shed_at.unwrap_or_else(|| panic!("feed A's excursion was never shed: {decisions:?}"));

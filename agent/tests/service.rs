@@ -34,7 +34,7 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 #[test]
 fn run_notifies_systemd_serves_http_and_stops_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("rackwarden-service-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -124,5 +124,5 @@ fn run_notifies_systemd_serves_http_and_stops_on_sigterm() {
         stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
     }
     assert!(stopping, "no STOPPING=1 after SIGTERM");
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -56,6 +56,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// A temporary copy of examples/site.toml (plus its token file), edited by `edit`.
+#[derive(Debug)]
 pub struct TempSite {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -64,7 +65,7 @@ pub struct TempSite {
 impl TempSite {
     pub fn new(name: &str, edit: impl FnOnce(String) -> String) -> TempSite {
         let dir = std::env::temp_dir().join(format!("rw-hil-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         let text = std::fs::read_to_string(repo().join("examples/site.toml")).unwrap();
         std::fs::write(dir.join("site.toml"), edit(relocate(&text))).unwrap();
@@ -156,7 +157,7 @@ impl TempSite {
 
 impl Drop for TempSite {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -176,6 +177,7 @@ pub fn net_k() -> u32 {
 }
 
 /// A child process whose stdout and stderr lines are collected as they come.
+#[derive(Debug)]
 pub struct Proc {
     pub name: String,
     child: Child,
@@ -302,7 +304,7 @@ impl Proc {
 
     pub fn signal(&self, sig: Signal) {
         let pid = i32::try_from(self.child.id()).unwrap();
-        let _ = kill(Pid::from_raw(pid), sig);
+        kill(Pid::from_raw(pid), sig).ok();
     }
 
     /// SIGTERM, then waits (bounded) for the exit code.
@@ -326,8 +328,8 @@ impl Proc {
 
     /// SIGKILL: no goodbye, no final state write.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 
     /// Everything it printed, for failure messages.
@@ -345,8 +347,8 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill().ok();
+        self.child.wait().ok();
     }
 }
 
@@ -601,7 +603,7 @@ pub fn agent_get(path: &str) -> Value {
         return Value::Null;
     }
     let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
+    c.read_to_string(&mut text).ok();
     text.split_once("\r\n\r\n")
         .and_then(|(_, body)| serde_json::from_str(body).ok())
         .unwrap_or(Value::Null)

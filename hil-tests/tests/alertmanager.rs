@@ -85,7 +85,7 @@ struct Alertmanager {
 impl Alertmanager {
     fn start(bin: &PathBuf, addr: SocketAddr, tag: &str) -> Alertmanager {
         let dir = std::env::temp_dir().join(format!("rw-hil-am-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         // Routed to a receiver that notifies nobody: the test reads the API.
         std::fs::write(
@@ -179,9 +179,9 @@ impl Alertmanager {
 
 impl Drop for Alertmanager {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 

@@ -135,8 +135,10 @@ impl Py {
     }
 
     async fn quit(mut self) {
-        let _ = self.stdin.write_all(b"quit\n").await;
-        let _ = timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.stdin.write_all(b"quit\n").await.ok();
+        timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .ok();
     }
 }
 

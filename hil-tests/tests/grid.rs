@@ -34,7 +34,7 @@ fn http(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         return (0, String::new());
     }
     let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
+    c.read_to_string(&mut text).ok();
     let code = text
         .split_whitespace()
         .nth(1)

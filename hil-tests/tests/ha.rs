@@ -70,7 +70,7 @@ struct Etcd {
 impl Etcd {
     fn start(bin: &PathBuf, ip: &str, pki: &Pki) -> Etcd {
         let dir = std::env::temp_dir().join(format!("rw-hil-etcd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         let client: SocketAddr = format!("{ip}:2379").parse().unwrap();
         let peer = format!("http://{ip}:2380");
@@ -107,7 +107,7 @@ impl Etcd {
         let (l, mut err) = (log.clone(), child.stderr.take().unwrap());
         std::thread::spawn(move || {
             let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
+            err.read_to_string(&mut s).ok();
             l.lock().unwrap().extend(s.lines().map(str::to_owned));
         });
         let end = Instant::now() + Duration::from_secs(30);
@@ -126,10 +126,10 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = self.log.lock().map(|l| l.len());
+        self.child.kill().ok();
+        self.child.wait().ok();
+        std::fs::remove_dir_all(&self.dir).ok();
+        self.log.lock().map(|l| l.len()).ok();
     }
 }
 
@@ -327,8 +327,8 @@ impl Proxy {
                                         break;
                                     }
                                 }
-                                let _ = to.shutdown(Shutdown::Both);
-                                let _ = from.shutdown(Shutdown::Both);
+                                to.shutdown(Shutdown::Both).ok();
+                                from.shutdown(Shutdown::Both).ok();
                             });
                         }
                     }
@@ -347,7 +347,7 @@ impl Proxy {
     fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+            c.shutdown(Shutdown::Both).ok();
         }
     }
 }
@@ -435,7 +435,7 @@ fn get(addr: &str, path: &str) -> String {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
+    c.read_to_string(&mut text).ok();
     text.split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_owned()
@@ -451,7 +451,7 @@ fn put(addr: &str, path: &str) -> String {
     )
     .unwrap();
     let mut text = String::new();
-    let _ = c.read_to_string(&mut text);
+    c.read_to_string(&mut text).ok();
     text.lines().next().unwrap_or("").to_owned()
 }
 
@@ -511,7 +511,7 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     let _g = serial();
     let k = net_k();
     let pki_dir = std::env::temp_dir().join(format!("rw-hil-pki-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&pki_dir);
+    std::fs::remove_dir_all(&pki_dir).ok();
     let ips: Vec<String> = [20, 21, 22]
         .iter()
         .map(|h| format!("127.{k}.250.{h}"))
@@ -763,5 +763,5 @@ fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first
     assert_eq!(a2.stop(), Some(0), "A exit\n{}", a2.dump());
     assert_eq!(s.stop(), Some(0));
     drop(etcd);
-    let _ = std::fs::remove_dir_all(&pki_dir);
+    std::fs::remove_dir_all(&pki_dir).ok();
 }

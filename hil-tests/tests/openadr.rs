@@ -136,7 +136,7 @@ fn tail(log: &Arc<Mutex<String>>) -> String {
 /// Stops a child: `sig`, then SIGKILL after `grace`.
 fn stop_child(child: &mut Child, sig: Signal, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(pid), sig);
+        kill(Pid::from_raw(pid), sig).ok();
     }
     let end = Instant::now() + grace;
     while Instant::now() < end {
@@ -145,8 +145,8 @@ fn stop_child(child: &mut Child, sig: Signal, grace: Duration) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill().ok();
+    child.wait().ok();
 }
 
 /// A PostgreSQL cluster in a temporary directory on 127.0.0.1, trust authentication for
@@ -161,7 +161,7 @@ struct Postgres {
 impl Postgres {
     fn start(initdb: &Path, postgres: &Path) -> Postgres {
         let dir = std::env::temp_dir().join(format!("rw-hil-pg-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(dir.join("sock")).unwrap();
         let root = is_root();
         if root {
@@ -243,7 +243,7 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT: fast shutdown (the backends end with it).
         stop_child(&mut self.child, Signal::SIGINT, Duration::from_secs(10));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -284,7 +284,7 @@ struct Vtn {
 impl Vtn {
     fn start(bin: &Path, pg: &Postgres) -> Vtn {
         let dir = std::env::temp_dir().join(format!("rw-hil-vtn-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::remove_dir_all(&dir).ok();
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port("0.0.0.0");
         let url = format!("http://127.0.0.1:{port}");
@@ -349,7 +349,7 @@ impl Vtn {
 impl Drop for Vtn {
     fn drop(&mut self) {
         stop_child(&mut self.child, Signal::SIGTERM, Duration::from_secs(5));
-        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 

@@ -42,12 +42,12 @@ fn run_scan(args: &[String], limit: Duration) -> ScanRun {
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
+        out.read_to_string(&mut s).ok();
         s
     });
     let t_err = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
+        err.read_to_string(&mut s).ok();
         s
     });
     let end = Instant::now() + limit;
@@ -56,8 +56,8 @@ fn run_scan(args: &[String], limit: Duration) -> ScanRun {
             break st.code();
         }
         if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().ok();
+            child.wait().ok();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -105,7 +105,7 @@ impl Drop for Peer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            t.join().ok();
         }
     }
 }
@@ -115,8 +115,9 @@ fn garbage(mut c: std::net::TcpStream, _: &mut Vec<std::net::TcpStream>) {
     c.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut buf = [0u8; 512];
-    let _ = c.read(&mut buf);
-    let _ = c.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\xff\xfe{{{garbage");
+    let _answered = c.read(&mut buf);
+    c.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\xff\xfe{{{garbage")
+        .ok();
 }
 
 /// Accepts and keeps the connection, never answering.

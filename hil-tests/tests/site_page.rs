@@ -86,8 +86,8 @@ fn run_chromium(bin: &Path, profile: &Path, args: &[String], limit: Duration) ->
             break;
         }
         if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill().ok();
+            child.wait().ok();
             panic!(
                 "chromium did not finish within {limit:?}: {}",
                 std::fs::read_to_string(&err_file).unwrap_or_default()
@@ -262,7 +262,7 @@ fn site_page_shows_the_status_figures_in_chromium() {
         );
     };
     let out = repo().join("target/hil-output/site_page");
-    let _ = std::fs::remove_dir_all(&out);
+    std::fs::remove_dir_all(&out).ok();
     std::fs::create_dir_all(&out).unwrap();
 
     // The example site with a free HTTP port.
@@ -452,8 +452,8 @@ fn site_page_shows_the_status_figures_in_chromium() {
         let history: Value = serde_json::from_str(&body).unwrap();
 
         cancel.cancel();
-        let _ = agent.await;
-        let _ = server.await;
+        agent.await.ok();
+        server.await.ok();
         sim.shutdown().await;
         (
             (status, live, dump, energy_before, energy_after),

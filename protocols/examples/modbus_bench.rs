@@ -139,7 +139,7 @@ async fn serve(a: &Args) -> Result<(), String> {
     // Serve until the parent closes our stdin.
     tokio::task::spawn_blocking(|| {
         let mut sink = String::new();
-        let _ = std::io::stdin().read_to_string(&mut sink);
+        std::io::stdin().read_to_string(&mut sink).ok();
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -423,7 +423,7 @@ async fn run(a: Args) -> Result<(), String> {
         python_client(&a, &ports)
     };
     drop(child.stdin.take());
-    let _ = child.wait();
+    child.wait().ok();
     match py {
         Ok(o) => rows.push(o),
         Err(e) => println!("pymodbus run failed: {e}"),

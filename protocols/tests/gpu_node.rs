@@ -41,7 +41,7 @@ impl Node {
             source,
             Token::new(TOKEN),
             async move {
-                let _ = stopped.await;
+                stopped.await.ok();
             },
         ));
         Node {
@@ -316,13 +316,13 @@ async fn closed_port_and_garbage_are_errors() {
     let garbage = tokio::spawn(async move {
         if let Ok((mut s, _)) = listener.accept().await {
             let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf).await;
+            s.read(&mut buf).await.ok();
             let body = "{\"nvml_available\": \"maybe\"";
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = s.write_all(resp.as_bytes()).await;
+            s.write_all(resp.as_bytes()).await.ok();
         }
     });
     let client = GpuNodeClient::new(

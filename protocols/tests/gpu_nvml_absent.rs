@@ -60,7 +60,7 @@ async fn node_without_nvml_serves_unavailable_and_the_agent_carries_on() {
         source,
         Token::new("tok"),
         async move {
-            let _ = stopped.await;
+            stopped.await.ok();
         },
     ));
     let client =

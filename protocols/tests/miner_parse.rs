@@ -381,7 +381,7 @@ fn truncations_never_panic() {
             if let Ok(v) = parse_json(&compact[..cut]) {
                 assert!(v.is_object(), "{name} cut at {cut}");
             }
-            let _ = Reply::parse(&compact[..cut]);
+            Reply::parse(&compact[..cut]).ok();
         }
     }
 }

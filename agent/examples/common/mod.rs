@@ -8,15 +8,15 @@ use rackwarden::sim::SIM_MINER_PASSWORD;
 use rackwarden_config::Site;
 
 /// `<site.toml> [--key value]... [--flag]...`
-pub struct Args(Vec<String>);
+pub(crate) struct Args(Vec<String>);
 
 impl Args {
-    pub fn from_env() -> Args {
+    pub(crate) fn from_env() -> Args {
         Args(std::env::args().skip(1).collect())
     }
 
     /// The site file: the first argument unless it is an option, else the example site.
-    pub fn site_path(&self) -> PathBuf {
+    pub(crate) fn site_path(&self) -> PathBuf {
         self.0
             .first()
             .filter(|a| !a.starts_with("--"))
@@ -24,7 +24,7 @@ impl Args {
     }
 
     /// The value after `key`, if given.
-    pub fn opt(&self, key: &str) -> Option<String> {
+    pub(crate) fn opt(&self, key: &str) -> Option<String> {
         self.0
             .iter()
             .position(|a| a == key)
@@ -33,13 +33,13 @@ impl Args {
     }
 
     /// The value after `key` parsed, or `default`.
-    pub fn parsed<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
+    pub(crate) fn parsed<T: std::str::FromStr>(&self, key: &str, default: T) -> T {
         self.opt(key)
             .and_then(|t| t.parse().ok())
             .unwrap_or(default)
     }
 
-    pub fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         self.0.iter().any(|a| a == key)
     }
 }
@@ -48,7 +48,7 @@ impl Args {
 /// 127.1.x.y -> 127.`b`.x.y), so a benchmark never collides with a demo or a test
 /// serving the example site at the same time; its token files are copied beside it, and
 /// the simulated miners' password is set where the site reads it from the environment.
-pub fn private_copy(path: &Path, dir: &Path, (a, b): (u8, u8)) -> Result<Site, String> {
+pub(crate) fn private_copy(path: &Path, dir: &Path, (a, b): (u8, u8)) -> Result<Site, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let text = text
         .replace("127.0.0.1", &format!("127.0.{a}.1"))
@@ -79,7 +79,7 @@ pub fn private_copy(path: &Path, dir: &Path, (a, b): (u8, u8)) -> Result<Site, S
 }
 
 /// The value at `per_mille` of `sorted` (NaN when empty).
-pub fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], per_mille: usize) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -109,12 +109,14 @@ pub struct Notice {
     pub resolved_by: Option<AlertKind>,
 }
 
+#[derive(Debug)]
 struct Entry {
     notice: Notice,
     last_sent: u64,
 }
 
 /// The alerts a receiver holds as firing, keyed by name and node / zone / device.
+#[derive(Debug)]
 pub struct ActiveSet {
     resend_ms: u64,
     min: Severity,
@@ -231,6 +233,7 @@ impl ActiveSet {
 
 /// Notices not yet taken by the receiver: the latest per alert, at most `cap`, with the
 /// retry schedule.
+#[derive(Debug)]
 pub struct Outbox {
     pending: Vec<Notice>,
     cap: usize,
@@ -445,6 +448,7 @@ impl Stats {
 }
 
 /// One receiver's queue, as [`offer`] sees it.
+#[derive(Debug)]
 pub struct Queue {
     tx: mpsc::Sender<Alert>,
     min: Severity,
@@ -486,6 +490,7 @@ pub fn offer(a: &Alert) {
 }
 
 /// Delivery running: the tasks stop and [`offer`] goes quiet when it drops.
+#[derive(Debug)]
 pub struct Delivery {
     cancel: CancellationToken,
     /// Asks the tasks for a last send of what waits ([`Delivery::finish`]).
@@ -501,7 +506,9 @@ impl Delivery {
     pub async fn finish(mut self, within: Duration) {
         self.drain.cancel();
         let tasks = std::mem::take(&mut self.tasks);
-        let _ = tokio::time::timeout(within, futures::future::join_all(tasks)).await;
+        tokio::time::timeout(within, futures::future::join_all(tasks))
+            .await
+            .ok();
     }
 }
 

@@ -12,7 +12,7 @@ use rackwarden_config::{GpuReserve, GpuSource, NodeIdx, NodeKind, RackKind, Redu
 use super::EX_CONFIG;
 use crate::control::load::uplift_kw;
 
-pub fn run(path: &Path) -> ExitCode {
+pub(super) fn run(path: &Path) -> ExitCode {
     match rackwarden_config::load(path) {
         Ok(site) => {
             tracing::info!(
@@ -42,21 +42,23 @@ pub fn run(path: &Path) -> ExitCode {
 }
 
 /// The summary printed for a valid site.
-pub fn summary(site: &Site) -> String {
+pub(super) fn summary(site: &Site) -> String {
     let mut s = String::new();
     let count = |k: NodeKind| site.nodes.iter().filter(|n| n.kind == k).count();
-    let _ = writeln!(
+    writeln!(
         s,
         "site {} ({}): valid",
         site.id,
         site.name.as_deref().unwrap_or("unnamed")
-    );
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(
         s,
         "  budget      {:.1} kW (site), derate {:.2}",
         site.site_budget_kw(),
         site.derate
-    );
+    )
+    .ok();
     let feeds: Vec<String> = site
         .nodes
         .iter()
@@ -75,27 +77,29 @@ pub fn summary(site: &Site) -> String {
     } else {
         String::new()
     };
-    let _ = writeln!(
+    writeln!(
         s,
         "  feeds       {}: {}{more}",
         feeds.len(),
         feeds[..shown].join("; ")
-    );
-    let _ = writeln!(s, "  rows        {}", count(NodeKind::Row));
-    let _ = writeln!(
+    )
+    .ok();
+    writeln!(s, "  rows        {}", count(NodeKind::Row)).ok();
+    writeln!(
         s,
         "  racks       {} gpu, {} mining, {} mixed",
         count(NodeKind::Rack(RackKind::Gpu)),
         count(NodeKind::Rack(RackKind::Mining)),
         count(NodeKind::Rack(RackKind::Mixed))
-    );
+    )
+    .ok();
     if !site.tenants.is_empty() {
         let t: Vec<String> = site
             .tenants
             .iter()
             .map(|t| format!("{} ({} racks)", t.id, t.racks.len()))
             .collect();
-        let _ = writeln!(s, "  tenants     {}: {}", t.len(), t.join(", "));
+        writeln!(s, "  tenants     {}: {}", t.len(), t.join(", ")).ok();
     }
     let units: usize = site.zones.iter().map(|z| z.units.len()).sum();
     let no_red = site
@@ -103,20 +107,22 @@ pub fn summary(site: &Site) -> String {
         .iter()
         .filter(|z| z.redundancy == Redundancy::None)
         .count();
-    let _ = writeln!(
+    writeln!(
         s,
         "  zones       {} ({} cooling units, {} without redundancy)",
         site.zones.len(),
         units,
         no_red
-    );
+    )
+    .ok();
     let control = site.modbus_devices.iter().filter(|d| d.control).count();
-    let _ = writeln!(
+    writeln!(
         s,
         "  devices     {} Modbus ({} with control = true)",
         site.modbus_devices.len(),
         control
-    );
+    )
+    .ok();
     let mut fw: Vec<(&str, usize)> = Vec::new();
     for m in &site.miners {
         match fw.iter_mut().find(|(n, _)| *n == m.firmware.name()) {
@@ -126,13 +132,14 @@ pub fn summary(site: &Site) -> String {
     }
     let nominal_kw = site.miners.iter().fold(0.0, |w, m| w + m.nominal_w) / 1000.0;
     let fw: Vec<String> = fw.iter().map(|(n, c)| format!("{n} {c}")).collect();
-    let _ = writeln!(
+    writeln!(
         s,
         "  miners      {} ({:.1} kW nominal): {}",
         site.miners.len(),
         nominal_kw,
         fw.join(", ")
-    );
+    )
+    .ok();
     let gpus: u32 = site.gpu_nodes.iter().map(|g| g.gpus).sum();
     let remote = site
         .gpu_nodes
@@ -146,35 +153,37 @@ pub fn summary(site: &Site) -> String {
         .iter()
         .filter_map(|n| n.rated_max_kw)
         .fold(0.0, |a, k| a + k);
-    let _ = writeln!(
+    writeln!(
         s,
         "  gpus        {} on {} hosts ({} remote), {:.1} kW rated max",
         gpus,
         site.gpu_nodes.len(),
         remote,
         gpu_kw
-    );
+    )
+    .ok();
     limits(&mut s, site);
     let warnings = warnings(site);
     match &site.ha {
         Some(h) => {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "  ha          node `{}`, {} etcd endpoint(s), lease {} s, keys under {}",
                 h.node,
                 h.etcd_endpoints.len(),
                 h.lease_ttl_s,
                 h.prefix
-            );
+            )
+            .ok();
         }
         None => {
-            let _ = writeln!(s, "  ha          none: this agent runs alone");
+            writeln!(s, "  ha          none: this agent runs alone").ok();
         }
     }
     alerts_line(&mut s, site);
     grid_line(&mut s, site);
     for line in warnings {
-        let _ = writeln!(s, "{line}");
+        writeln!(s, "{line}").ok();
     }
     s
 }
@@ -182,7 +191,7 @@ pub fn summary(site: &Site) -> String {
 /// `[alerts]` (issue 18): where alerts go beyond the log.
 fn alerts_line(s: &mut String, site: &Site) {
     let Some(a) = &site.alerts else {
-        let _ = writeln!(s, "  alerts      log only (no [alerts] receiver)");
+        writeln!(s, "  alerts      log only (no [alerts] receiver)").ok();
         return;
     };
     let mut to = Vec::new();
@@ -197,7 +206,7 @@ fn alerts_line(s: &mut String, site: &Site) {
         };
         to.push(format!("webhook {u}{auth}"));
     }
-    let _ = writeln!(
+    writeln!(
         s,
         "  alerts      {}; {} and above, re-sent every {} s, queue {}, timeout {} s",
         to.join(", "),
@@ -205,7 +214,8 @@ fn alerts_line(s: &mut String, site: &Site) {
         a.resend_interval_s,
         a.queue_capacity,
         a.timeout_s
-    );
+    )
+    .ok();
 }
 
 /// `[grid]` (issue 19): where grid targets come from, and price curtailment.
@@ -225,13 +235,14 @@ fn grid_line(s: &mut String, site: &Site) {
         ),
         None => "no price curtailment".to_owned(),
     };
-    let _ = writeln!(
+    writeln!(
         s,
         "  grid        targets from {}; margin {:.0}%, GPU caps {}; {price}",
         from.join(", "),
         g.margin_fraction * 100.0,
         if g.allow_gpu_caps { "allowed" } else { "never" }
-    );
+    )
+    .ok();
 }
 
 /// A GPU or mixed rack's worst-case reserve X at its rated figures, kW: the larger of
@@ -254,7 +265,7 @@ fn hosts_max_kw(site: &Site, rack: NodeIdx) -> f64 {
 
 /// One node's limits and the mining they leave at the rated GPU reserves, kW.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RatedLimits {
+pub(super) struct RatedLimits {
     /// Sustained budget B.
     pub budget_kw: f64,
     /// Never-trip ceiling H.
@@ -271,7 +282,7 @@ pub struct RatedLimits {
 }
 
 /// [`RatedLimits`] of node `n` on its own (the node above it may allow less).
-pub fn rated_limits(site: &Site, n: NodeIdx) -> RatedLimits {
+pub(super) fn rated_limits(site: &Site, n: NodeIdx) -> RatedLimits {
     let node = &site.nodes[n];
     let (mut x, mut s_min) = (0.0, 0.0);
     for r in site.racks_under(n) {
@@ -315,28 +326,30 @@ fn limits(s: &mut String, site: &Site) {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
+    writeln!(
         s,
         "  limits      kW at the rated GPU reserves X; mining: guaranteed = B - X, trough = what fast miners may add"
-    );
-    let _ = writeln!(
+    ).ok();
+    writeln!(
         s,
         "              {:<w$} {:>8} {:>8} {:>8} {:>10} {:>8}",
         "node", "B", "H", "GPU X", "guaranteed", "trough"
-    );
+    )
+    .ok();
     for &i in &shown {
         let l = rated_limits(site, i);
-        let _ = writeln!(
+        writeln!(
             s,
             "              {:<w$} {:>8.1} {:>8.1} {:>8.1} {:>10.1} {:>8.1}",
             site.nodes[i].id, l.budget_kw, l.ceiling_kw, l.gpu_x_kw, l.guaranteed_kw, l.trough_kw
-        );
+        )
+        .ok();
     }
 }
 
 /// `warning:` lines: GPU racks whose rated maximum reaches their own budget, and nodes
 /// whose GPU racks' rated maxima exceed the ceiling H.
-pub fn warnings(site: &Site) -> Vec<String> {
+pub(super) fn warnings(site: &Site) -> Vec<String> {
     let mut out = Vec::new();
     for (i, n) in site.nodes.iter().enumerate() {
         if matches!(n.rack_kind(), Some(RackKind::Gpu | RackKind::Mixed)) {

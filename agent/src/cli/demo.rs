@@ -395,7 +395,7 @@ pub fn run(args: DemoArgs, log_format_given: bool) -> ExitCode {
     };
     let logs = (!to_terminal).then_some(log_path.as_path());
     let code = rt.block_on(play(site, scenario, args, dir.clone(), logs));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     code
 }
 
@@ -501,7 +501,7 @@ async fn play(
     }
     timeline.flush();
     cancel.cancel();
-    let _ = agent.await;
+    agent.await.ok();
     let writes = sim.modbus_writes().len();
     sim.shutdown().await;
 

@@ -44,7 +44,7 @@ pub struct GpuNodeArgs {
 
 /// Runs the node until SIGTERM or SIGINT. Exit codes: 0 after a signal, 78 for an
 /// unusable token file, 1 when the runtime or the listener cannot start.
-pub fn run(args: GpuNodeArgs) -> ExitCode {
+pub(super) fn run(args: GpuNodeArgs) -> ExitCode {
     // Validate before binding any port (STYLE.md, 9).
     let token = match Token::from_file(NODE_ID, &args.token_file) {
         Ok(t) => t,
@@ -86,7 +86,7 @@ pub fn run(args: GpuNodeArgs) -> ExitCode {
 }
 
 /// The GPU source the arguments ask for.
-pub fn source(args: &GpuNodeArgs) -> Arc<dyn GpuSource> {
+pub(super) fn source(args: &GpuNodeArgs) -> Arc<dyn GpuSource> {
     match args.simulate {
         Some(profile) => Arc::new(SimGpus::new(
             NODE_ID,
@@ -98,7 +98,7 @@ pub fn source(args: &GpuNodeArgs) -> Arc<dyn GpuSource> {
 }
 
 /// Serves on an already bound listener until `shutdown` completes.
-pub async fn serve(
+pub(super) async fn serve(
     args: &GpuNodeArgs,
     listener: tokio::net::TcpListener,
     token: Token,
@@ -128,13 +128,13 @@ async fn shutdown_signal() {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops gpu-node");
-                let _ = tokio::signal::ctrl_c().await;
+                tokio::signal::ctrl_c().await.ok();
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::signal::ctrl_c().await.ok();
     }
 }
 
@@ -289,7 +289,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             serve(&args, listener, token, async move {
-                let _ = stopped.await;
+                stopped.await.ok();
             })
             .await
         });

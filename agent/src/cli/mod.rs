@@ -89,7 +89,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EX_USAGE } else { 0 };
-            let _ = e.print();
+            e.print().ok();
             return ExitCode::from(code);
         }
     };

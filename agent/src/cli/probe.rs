@@ -11,7 +11,7 @@ use super::EX_CONFIG;
 
 /// Exit codes: 0 every device answered, 1 some did not (their rows say why), 78 bad
 /// config.
-pub fn run(path: &Path) -> ExitCode {
+pub(super) fn run(path: &Path) -> ExitCode {
     let site = match rackwarden_config::load(path) {
         Ok(s) => s,
         Err(errors) => {

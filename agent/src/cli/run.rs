@@ -128,7 +128,9 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
     let stop_ha = || async {
         ha_cancel.cancel();
         if let Some(t) = ha_task {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                .await
+                .ok();
         }
     };
     loop {
@@ -144,7 +146,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
             ha.clone(),
         ));
         // READY after the port is bound and the loop started; again after each reload.
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        sd_notify::notify(&[sd_notify::NotifyState::Ready]).ok();
         // Wait for a signal (or the agent's own end) while this instance runs.
         let next = loop {
             tokio::select! {
@@ -163,7 +165,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                         if let Ok(t) = sd_notify::NotifyState::monotonic_usec_now() {
                             st.push(t);
                         }
-                        let _ = sd_notify::notify(&st);
+                        sd_notify::notify(&st).ok();
                         break Some(new);
                     }
                     Err(e) => hub.raise(
@@ -196,7 +198,7 @@ async fn serve(mut site: Site, args: RunArgs) -> ExitCode {
                 site = new;
             }
             None => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                sd_notify::notify(&[sd_notify::NotifyState::Stopping]).ok();
                 info!(
                     event = "agent.stopped",
                     "stopped on signal; control intent persisted"
@@ -226,7 +228,7 @@ fn spawn_watchdog(hub: &std::sync::Arc<StatusHub>, cancel: &CancellationToken) {
                 _ = iv.tick() => {}
             }
             if hub.loop_alive() {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                sd_notify::notify(&[sd_notify::NotifyState::Watchdog]).ok();
             }
         }
     });
@@ -281,7 +283,9 @@ fn warn_restart_sections(old: &Site, new: &Site) {
 async fn stop_ven(cancel: &CancellationToken, task: Option<tokio::task::JoinHandle<()>>) {
     cancel.cancel();
     if let Some(t) = task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+        tokio::time::timeout(std::time::Duration::from_secs(2), t)
+            .await
+            .ok();
     }
 }
 

@@ -94,6 +94,7 @@ pub fn run(args: &ScanArgs) -> ExitCode {
 }
 
 /// A finished scan, sorted for printing.
+#[derive(Debug)]
 pub struct Report<'a> {
     networks: &'a [String],
     addresses: usize,
@@ -125,7 +126,7 @@ impl<'a> Report<'a> {
     /// The TOML: a header, the entries, then what answered but was not identified.
     pub fn render(&self, groups: bool) -> String {
         let mut s = String::new();
-        let _ = writeln!(
+        writeln!(
             s,
             "# rackwarden scan {}: {} addresses, {} miners found, {} answered but not identified{}.",
             comment(&self.networks.join(" ")),
@@ -137,19 +138,19 @@ impl<'a> Report<'a> {
             } else {
                 format!(", {} not probed", self.not_probed.len())
             }
-        );
-        let _ = writeln!(
+        ).ok();
+        writeln!(
             s,
             "# Set each `rack` (a mining or mixed rack of the site): `{RACK_PLACEHOLDER}` fails validation until then."
-        );
-        let _ = writeln!(
+        ).ok();
+        writeln!(
             s,
             "# braiins, vnish and antminer_stock also use the web interface: add `http_port` if it is not 80."
-        );
-        let _ = writeln!(
+        ).ok();
+        writeln!(
             s,
             "# whatsminer, vnish and antminer_stock with a changed password need `credentials` (docs/config.md)."
-        );
+        ).ok();
         if groups {
             for run in runs(&self.miners) {
                 render_group(&mut s, run);
@@ -160,15 +161,15 @@ impl<'a> Report<'a> {
             }
         }
         if !self.unidentified.is_empty() {
-            let _ = writeln!(s, "\n# Answered, but not identified:");
+            writeln!(s, "\n# Answered, but not identified:").ok();
             for (addr, why) in &self.unidentified {
-                let _ = writeln!(s, "#   {addr}: {}", comment(why));
+                writeln!(s, "#   {addr}: {}", comment(why)).ok();
             }
         }
         if !self.not_probed.is_empty() {
-            let _ = writeln!(s, "\n# Not probed (an error on this host):");
+            writeln!(s, "\n# Not probed (an error on this host):").ok();
             for (addr, why) in &self.not_probed {
-                let _ = writeln!(s, "#   {addr}: {}", comment(why));
+                writeln!(s, "#   {addr}: {}", comment(why)).ok();
             }
         }
         s
@@ -258,16 +259,16 @@ fn about(m: &Identified) -> String {
 fn render_miner(s: &mut String, addr: SocketAddr, m: &Identified) {
     let fw = m.firmware.name();
     let (w, why) = nominal_w(m);
-    let _ = writeln!(s, "\n[[miners]]");
-    let _ = writeln!(s, "# {}", about(m));
+    writeln!(s, "\n[[miners]]").ok();
+    writeln!(s, "# {}", about(m)).ok();
     for n in &m.notes {
-        let _ = writeln!(s, "# note: {}", comment(n));
+        writeln!(s, "# note: {}", comment(n)).ok();
     }
-    let _ = writeln!(s, "id = \"{fw}-{}\"", id_part(addr));
-    let _ = writeln!(s, "address = \"{addr}\"");
-    let _ = writeln!(s, "firmware = \"{fw}\"");
-    let _ = writeln!(s, "rack = \"{RACK_PLACEHOLDER}\" # the operator's to set");
-    let _ = writeln!(s, "nominal_w = {w:.0} # {why}");
+    writeln!(s, "id = \"{fw}-{}\"", id_part(addr)).ok();
+    writeln!(s, "address = \"{addr}\"").ok();
+    writeln!(s, "firmware = \"{fw}\"").ok();
+    writeln!(s, "rack = \"{RACK_PLACEHOLDER}\" # the operator's to set").ok();
+    writeln!(s, "nominal_w = {w:.0} # {why}").ok();
 }
 
 /// Runs of consecutive IPv4 addresses (same port) with the same firmware and model and
@@ -314,25 +315,26 @@ fn render_group(s: &mut String, run: &[(SocketAddr, &Identified)]) {
         .map(|(_, x)| nominal_w(x))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .unwrap_or_else(|| nominal_w(m));
-    let _ = writeln!(s, "\n[[miner_groups]]");
-    let _ = writeln!(
+    writeln!(s, "\n[[miner_groups]]").ok();
+    writeln!(
         s,
         "# {} miners, {}",
         run.len(),
         comment(m.model.as_deref().unwrap_or("model unknown"))
-    );
+    )
+    .ok();
     for (addr, x) in run {
-        let _ = writeln!(s, "#   {addr}: {}", about(x));
+        writeln!(s, "#   {addr}: {}", about(x)).ok();
         for n in &x.notes {
-            let _ = writeln!(s, "#     note: {}", comment(n));
+            writeln!(s, "#     note: {}", comment(n)).ok();
         }
     }
-    let _ = writeln!(s, "id_prefix = \"{fw}-{}-\"", id_part(first));
-    let _ = writeln!(s, "count = {}", run.len());
-    let _ = writeln!(s, "first_address = \"{first}\"");
-    let _ = writeln!(s, "firmware = \"{fw}\"");
-    let _ = writeln!(s, "rack = \"{RACK_PLACEHOLDER}\" # the operator's to set");
-    let _ = writeln!(s, "nominal_w = {w:.0} # the group's largest: {why}");
+    writeln!(s, "id_prefix = \"{fw}-{}-\"", id_part(first)).ok();
+    writeln!(s, "count = {}", run.len()).ok();
+    writeln!(s, "first_address = \"{first}\"").ok();
+    writeln!(s, "firmware = \"{fw}\"").ok();
+    writeln!(s, "rack = \"{RACK_PLACEHOLDER}\" # the operator's to set").ok();
+    writeln!(s, "nominal_w = {w:.0} # the group's largest: {why}").ok();
 }
 
 #[cfg(test)]

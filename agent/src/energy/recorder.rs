@@ -231,7 +231,7 @@ impl Writer {
     pub async fn close(mut self) {
         drop(self.tx.take());
         if let Some(h) = self.handle.take() {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            tokio::task::spawn_blocking(move || h.join()).await.ok();
         }
     }
 }

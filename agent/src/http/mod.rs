@@ -61,6 +61,13 @@ pub enum HttpError {
 #[derive(Clone)]
 pub struct Token([u8; 32]);
 
+/// Never printed: only that it is set.
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
 impl Token {
     pub fn new(secret: &str) -> Token {
         Token(Sha256::digest(secret.trim().as_bytes()).into())
@@ -87,7 +94,7 @@ impl Token {
 }
 
 /// What the handlers share.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HttpState {
     pub hub: Arc<StatusHub>,
     /// `None`: overrides are off.

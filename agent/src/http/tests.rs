@@ -100,7 +100,7 @@ async fn send(
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rackwarden-http-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    std::fs::remove_dir_all(&d).ok();
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -617,7 +617,7 @@ async fn overrides_need_the_token_and_are_journaled_and_alerted() {
     assert!(hub.metrics.encode().contains(
         "rackwarden_alerts_total{alert=\"operator.override.set\",severity=\"warning\"} 3"
     ));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
@@ -683,7 +683,7 @@ fn token_comparison_is_exact() {
         Token::from_file(&dir.join("missing")),
         Err(HttpError::TokenFile { .. })
     ));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
@@ -693,7 +693,7 @@ async fn energy_api_reports_tenants_by_period_and_names_bad_queries() {
     let site = rackwarden_config::load(&examples.join("site.toml")).unwrap();
     assert_eq!(site.tenants[0].id, "acme");
     let dir = std::env::temp_dir().join(format!("rw-http-energy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
     let db = dir.join("rackwarden.db");
     let hub = StatusHub::new();
     let r = router(state_without_token(hub.clone()));
@@ -753,7 +753,7 @@ async fn energy_api_reports_tenants_by_period_and_names_bad_queries() {
     let (c, body) = call(&r, Method::GET, "/api/v1/energy?from=soon", None).await;
     assert_eq!(c, StatusCode::BAD_REQUEST);
     assert!(body.contains("soon"), "{body}");
-    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `/api/v1/history`: one sample per 10 s of site time from real decisions, with the

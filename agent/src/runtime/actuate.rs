@@ -29,7 +29,11 @@ pub(super) const COMMANDS_IN_FLIGHT: usize = 512;
 /// than the decision chose, and a crash loop hard power cycles. Shed commands are
 /// idempotent, so sending one that did arrive again is harmless; restores are never sent
 /// again (nothing is woken on boot: they expire as usual).
-pub fn resend_after_restart(site: &Site, state: &mut ControlState, now: Millis) -> Vec<Action> {
+pub(super) fn resend_after_restart(
+    site: &Site,
+    state: &mut ControlState,
+    now: Millis,
+) -> Vec<Action> {
     let mut out = Vec::new();
     for (i, (ms, m)) in state.miners.iter_mut().zip(&site.miners).enumerate() {
         let Some(p) = ms.pending.as_mut() else {
@@ -91,17 +95,20 @@ pub(super) fn execute(
             a.lever.name(),
             a.device_id
         );
-        let _ = shared.events.send(AgentEvent::ActionResult {
-            now,
-            device_id: a.device_id.clone(),
-            lever: a.lever,
-            error: Some(
-                IoError::NoDriver {
-                    device: a.device_id.clone(),
-                }
-                .to_string(),
-            ),
-        });
+        shared
+            .events
+            .send(AgentEvent::ActionResult {
+                now,
+                device_id: a.device_id.clone(),
+                lever: a.lever,
+                error: Some(
+                    IoError::NoDriver {
+                        device: a.device_id.clone(),
+                    }
+                    .to_string(),
+                ),
+            })
+            .ok();
         return;
     }
     shared.report_action(now, &a, dry_run);
@@ -139,13 +146,15 @@ pub(super) fn execute(
                 }
             }
         }
-        let _ = sh.events.send(AgentEvent::ActionResult {
-            now: sh.clock.now_ms(),
-            device_id: a.device_id.clone(),
-            lever: a.lever,
-            // The edge that prints it: observers get the text.
-            error: r.err().map(|e| e.to_string()),
-        });
+        sh.events
+            .send(AgentEvent::ActionResult {
+                now: sh.clock.now_ms(),
+                device_id: a.device_id.clone(),
+                lever: a.lever,
+                // The edge that prints it: observers get the text.
+                error: r.err().map(|e| e.to_string()),
+            })
+            .ok();
     });
 }
 

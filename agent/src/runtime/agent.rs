@@ -106,7 +106,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What connects a running agent to the rest of the process: observers of its events,
 /// the stop signal, the status hub the HTTP layer reads (and takes the operator
 /// overrides and grid targets from), and the HA election when the site has `[ha]`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Wiring {
     pub events: broadcast::Sender<AgentEvent>,
     pub cancel: CancellationToken,
@@ -128,6 +128,7 @@ impl Wiring {
 
 /// The agent: `Agent::new(site, options, wiring).run()` is the one entry point, used by
 /// `rackwarden run`, the demo, the HA pair, the benchmarks and the tests.
+#[derive(Debug)]
 pub struct Agent {
     pub site: Site,
     pub opts: RunOptions,
@@ -180,21 +181,25 @@ impl Shared {
     pub(super) fn raise(&self, now: Millis, a: &Alert) {
         self.hub.raise(now, a);
         // Observers may come and go: nobody listening is not an error.
-        let _ = self.events.send(AgentEvent::Alert {
-            now,
-            alert: a.clone(),
-        });
+        self.events
+            .send(AgentEvent::Alert {
+                now,
+                alert: a.clone(),
+            })
+            .ok();
     }
 
     /// Reports one action being carried out: [`StatusHub::report_action`] (log,
     /// counter, status), then the observers' event. Its journal row is already written.
     pub(super) fn report_action(&self, now: Millis, a: &Action, dry_run: bool) {
         self.hub.report_action(now, a, dry_run);
-        let _ = self.events.send(AgentEvent::Action {
-            now,
-            action: a.clone(),
-            dry_run,
-        });
+        self.events
+            .send(AgentEvent::Action {
+                now,
+                action: a.clone(),
+                dry_run,
+            })
+            .ok();
     }
 }
 

@@ -69,6 +69,15 @@ pub struct Io {
     gpus: Vec<GpuIo>,
 }
 
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("miners", &self.miners.len())
+            .field("gpus", &self.gpus.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Io {
     /// Builds every driver. Problems (a missing credential, an unreadable token) are
     /// logged with the device's id; that device then reads as missing data (worst case),

@@ -34,6 +34,7 @@ pub fn quarantine(path: &Path) -> Option<PathBuf> {
 }
 
 /// The append-only action journal: one JSON object per line, flushed per entry.
+#[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: File,
@@ -90,6 +91,7 @@ impl Journal {
 /// The runtime's action journal: each row goes to the JSON-lines export at once and
 /// into the database with the next intent commit (the same transaction as the intent it
 /// goes with).
+#[derive(Debug)]
 pub struct ActionJournal {
     export: Option<Journal>,
     pending: Vec<JournalRow>,
@@ -141,6 +143,7 @@ const LATENCIES_KEPT: usize = 8192;
 const PRUNE_EVERY_MS: Millis = 3_600_000;
 
 /// The control intent in the agent's database, committed by the control loop.
+#[derive(Debug)]
 pub struct IntentStore {
     path: PathBuf,
     db: Option<Store>,
@@ -485,7 +488,7 @@ mod tests {
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("rw-persist-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
+        fs::remove_dir_all(&d).ok();
         d
     }
 
@@ -623,7 +626,7 @@ mod tests {
         for ext in ["-wal", "-shm"] {
             let mut p = db.as_os_str().to_owned();
             p.push(ext);
-            let _ = fs::remove_file(PathBuf::from(p));
+            fs::remove_file(PathBuf::from(p)).ok();
         }
         fs::write(&db, vec![0x42; 16_384]).unwrap();
         let (mut store, loaded) = IntentStore::open(&db, &sf, 90);

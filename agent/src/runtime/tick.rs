@@ -381,12 +381,16 @@ impl Loop {
         );
         hub.grid.set_site_load(self.last_site_kw);
         // Observers may come and go: nobody listening is not an error.
-        let _ = self.agent.wiring.events.send(AgentEvent::Decision {
-            now,
-            tick,
-            nodes: Arc::new(plan.nodes.clone()),
-            zones: Arc::new(plan.zones.clone()),
-        });
+        self.agent
+            .wiring
+            .events
+            .send(AgentEvent::Decision {
+                now,
+                tick,
+                nodes: Arc::new(plan.nodes.clone()),
+                zones: Arc::new(plan.zones.clone()),
+            })
+            .ok();
         plan
     }
 
@@ -527,7 +531,9 @@ impl Loop {
         if let (Some(h), Some(fence)) = (&self.agent.wiring.ha, self.term) {
             if h.may_act(fence) {
                 // At exit, best effort: the intent is on disk whatever etcd says.
-                let _ = store(h, fence, &self.state, self.shared.clock.now_ms()).await;
+                store(h, fence, &self.state, self.shared.clock.now_ms())
+                    .await
+                    .ok();
             }
         }
         self.tasks.shutdown().await;

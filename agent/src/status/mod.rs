@@ -390,6 +390,14 @@ fn name_of<T: Serialize>(v: &T) -> String {
     }
 }
 
+impl std::fmt::Debug for StatusHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusHub")
+            .field("last_now", &self.last_now())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StatusHub {
     pub fn new() -> Arc<StatusHub> {
         Arc::new(StatusHub::default())

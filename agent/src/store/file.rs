@@ -62,7 +62,7 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), PersistE
     fs::rename(&tmp, path).map_err(err)?;
     // The rename is durable only once the directory entry is.
     if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+        d.sync_all().ok();
     }
     Ok(())
 }

@@ -611,7 +611,7 @@ mod tests {
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("rw-intent-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        std::fs::remove_dir_all(&d).ok();
         d.join("rackwarden.db")
     }
 

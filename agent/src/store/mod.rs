@@ -311,7 +311,7 @@ pub fn set_aside(path: &Path) -> Result<PathBuf, StoreError> {
         source,
     })?;
     for ext in ["-wal", "-shm"] {
-        let _ = std::fs::rename(with(ext), with(&format!(".corrupt.{stamp}{ext}")));
+        std::fs::rename(with(ext), with(&format!(".corrupt.{stamp}{ext}"))).ok();
     }
     Ok(aside)
 }

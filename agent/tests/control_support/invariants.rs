@@ -22,14 +22,14 @@ const DAY_MS: u64 = 86_400_000;
 
 /// What the invariants remember across ticks.
 #[derive(Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// Restores of the last interval: (time, rack, kW).
     pub restores: Vec<(u64, usize, f64)>,
     /// `telemetry.nvml.unavailable` said, per GPU node.
     pub nvml_said: HashMap<String, usize>,
 }
 
-pub fn inv1_budget(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv1_budget(sim: &Sim, step: &Step) -> Result<(), String> {
     let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.plan.state, step.now);
     for (n, node) in sim.site.nodes.iter().enumerate() {
         if loads.proj_kw[n] > node.budget_kw + 1e-6 {
@@ -46,7 +46,7 @@ pub fn inv1_budget(sim: &Sim, step: &Step) -> Result<(), String> {
     Ok(())
 }
 
-pub fn inv2_priority(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv2_priority(sim: &Sim, step: &Step) -> Result<(), String> {
     for a in step
         .plan
         .actions
@@ -66,7 +66,7 @@ pub fn inv2_priority(sim: &Sim, step: &Step) -> Result<(), String> {
     Ok(())
 }
 
-pub fn inv3_restore_order(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv3_restore_order(sim: &Sim, step: &Step) -> Result<(), String> {
     for a in step.plan.actions.iter().filter(|a| is_miner_restore(a)) {
         let rack = rack_of(sim, a);
         for (g, gs) in step
@@ -94,7 +94,7 @@ pub fn inv3_restore_order(sim: &Sim, step: &Step) -> Result<(), String> {
     Ok(())
 }
 
-pub fn inv4_hysteresis(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), String> {
+pub(crate) fn inv4_hysteresis(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), String> {
     let p = &sim.site.policy;
     let now = step.now;
     for a in &step.plan.actions {
@@ -162,7 +162,7 @@ pub fn inv4_hysteresis(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), S
 }
 
 /// 5. Returns whether any input was stale (the check then ran a second decision).
-pub fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
+pub(crate) fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
     let (site, p, now) = (&sim.site, &sim.site.policy, step.now);
     let fresh = |t: u64, limit: u64| now.saturating_sub(t) <= limit;
     let mut worst = step.snap.clone();
@@ -324,7 +324,7 @@ pub fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
     Ok(true)
 }
 
-pub fn inv6_escalation(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv6_escalation(sim: &Sim, step: &Step) -> Result<(), String> {
     for a in step.plan.actions.iter().filter(|a| a.lever.is_shed()) {
         if matches!(a.reason, Reason::Operator) {
             continue;
@@ -409,7 +409,7 @@ pub fn inv6_escalation(sim: &Sim, step: &Step) -> Result<(), String> {
     Ok(())
 }
 
-pub fn inv7_range(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv7_range(sim: &Sim, step: &Step) -> Result<(), String> {
     for a in &step.plan.actions {
         let ok = match (a.device, a.lever) {
             (Device::Miner(i), Lever::PowerTarget | Lever::PowerTargetRaise) => {
@@ -436,7 +436,7 @@ pub fn inv7_range(sim: &Sim, step: &Step) -> Result<(), String> {
     Ok(())
 }
 
-pub fn inv8_determinism(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv8_determinism(sim: &Sim, step: &Step) -> Result<(), String> {
     let again = decide(
         &sim.site, &sim.topo, &step.snap, &step.pre, step.now, step.tick,
     );
@@ -455,7 +455,7 @@ pub fn inv8_determinism(sim: &Sim, step: &Step) -> Result<(), String> {
 /// 9. A GPU node without NVML: its rack reserved at the rated maximum, no GPU lever on
 ///    it, and `telemetry.nvml.unavailable` said exactly once per outage (on the first
 ///    reading without NVML; again only after NVML came back in between).
-pub fn inv9_no_nvml(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), String> {
+pub(crate) fn inv9_no_nvml(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), String> {
     for a in step
         .plan
         .alerts
@@ -511,7 +511,7 @@ pub fn inv9_no_nvml(sim: &Sim, step: &Step, mem: &mut Memory) -> Result<(), Stri
     Ok(())
 }
 
-pub fn inv10_n_plus_1(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv10_n_plus_1(sim: &Sim, step: &Step) -> Result<(), String> {
     let p = &sim.site.policy;
     for (z, zone) in sim.site.zones.iter().enumerate() {
         let Some(view) = step.plan.zones.get(z) else {
@@ -583,7 +583,7 @@ fn sheddable_under(sim: &Sim, step: &Step, n: usize, slow_only: Option<&[bool]>)
 
 /// 11. Ceiling: after each decision `P_worst <= H` wherever mining with a lever is left
 ///     below; no restore or fill takes a node on its path above H.
-pub fn inv11_ceiling(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv11_ceiling(sim: &Sim, step: &Step) -> Result<(), String> {
     let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.plan.state, step.now);
     for (n, node) in sim.site.nodes.iter().enumerate() {
         if loads.worst_kw[n] <= node.ceiling_kw + 1e-6 {
@@ -616,7 +616,7 @@ pub fn inv11_ceiling(sim: &Sim, step: &Step) -> Result<(), String> {
 
 /// 12. Excursion: a node measured above B (less the sheds in flight) with fast mining
 ///     above idle under it gets a shed in the same decision.
-pub fn inv12_excursion(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv12_excursion(sim: &Sim, step: &Step) -> Result<(), String> {
     let pre = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.pre, step.now);
     for (n, node) in sim.site.nodes.iter().enumerate() {
         let Some(m) = pre.measured_kw[n] else {
@@ -654,7 +654,7 @@ pub fn inv12_excursion(sim: &Sim, step: &Step) -> Result<(), String> {
 /// 13. Slow miners never hold trough headroom: the committed power of the miners under a
 ///     node that are not fast fits in `B - sum(X) - other`, wherever a slow one with a
 ///     lever is left.
-pub fn inv13_slow_out_of_trough(sim: &Sim, step: &Step) -> Result<(), String> {
+pub(crate) fn inv13_slow_out_of_trough(sim: &Sim, step: &Step) -> Result<(), String> {
     let loads = Loads::compute(&sim.site, &sim.topo, &step.snap, &step.plan.state, step.now);
     for (n, node) in sim.site.nodes.iter().enumerate() {
         let g = loads.guaranteed_kw(&sim.site, n).max(0.0);

@@ -23,9 +23,9 @@ use rackwarden_config::{NodeIdx, Site};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
-pub fn load(text: &str) -> Site {
+pub(crate) fn load(text: &str) -> Site {
     match rackwarden_config::load_str(text, Path::new("generated.toml"), Path::new(".")) {
         Ok(s) => s,
         Err(e) => panic!("generated site does not validate:\n{e}\n---\n{text}"),
@@ -34,7 +34,7 @@ pub fn load(text: &str) -> Site {
 
 /// Knobs of a generated site.
 #[derive(Debug, Clone, Copy)]
-pub struct GenOpts {
+pub(crate) struct GenOpts {
     /// GPU nodes report NVML as unavailable.
     pub no_nvml: bool,
 }
@@ -50,7 +50,7 @@ const FIRMWARES: [&str; 6] = [
 
 /// A random small site: 1-2 feeds (an A/B pair with dual-corded racks sometimes), 1-2
 /// rows per feed, 1-3 racks per row, miners of every firmware, GPU nodes, 1-2 zones.
-pub fn gen_site(seed: u64) -> String {
+pub(crate) fn gen_site(seed: u64) -> String {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let mut t = String::new();
     let mut dev = String::new();
@@ -61,8 +61,8 @@ pub fn gen_site(seed: u64) -> String {
     };
     let pair = r.random_bool(0.4);
     let n_feeds = if pair { 2 } else { r.random_range(1..=2) };
-    let _ = writeln!(t, "[site]\nid = \"gen-{seed}\"\n");
-    let _ = writeln!(
+    writeln!(t, "[site]\nid = \"gen-{seed}\"\n").ok();
+    writeln!(
         t,
         "[policy]\nseed = {}\nshed_margin_fraction = {:.3}\nallow_outlet_off = {}\nrestore_hold_s = {}\nrestore_step_interval_s = {}\nmin_off_s = {}\nmin_on_s = {}\nmax_sleep_cycles_per_hour = {}\nrestore_step_fraction = {:.3}\nreserve_window_s = {}\ngpu_reserve = \"{}\"\n",
         r.random_range(0..1000u32),
@@ -78,7 +78,7 @@ pub fn gen_site(seed: u64) -> String {
         // Short peak windows, so the traces reach trough filling.
         r.random_range(60..=240u32),
         if r.random_bool(0.8) { "measured" } else { "limits" },
-    );
+    ).ok();
     // Racks first (their budgets size the rows and feeds).
     struct Rack {
         id: String,
@@ -166,87 +166,89 @@ pub fn gen_site(seed: u64) -> String {
         let sum: f64 = kids.iter().sum();
         let rating = (sum * r.random_range(0.6..1.2)).max(max).round() + 1.0;
         let d = format!("meter-feed-{f}");
-        let _ = writeln!(
+        writeln!(
             dev,
             "[[modbus_devices]]\nid = \"{d}\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\nprofile = \"generic-meter\"\n",
             next_port()
-        );
-        let _ = writeln!(t, "[[feeds]]\nid = \"feed-{f}\"\nrating_kw = {rating}");
+        ).ok();
+        writeln!(t, "[[feeds]]\nid = \"feed-{f}\"\nrating_kw = {rating}").ok();
         if pair && f == 0 {
-            let _ = writeln!(t, "pair = \"feed-1\"");
+            writeln!(t, "pair = \"feed-1\"").ok();
         }
-        let _ = writeln!(t, "meters = [{{ device = \"{d}\" }}]\n");
+        writeln!(t, "meters = [{{ device = \"{d}\" }}]\n").ok();
     }
     for ((row, feed), rating) in rows.iter().zip(&row_rating) {
         let d = format!("meter-{row}");
-        let _ = writeln!(
+        writeln!(
             dev,
             "[[modbus_devices]]\nid = \"{d}\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\nprofile = \"generic-meter\"\n",
             next_port()
-        );
-        let _ = writeln!(
+        ).ok();
+        writeln!(
             t,
             "[[rows]]\nid = \"{row}\"\nparent = \"{feed}\"\nrating_kw = {rating}\nmeters = [{{ device = \"{d}\" }}]\n"
-        );
+        ).ok();
     }
     let mut miners_toml = String::new();
     let mut gpus_toml = String::new();
     for k in &racks {
         let d = format!("pdu-{}", k.id);
-        let _ = writeln!(
+        writeln!(
             dev,
             "[[modbus_devices]]\nid = \"{d}\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\nprofile = \"generic-pdu\"\ncontrol = true\nwrite_points = [\"outlet_switch\"]\n",
             next_port()
-        );
+        ).ok();
         let parents: Vec<String> = k.parents.iter().map(|p| format!("\"{p}\"")).collect();
-        let _ = writeln!(
+        writeln!(
             t,
             "[[racks]]\nid = \"{}\"\nkind = \"{}\"\nparents = [{}]\nrating_kw = {}\nmeters = [{{ device = \"{d}\" }}]",
             k.id,
             k.kind,
             parents.join(", "),
             k.rating
-        );
+        ).ok();
         if k.kind != "mining" {
-            let _ = writeln!(t, "rated_max_kw = {:.3}", k.rated_max.max(0.1));
+            writeln!(t, "rated_max_kw = {:.3}", k.rated_max.max(0.1)).ok();
         }
-        let _ = writeln!(t);
+        writeln!(t).ok();
         for (o, (id, fw, nominal, min, eff, outlet)) in k.miners.iter().enumerate() {
-            let _ = writeln!(
+            writeln!(
                 miners_toml,
                 "[[miners]]\nid = \"{id}\"\naddress = \"127.0.{}.{}:4028\"\nfirmware = \"{fw}\"\nrack = \"{}\"\nnominal_w = {nominal}\nefficiency_j_th = {eff}",
                 miner_ip / 200 + 1,
                 miner_ip % 200 + 1,
                 k.id
-            );
+            ).ok();
             miner_ip += 1;
             if let Some(min) = min {
-                let _ = writeln!(miners_toml, "min_w = {min}");
+                writeln!(miners_toml, "min_w = {min}").ok();
             }
             if matches!(*fw, "vnish" | "antminer_stock") {
-                let _ = writeln!(miners_toml, "http_port = 8080");
+                writeln!(miners_toml, "http_port = 8080").ok();
             }
             if matches!(*fw, "vnish" | "antminer_stock" | "whatsminer") {
-                let _ = writeln!(
+                writeln!(
                     miners_toml,
                     "credentials = {{ username = \"admin\", password_env = \"PW\" }}"
-                );
+                )
+                .ok();
             }
             if *outlet {
-                let _ = writeln!(
+                writeln!(
                     miners_toml,
                     "outlet = {{ device = \"{d}\", outlet = {} }}",
                     o + 1
-                );
+                )
+                .ok();
             }
-            let _ = writeln!(miners_toml);
+            writeln!(miners_toml).ok();
         }
         if let Some((n, w)) = k.gpus {
-            let _ = writeln!(
+            writeln!(
                 gpus_toml,
                 "[[gpu_nodes]]\nid = \"gn-{}\"\nrack = \"{}\"\nsource = \"nvml\"\ngpus = {n}\ngpu_max_w = {w}\n",
                 k.id, k.id
-            );
+            ).ok();
         }
     }
     t.push_str(&miners_toml);
@@ -278,21 +280,21 @@ pub fn gen_site(seed: u64) -> String {
         let mut units = Vec::new();
         for u in 0..n_units {
             let d = format!("cu-{z}-{u}");
-            let _ = writeln!(
+            writeln!(
                 dev,
                 "[[modbus_devices]]\nid = \"{d}\"\ntransport = \"tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\nprofile = \"generic-cooling\"\n",
                 next_port()
-            );
+            ).ok();
             units.push(format!(
                 "{{ id = \"unit-{z}-{u}\", capacity_kw = {cap}, device = \"{d}\" }}"
             ));
         }
-        let _ = writeln!(
+        writeln!(
             t,
             "[[cooling_zones]]\nid = \"zone-{z}\"\nredundancy = \"{redundancy}\"\nracks = [{}]\nunits = [{}]\n",
             names.join(", "),
             units.join(", ")
-        );
+        ).ok();
     }
     t.push_str(&dev);
     t
@@ -300,7 +302,7 @@ pub fn gen_site(seed: u64) -> String {
 
 /// One miner's physics.
 #[derive(Debug, Clone)]
-pub struct PMiner {
+pub(crate) struct PMiner {
     pub power_w: f64,
     pub mode: MinerMode,
     pub target_w: Option<f64>,
@@ -312,7 +314,7 @@ pub struct PMiner {
 }
 
 #[derive(Debug, Clone)]
-pub struct PGpu {
+pub(crate) struct PGpu {
     pub count: usize,
     pub limits: GpuLimits,
     pub nvml: bool,
@@ -326,7 +328,7 @@ pub struct PGpu {
 
 /// Which inputs read stale (their readings stop advancing).
 #[derive(Debug, Clone, Default)]
-pub struct Stale {
+pub(crate) struct Stale {
     pub meters: Vec<bool>,
     pub miners: Vec<bool>,
     pub gpus: Vec<bool>,
@@ -335,7 +337,7 @@ pub struct Stale {
 
 /// One decision and what it saw.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub(crate) struct Step {
     pub now: Millis,
     pub tick: Tick,
     pub snap: Snapshot,
@@ -343,7 +345,7 @@ pub struct Step {
     pub plan: Plan,
 }
 
-pub struct Sim {
+pub(crate) struct Sim {
     pub site: Site,
     pub topo: Topology,
     pub state: ControlState,
@@ -364,7 +366,7 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub fn new(site: Site, no_nvml: bool) -> Sim {
+    pub(crate) fn new(site: Site, no_nvml: bool) -> Sim {
         let topo = Topology::new(&site);
         let state = ControlState::new(&site, 0);
         let miners = site
@@ -435,15 +437,15 @@ impl Sim {
         }
     }
 
-    pub fn miner(&self, id: &str) -> usize {
+    pub(crate) fn miner(&self, id: &str) -> usize {
         self.site.miner_index(id).unwrap()
     }
 
-    pub fn node(&self, id: &str) -> NodeIdx {
+    pub(crate) fn node(&self, id: &str) -> NodeIdx {
         self.site.node_index(id).unwrap()
     }
 
-    pub fn gpu(&self, id: &str) -> usize {
+    pub(crate) fn gpu(&self, id: &str) -> usize {
         self.site.gpu_nodes.iter().position(|g| g.id == id).unwrap()
     }
 
@@ -628,7 +630,7 @@ impl Sim {
     }
 
     /// Runs one tick of `dt` ms and returns its step.
-    pub fn tick(&mut self) -> &Step {
+    pub(crate) fn tick(&mut self) -> &Step {
         self.now += 1_000;
         self.advance_physics();
         self.build_snapshot();
@@ -661,14 +663,14 @@ impl Sim {
     }
 
     /// Runs until `t_s` seconds.
-    pub fn run_until(&mut self, t_s: u64) {
+    pub(crate) fn run_until(&mut self, t_s: u64) {
         while self.now < t_s * 1000 {
             self.tick();
         }
     }
 
     /// Actions in the window (from, to] in seconds.
-    pub fn actions(&self, from_s: u64, to_s: u64) -> Vec<&Action> {
+    pub(crate) fn actions(&self, from_s: u64, to_s: u64) -> Vec<&Action> {
         self.steps
             .iter()
             .filter(|s| s.now > from_s * 1000 && s.now <= to_s * 1000)
@@ -676,7 +678,7 @@ impl Sim {
             .collect()
     }
 
-    pub fn alerts(&self, from_s: u64, to_s: u64) -> Vec<&'static str> {
+    pub(crate) fn alerts(&self, from_s: u64, to_s: u64) -> Vec<&'static str> {
         self.steps
             .iter()
             .filter(|s| s.now > from_s * 1000 && s.now <= to_s * 1000)
@@ -685,15 +687,15 @@ impl Sim {
     }
 }
 
-pub mod invariants;
+pub(crate) mod invariants;
 
 /// Helpers the invariant checks share (control_invariants.rs and soak_month.rs).
-pub mod checks {
+pub(crate) mod checks {
     use rackwarden::control::{Action, ControlState, Device, Intent, Lever, Scope};
 
     use super::{Sim, Step};
 
-    pub fn scope_miners(sim: &Sim, scope: Scope) -> &[usize] {
+    pub(crate) fn scope_miners(sim: &Sim, scope: Scope) -> &[usize] {
         match scope {
             Scope::Node(n) => &sim.topo.miners_under[n],
             Scope::Zone(z) => &sim.topo.zone_miners[z],
@@ -702,27 +704,27 @@ pub mod checks {
     }
 
     /// A miner that draws above idle with a lever left.
-    pub fn controllable(sim: &Sim, st: &ControlState, m: usize) -> bool {
+    pub(crate) fn controllable(sim: &Sim, st: &ControlState, m: usize) -> bool {
         let miner = &sim.site.miners[m];
         matches!(st.miners[m].intent, Intent::Normal | Intent::Target { .. })
             && (miner.firmware.levers().sleep || sim.topo.outlet_ok[m])
     }
 
-    pub fn is_miner_restore(a: &Action) -> bool {
+    pub(crate) fn is_miner_restore(a: &Action) -> bool {
         matches!(
             a.lever,
             Lever::Wake | Lever::OutletOn | Lever::PowerTargetRaise
         )
     }
 
-    pub fn rack_of(sim: &Sim, a: &Action) -> usize {
+    pub(crate) fn rack_of(sim: &Sim, a: &Action) -> usize {
         match a.device {
             Device::Miner(i) => sim.site.miners[i].rack,
             Device::GpuNode(g) => sim.site.gpu_nodes[g].rack,
         }
     }
 
-    pub fn restore_kw(step: &Step, a: &Action) -> f64 {
+    pub(crate) fn restore_kw(step: &Step, a: &Action) -> f64 {
         match a.device {
             Device::Miner(_) => (a.to_w - a.from_w) / 1000.0,
             Device::GpuNode(g) => {
@@ -732,7 +734,7 @@ pub mod checks {
         }
     }
 
-    pub fn window_count(times: &[u64], now: u64, window: u64) -> usize {
+    pub(crate) fn window_count(times: &[u64], now: u64, window: u64) -> usize {
         times.iter().filter(|&&t| now - t < window).count()
     }
 }

@@ -500,14 +500,15 @@ async fn run_connection(shared: Arc<Shared>, link: ModbusLink, mut rx: mpsc::Rec
             }
         }
         // The caller may have gone away (its own timeout); nothing to do then.
-        let _ = job.reply.send(result);
+        job.reply.send(result).ok();
     }
     if let Some(mut ctx) = conn.ctx.take() {
-        let _ = timeout(
+        timeout(
             Duration::from_millis(100),
             tokio_modbus::client::Client::disconnect(&mut ctx),
         )
-        .await;
+        .await
+        .ok();
     }
 }
 

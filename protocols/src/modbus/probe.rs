@@ -77,7 +77,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
+        write!(s, ": {c}").ok();
         cur = c.source();
     }
     s
@@ -134,7 +134,7 @@ pub fn format_table(rows: &[ProbeRow]) -> String {
             w3 = w[3],
             w4 = w[4]
         );
-        let _ = writeln!(out, "{}", text.trim_end());
+        writeln!(out, "{}", text.trim_end()).ok();
     };
     line(&head.map(String::from), "NOTE");
     for (c, note) in &cells {
