@@ -316,7 +316,7 @@ async fn closed_port_and_garbage_are_errors() {
     let garbage = tokio::spawn(async move {
         if let Ok((mut s, _)) = listener.accept().await {
             let mut buf = [0u8; 2048];
-            s.read(&mut buf).await.ok();
+            let _answered = s.read(&mut buf).await;
             let body = "{\"nvml_available\": \"maybe\"";
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

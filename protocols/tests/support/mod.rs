@@ -10,7 +10,7 @@ pub async fn flood(listener: tokio::net::TcpListener, declared: bool) -> usize {
         return 0;
     };
     let mut buf = [0u8; 2048];
-    s.read(&mut buf).await.ok();
+    let _answered = s.read(&mut buf).await;
     let head = if declared {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
