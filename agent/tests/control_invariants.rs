@@ -326,6 +326,8 @@ proptest! {
 /// stale miner made its rack drop the meter's reading (the non-GPU and other load it
 /// shows) instead of counting the miner at nameplate beside it (`load.rs`, `ai_reading`).
 #[test]
+// Long on purpose: the case's trace, one event per entry.
+#[allow(clippy::too_many_lines)]
 fn invariant_05_regression_stale_miner_hid_other_load_seed_9966529388217560104() {
     let evs = vec![
         Ev {

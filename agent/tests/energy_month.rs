@@ -194,6 +194,8 @@ fn energy_cli(site: &Path, args: &[&str]) -> String {
 }
 
 #[test]
+// Long on purpose: one month's scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn a_month_of_tenant_energy_is_within_half_a_percent_of_the_simulators_integral() {
     let dir = tmpdir();
     let path = dir.join("site.toml");

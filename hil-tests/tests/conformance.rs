@@ -426,6 +426,8 @@ async fn ours_see_curtailed(m: &SimMiner, want: MinerMode) {
 /// The cases run one at a time: each starts a pyasic process, and two cores share them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+// Long on purpose: one firmware's checks against both peers, in order.
+#[allow(clippy::too_many_lines)]
 async fn run_case(c: Case) {
     let _g = ONE_AT_A_TIME.lock().await;
     let fw = c.fw.name();

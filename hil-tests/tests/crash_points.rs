@@ -226,6 +226,8 @@ fn target_w(c: &str) -> Option<f64> {
 }
 
 #[test]
+// Long on purpose: one scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn agent_killed_at_every_step_of_a_curtail_loses_no_intent() {
     let _g = serial();
     let started = Instant::now();

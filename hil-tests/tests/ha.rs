@@ -499,6 +499,8 @@ fn ha_site(name: &str, node: &str, http_port: u16, etcd: SocketAddr, pki: &Pki) 
 }
 
 #[test]
+// Long on purpose: one scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn one_leader_acts_a_killed_leader_is_replaced_and_a_partitioned_one_stops_first() {
     let Some(bin) = etcd_bin() else {
         assert!(

@@ -473,6 +473,8 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+// Long on purpose: one scenario against the VTN, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn a_vtn_event_sheds_miners_reports_the_load_and_they_come_back_after_it() {
     let (Some(initdb), Some(postgres), Some(vtn_bin)) =
         (pg_bin("initdb"), pg_bin("postgres"), vtn_bin())

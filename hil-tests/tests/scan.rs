@@ -211,6 +211,8 @@ fn load(site: &TempSite, name: &str, text: &str) -> Result<rackwarden_config::Si
 }
 
 #[test]
+// Long on purpose: one scenario, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn scan_finds_every_simulated_miner_and_reports_odd_peers() {
     let _g = serial();
     let site = TempSite::new("scan", |s| s);

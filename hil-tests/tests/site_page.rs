@@ -250,6 +250,8 @@ async fn get(url: &str) -> (u16, String) {
 }
 
 #[test]
+// Long on purpose: one scenario in the browser, read top to bottom.
+#[allow(clippy::too_many_lines)]
 fn site_page_shows_the_status_figures_in_chromium() {
     let Some(browser) = chromium() else {
         if std::env::var("RACKWARDEN_SKIP_BROWSER").as_deref() == Ok("1") {

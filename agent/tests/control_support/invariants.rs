@@ -162,6 +162,8 @@ pub(crate) fn inv4_hysteresis(sim: &Sim, step: &Step, mem: &mut Memory) -> Resul
 }
 
 /// 5. Returns whether any input was stale (the check then ran a second decision).
+// Long on purpose: one invariant: each stale input put at its worst case, in turn.
+#[allow(clippy::too_many_lines)]
 pub(crate) fn inv5_stale(sim: &Sim, step: &Step) -> Result<bool, String> {
     let (site, p, now) = (&sim.site, &sim.site.policy, step.now);
     let fresh = |t: u64, limit: u64| now.saturating_sub(t) <= limit;

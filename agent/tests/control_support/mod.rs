@@ -50,6 +50,8 @@ const FIRMWARES: [&str; 6] = [
 
 /// A random small site: 1-2 feeds (an A/B pair with dual-corded racks sometimes), 1-2
 /// rows per feed, 1-3 racks per row, miners of every firmware, GPU nodes, 1-2 zones.
+// Long on purpose: the generated site file, one section after another.
+#[allow(clippy::too_many_lines)]
 pub(crate) fn gen_site(seed: u64) -> String {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     let mut t = String::new();
