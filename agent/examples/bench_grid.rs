@@ -22,8 +22,8 @@ use std::time::Duration;
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
 use rackwarden::http::status::StatusHub;
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 use rackwarden_config::Site;
+use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

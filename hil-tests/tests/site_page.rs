@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
 use rackwarden::http::{self, HttpState, StatusHub};
 use rackwarden::runtime::agent::{self, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

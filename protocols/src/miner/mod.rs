@@ -1,5 +1,6 @@
 //! ASIC miners: the cgminer-compatible API client, reply repair and parsing, telemetry,
-//! per-firmware drivers (poll, power target, sleep, wake) and a loopback simulator.
+//! per-firmware drivers (poll, power target, sleep, wake). The loopback simulator of
+//! every firmware lives in the `rackwarden-sim` crate (`rackwarden_sim::miner`).
 //!
 //! The runtime builds one driver per configured miner with [`DriverFactory::build`] and
 //! calls [`MinerDriver::poll`] on its interval and the lever methods from the actuator.
@@ -14,7 +15,6 @@ pub mod http;
 pub mod reply;
 pub mod scan;
 pub mod secret;
-pub mod sim;
 pub mod telemetry;
 pub mod wmcrypto;
 

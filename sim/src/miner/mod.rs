@@ -27,8 +27,8 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::telemetry::MinerMode;
-use super::wmcrypto::TokenKeys;
+use rackwarden_protocols::miner::telemetry::MinerMode;
+use rackwarden_protocols::miner::wmcrypto::TokenKeys;
 
 // The web APIs the independent clients (pyasic, asic-rs) read: web roots, stock Antminer's
 // CGI set, Vnish's info/status/settings, Braiins OS's GraphQL and REST API.
@@ -91,7 +91,7 @@ impl SimMinerSpec {
         api_addr: SocketAddr,
         http_addr: Option<SocketAddr>,
     ) -> Self {
-        let login = super::secret::Login::factory_default(firmware);
+        let login = rackwarden_protocols::miner::secret::Login::factory_default(firmware);
         Self {
             id: id.into(),
             firmware,
@@ -1128,7 +1128,10 @@ fn whatsminer_write(m: &SimMiner, v: &Value) -> Value {
             m.control("power_on", Some(MinerMode::Mining), None);
             wm_flat("S", 131, json!("API command OK"))
         }
-        "adjust_power_limit" => match inner.get("power_limit").and_then(super::reply::num) {
+        "adjust_power_limit" => match inner
+            .get("power_limit")
+            .and_then(rackwarden_protocols::miner::reply::num)
+        {
             Some(w) => {
                 m.control(&format!("adjust_power_limit {w:.0}"), None, Some(w));
                 wm_flat("S", 131, json!("API command OK"))
@@ -1234,7 +1237,10 @@ async fn http_answer(
                 }))
                 .into_response();
             }
-            let Some(mode) = body.get("miner-mode").and_then(super::reply::num) else {
+            let Some(mode) = body
+                .get("miner-mode")
+                .and_then(rackwarden_protocols::miner::reply::num)
+            else {
                 return axum::Json(json!({"stats": "error", "code": "M001", "msg": "bad conf"}))
                     .into_response();
             };
@@ -1291,7 +1297,7 @@ async fn http_answer(
                 "/api/v1/settings" => {
                     let Some(w) = body
                         .pointer("/miner/overclock/preset")
-                        .and_then(super::reply::num)
+                        .and_then(rackwarden_protocols::miner::reply::num)
                     else {
                         return bad(StatusCode::BAD_REQUEST);
                     };
@@ -1316,7 +1322,10 @@ async fn http_answer(
             if auth.is_none() || m.st().http_token.as_deref() != auth {
                 return bad(StatusCode::UNAUTHORIZED);
             }
-            let Some(w) = body.get("watt").and_then(super::reply::num) else {
+            let Some(w) = body
+                .get("watt")
+                .and_then(rackwarden_protocols::miner::reply::num)
+            else {
                 return bad(StatusCode::BAD_REQUEST);
             };
             m.control(&format!("power-target {w:.0}"), None, Some(w));
