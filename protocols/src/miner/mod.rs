@@ -10,7 +10,7 @@
 
 pub mod bodies;
 pub mod client;
-mod drivers;
+mod firmware;
 pub mod http;
 pub mod reply;
 pub mod scan;
@@ -190,7 +190,7 @@ impl DriverFactory {
                     source,
                 }
             })?;
-        let spec = drivers::Spec {
+        let spec = firmware::Spec {
             id: miner.id.clone(),
             firmware: miner.firmware,
             api_addr: miner.api_addr(),
@@ -208,6 +208,6 @@ impl DriverFactory {
             min_w: miner.min_w,
             nominal_w: miner.nominal_w,
         };
-        Ok(drivers::build(spec, &self.opts, self.http.clone()))
+        Ok(firmware::build(spec, &self.opts, self.http.clone()))
     }
 }
