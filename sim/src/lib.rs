@@ -1,7 +1,8 @@
 //! Simulators, kept out of the production libraries: the devices a site holds, each on
 //! loopback with scripted faults, and the site they make up.
 //!
-//! - [`miner`]: miners of every firmware (cgminer-compatible API on TCP, web APIs).
+//! - [`miner`]: miners of every firmware (cgminer-compatible API on TCP, web APIs), one
+//!   module per firmware beside its driver in `rackwarden_protocols::miner::firmware`.
 //! - [`gpu`]: scripted GPU load ([`gpu::SimGpus`]).
 //! - [`modbus`]: a tokio-modbus server serving any profile with live values and faults.
 //! - [`site`]: the site simulator ([`site::SiteSim`]): physics, scenarios, fault injection.
