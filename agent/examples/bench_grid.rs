@@ -24,9 +24,9 @@ use std::time::Duration;
 use common::{percentile, private_copy, Args};
 use rackwarden::grid::{GridEvent, GridSignal, GridSource};
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim};
 use rackwarden::status::StatusHub;
 use rackwarden_config::Site;
+use rackwarden_sim::site::{Scenario, SiteSim};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

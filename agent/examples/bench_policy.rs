@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p rackwarden --example bench_policy -- [--hours 24] [--json]
 //!
-//! Profiles (`rackwarden_protocols::gpu::sim::rack_demand_fraction`): `inference-day`
+//! Profiles (`rackwarden_sim::gpu::rack_demand_fraction`): `inference-day`
 //! (diurnal demand, limits unchanged), `training-swings` (0.2-3 Hz swings between ~30% and
 //! the cap, checkpoint dips, job restarts) and `colo` (the same site with its GPU racks
 //! seen through their PDUs only: no GPU nodes, reserved at `rated_max_kw`, following the
@@ -38,7 +38,7 @@ use control_support::invariants::inv11_ceiling;
 use control_support::Sim;
 use rackwarden::control::{Lever, Loads};
 use rackwarden_config::{NodeKind, RackKind};
-use rackwarden_protocols::gpu::sim::{rack_demand_fraction, LoadProfile, REAL_DAY_S};
+use rackwarden_sim::gpu::{rack_demand_fraction, LoadProfile, REAL_DAY_S};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Profile {

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use common::{percentile, private_copy, Args};
 use rackwarden::runtime::agent::{self, AgentEvent, RunOptions};
-use rackwarden::sim::{EventKind, Scenario, SiteSim};
 use rackwarden_config::Site;
+use rackwarden_sim::site::{EventKind, Scenario, SiteSim};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
@@ -139,7 +139,7 @@ async fn trial(site: &Site, feed: &str, dir: &std::path::Path, log: &Log) -> Res
         gpu_profile: "training".into(),
         tenant_limit_w: Some(max_w / 2.0),
         day_s: None,
-        events: vec![rackwarden::sim::scenario::Event {
+        events: vec![rackwarden_sim::site::scenario::Event {
             at_s: step_at_s,
             kind: EventKind::GpuLimits {
                 racks: vec![],

@@ -1,5 +1,6 @@
-//! The rackwarden agent: the control core, the runtime, alerts, HTTP, the simulator and
-//! the command line. The binary (`src/main.rs`) only parses arguments and calls in here.
+//! The rackwarden agent: the control core, the runtime, alerts, HTTP and the command
+//! line (its `demo`, `sim` and `gpu-node --sim` run the `rackwarden-sim` crate's
+//! simulators). The binary (`src/main.rs`) only parses arguments and calls in here.
 
 pub mod alerts;
 pub mod catalogue;
@@ -12,6 +13,5 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;
-pub mod sim;
 pub mod status;
 pub mod store;

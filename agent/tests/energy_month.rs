@@ -19,7 +19,7 @@ use std::process::Command;
 
 use rackwarden::energy::recorder::Recorder;
 use rackwarden::metrics::Metrics;
-use rackwarden_protocols::gpu::sim::{rack_demand_fraction, LoadProfile};
+use rackwarden_sim::gpu::{rack_demand_fraction, LoadProfile};
 
 /// 2026-11-01T00:00:00Z.
 const START_MS: u64 = 1_793_491_200_000;

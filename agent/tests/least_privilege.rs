@@ -28,9 +28,10 @@ use rackwarden_config::Site;
 use rackwarden_protocols::gpu::node::{self, GpuNodeClient, Token};
 use rackwarden_protocols::gpu::nvml::{FakeGpu, FakeNvml, NvmlSource};
 use rackwarden_protocols::gpu::{GpuSource, GpuTarget};
-use rackwarden_protocols::miner::sim::{MinerSim, SimMinerSpec, SimOptions};
 use rackwarden_protocols::miner::{DriverFactory, DriverOptions};
-use rackwarden_protocols::modbus::{ModbusError, ModbusPool, Simulator};
+use rackwarden_protocols::modbus::{ModbusError, ModbusPool};
+use rackwarden_sim::miner::{MinerSim, SimMinerSpec, SimOptions};
+use rackwarden_sim::modbus::Simulator;
 
 /// A small site: one feed, one mixed rack, a PDU that may only be read (`pdu-ro`), one
 /// with `control = true` but nothing allowlisted (`pdu-nolist`) and one allowed to switch
@@ -192,7 +193,7 @@ async fn write_to_a_point_not_allowlisted_is_refused_before_the_wire() {
     let profile = rackwarden_config::profile::builtin("generic-pdu").unwrap();
     let sim = Simulator::start(
         "127.0.0.1:0".parse().unwrap(),
-        rackwarden_protocols::modbus::Framing::Tcp,
+        rackwarden_sim::modbus::Framing::Tcp,
         vec![(1, profile.clone()), (2, profile.clone()), (3, profile)],
     )
     .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rackwarden::control::Lever;
 use rackwarden::runtime::agent::{run, AgentEvent, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim};
+use rackwarden_sim::site::{Scenario, SiteSim};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rackwarden::runtime::agent::{run, AgentEvent, RunOptions};
 use rackwarden_config::Firmware;
-use rackwarden_protocols::miner::sim::{Fault, MinerSim, SimMinerSpec, SimOptions};
+use rackwarden_sim::miner::{Fault, MinerSim, SimMinerSpec, SimOptions};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rackwarden::control::{Reason, Tick};
 use rackwarden::runtime::agent::{run, AgentEvent, RunOptions};
-use rackwarden::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

@@ -25,8 +25,8 @@ use std::time::Duration;
 use asic_rs::MinerFactory;
 use rackwarden_config::Firmware;
 use rackwarden_hil_tests::{net_k, repo};
-use rackwarden_protocols::miner::sim::{MinerSim, SimMiner, SimMinerSpec, SimOptions};
 use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerMode, MinerTelemetry};
+use rackwarden_sim::miner::{MinerSim, SimMiner, SimMinerSpec, SimOptions};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -403,7 +403,7 @@ fn rs_reading(v: &Value) -> PeerReading {
 
 /// Firmware delays at `SCALE`, and a margin: the ramp to idle or back is over.
 async fn settle(fw: Firmware) {
-    let (sleep_s, wake_s) = rackwarden_protocols::miner::sim::firmware_delays_s(fw);
+    let (sleep_s, wake_s) = rackwarden_sim::miner::firmware_delays_s(fw);
     sleep(Duration::from_secs_f64(sleep_s.max(wake_s) / SCALE + 0.5)).await;
 }
 

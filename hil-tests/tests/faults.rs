@@ -21,7 +21,7 @@
 //!   maximum (feed shed), no GPU cap, clean stop with requests in flight.
 //!
 //! The fault scenarios are TOML files written into the site's temporary directory (event
-//! kinds in `agent/src/sim/scenario.rs`); times are the simulator's virtual seconds, and
+//! kinds in `sim/src/site/scenario.rs`); times are the simulator's virtual seconds, and
 //! both processes' log lines are put on that clock through their wall-clock timestamps.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report

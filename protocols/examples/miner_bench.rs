@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 use rackwarden_config::Firmware;
-use rackwarden_protocols::miner::sim::{MinerSim, SimMinerSpec, SimOptions};
 use rackwarden_protocols::miner::{DriverFactory, DriverOptions, MinerDriver};
+use rackwarden_sim::miner::{MinerSim, SimMinerSpec, SimOptions};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

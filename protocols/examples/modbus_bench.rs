@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use rackwarden_config::profile::builtin;
 use rackwarden_config::{ModbusDevice, ModbusLink};
-use rackwarden_protocols::modbus::{Framing, ModbusError, ModbusPool, PoolOptions, Simulator};
+use rackwarden_protocols::modbus::{ModbusError, ModbusPool, PoolOptions};
+use rackwarden_sim::modbus::{Framing, Simulator};
 
 struct Args {
     serve: bool,

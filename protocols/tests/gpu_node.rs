@@ -17,8 +17,8 @@ use rackwarden_protocols::gpu::node::{
     serve_with_shutdown, GpuNodeClient, Token, MAX_BODY_BYTES, POWER_LIMIT_PATH, READINGS_PATH,
 };
 use rackwarden_protocols::gpu::nvml::{FakeGpu, FakeNvml, NvmlSource};
-use rackwarden_protocols::gpu::sim::{LoadProfile, SimGpus, SimSpec};
 use rackwarden_protocols::gpu::{cap_drift, GpuError, GpuSource, GpuTarget};
+use rackwarden_sim::gpu::{LoadProfile, SimGpus, SimSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 

@@ -8,11 +8,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rackwarden_protocols::gpu::sim::{
+use rackwarden_protocols::gpu::{cap_drift, GpuError, GpuSource, GpuTarget};
+use rackwarden_sim::gpu::{
     demand_w, inference_day_fraction, power_w, rack_demand_fraction, LoadProfile, SimGpus, SimSpec,
     SwingSchedule, TrainingShape, CHECKPOINT_EVERY_S, JOB_RAMP_S, RACK_IDLE_FRACTION, REAL_DAY_S,
 };
-use rackwarden_protocols::gpu::{cap_drift, GpuError, GpuSource, GpuTarget};
 
 fn spec() -> SimSpec {
     SimSpec::h100(8, 7)
@@ -245,7 +245,7 @@ proptest::proptest! {
         let p = power_w(profile, &spec, gpu, t, cap);
         proptest::prop_assert!((0.0..=cap).contains(&p), "{profile:?} t={t} cap={cap}: {p}");
         proptest::prop_assert_eq!(p, power_w(profile, &spec, gpu, t, cap));
-        let avg = rackwarden_protocols::gpu::sim::average_power_w(profile, &spec, gpu, t, cap);
+        let avg = rackwarden_sim::gpu::average_power_w(profile, &spec, gpu, t, cap);
         proptest::prop_assert!((0.0..=cap + 1e-9).contains(&avg));
     }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rackwarden_config::{Credentials, Firmware};
-use rackwarden_protocols::miner::sim::{Fault, MinerSim, SimMiner, SimMinerSpec, SimOptions};
 use rackwarden_protocols::miner::{
     Commanded, DriverFactory, DriverOptions, MinerDriver, MinerError, MinerMode, MinerTelemetry,
 };
+use rackwarden_sim::miner::{Fault, MinerSim, SimMiner, SimMinerSpec, SimOptions};
 
 const SCALE: f64 = 100.0;
 
@@ -306,7 +306,7 @@ async fn antminer_digest_auth_rejects_wrong_password() {
 async fn example_site_fleet_polls() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site.toml");
     let site = rackwarden_config::load(&path).unwrap();
-    let mut specs = rackwarden_protocols::miner::sim::specs_from_site(&site, "pw").unwrap();
+    let mut specs = rackwarden_sim::miner::specs_from_site(&site, "pw").unwrap();
     assert_eq!(specs.len(), site.miners.len());
     let ips: std::collections::BTreeSet<_> = specs.iter().map(|s| s.api_addr.ip()).collect();
     assert_eq!(ips.len(), specs.len(), "one loopback address per miner");

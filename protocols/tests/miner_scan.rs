@@ -14,8 +14,8 @@ use rackwarden_config::Firmware;
 use rackwarden_protocols::miner::scan::{
     assemble, btminer_version, fingerprint, identify, scan, Outcome, PowerSource, ScanOptions,
 };
-use rackwarden_protocols::miner::sim::{MinerSim, SimMinerSpec, SimOptions};
 use rackwarden_protocols::miner::Reply;
+use rackwarden_sim::miner::{MinerSim, SimMinerSpec, SimOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rackwarden_config::profile::{builtin, builtin_names, DataType};
 use rackwarden_config::{ModbusDevice, ModbusLink};
-use rackwarden_protocols::modbus::{ModbusPool, PoolOptions, Simulator};
+use rackwarden_protocols::modbus::{ModbusPool, PoolOptions};
+use rackwarden_sim::modbus::Simulator;
 
 #[test]
 fn vendor_profiles_name_their_source_and_are_not_verified() {

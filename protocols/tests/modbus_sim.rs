@@ -10,9 +10,8 @@ use std::time::Duration;
 use rackwarden_config::profile::{builtin, Role};
 use rackwarden_config::{ModbusDevice, ModbusLink};
 use rackwarden_protocols::modbus::probe::{format_table, probe_site};
-use rackwarden_protocols::modbus::{
-    Fault, Framing, ModbusError, ModbusPool, PoolOptions, SimWrite, Simulator,
-};
+use rackwarden_protocols::modbus::{ModbusError, ModbusPool, PoolOptions};
+use rackwarden_sim::modbus::{Fault, Framing, SimWrite, Simulator};
 
 const TIMEOUT_MS: u64 = 300;
 

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rackwarden::sim::SIM_MINER_PASSWORD;
 use rackwarden_config::Site;
+use rackwarden_sim::site::SIM_MINER_PASSWORD;
 
 /// `<site.toml> [--key value]... [--flag]...`
 pub(crate) struct Args(Vec<String>);

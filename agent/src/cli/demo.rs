@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{Action, Alert, Device, Millis, NodeView, Reason, Severity, Tick};
 use crate::runtime::agent::{self, AgentEvent, RunOptions};
-use crate::sim::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 
 const SITE: &str = include_str!("../../../examples/site.toml");
 const TOKEN: &str = include_str!("../../../examples/gpu-node.token");

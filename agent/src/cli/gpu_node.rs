@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use rackwarden_protocols::gpu::node::{serve_with_shutdown, Token};
 use rackwarden_protocols::gpu::nvml::NvmlSource;
-use rackwarden_protocols::gpu::sim::{LoadProfile, SimGpus, SimSpec};
 use rackwarden_protocols::gpu::{GpuError, GpuSource};
+use rackwarden_sim::gpu::{LoadProfile, SimGpus, SimSpec};
 
 use super::EX_CONFIG;
 

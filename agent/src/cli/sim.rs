@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use tracing::{error, info};
 
-use crate::sim::{Scenario, SiteSim};
+use rackwarden_sim::site::{Scenario, SiteSim};
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -109,7 +109,7 @@ mod tests {
         let words: Vec<&str> = help
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
             .collect();
-        for name in crate::sim::scenario::BUILTIN {
+        for name in rackwarden_sim::site::scenario::BUILTIN {
             assert!(
                 words.contains(name),
                 "--scenario help misses {name}: {help}"

@@ -442,8 +442,8 @@ pub(super) async fn poll_bounded(
 mod poll_bound_tests {
     use super::*;
     use rackwarden_config::Firmware;
-    use rackwarden_protocols::miner::sim::{Fault, MinerSim, SimMinerSpec, SimOptions};
     use rackwarden_protocols::miner::{DriverFactory, DriverOptions};
+    use rackwarden_sim::miner::{Fault, MinerSim, SimMinerSpec, SimOptions};
 
     /// A hung miner's poll ends at the budget with an error naming it, however long the
     /// driver's own timeouts are; a healthy one answers within the same budget.

@@ -6,7 +6,8 @@
 //!   ([`nvml::NvmlBackend`]) with a real implementation and a fake;
 //! - [`node::GpuNodeClient`]: a `rackwarden gpu-node` on a GPU host, over HTTP+JSON
 //!   (the server side is [`node::serve`]);
-//! - [`sim::SimGpus`]: scripted GPU load for the site simulator and tests.
+//! - `rackwarden_sim::gpu::SimGpus` (the `rackwarden-sim` crate): scripted GPU load for
+//!   the site simulator and tests.
 //!
 //! The controller's needs drive the shape: [`GpuNodeReading::nvml_available`] false means
 //! "meter these GPUs at the PDU, reserve the rack's rated maximum and do not use the GPU
@@ -16,7 +17,6 @@
 
 pub mod node;
 pub mod nvml;
-pub mod sim;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -271,7 +271,7 @@ pub fn cap_drift(commanded: &[(u32, f64)], reading: &GpuNodeReading) -> Vec<CapD
 
 /// Checks `limit_w` against every addressed GPU's constraints; returns the indexes to
 /// set. Shared by every source so that they refuse alike.
-pub(crate) fn check_target(
+pub fn check_target(
     source_id: &str,
     gpus: &[GpuReading],
     target: GpuTarget,

@@ -1,5 +1,6 @@
 //! ASIC miners: the cgminer-compatible API client, reply repair and parsing, telemetry,
-//! per-firmware drivers (poll, power target, sleep, wake) and a loopback simulator.
+//! per-firmware drivers (poll, power target, sleep, wake). The loopback simulator of
+//! every firmware lives in the `rackwarden-sim` crate (`rackwarden_sim::miner`).
 //!
 //! The runtime builds one driver per configured miner with [`DriverFactory::build`] and
 //! calls [`MinerDriver::poll`] on its interval and the lever methods from the actuator.
@@ -9,12 +10,11 @@
 
 pub mod bodies;
 pub mod client;
-mod drivers;
+mod firmware;
 pub mod http;
 pub mod reply;
 pub mod scan;
 pub mod secret;
-pub mod sim;
 pub mod telemetry;
 pub mod wmcrypto;
 
@@ -190,7 +190,7 @@ impl DriverFactory {
                     source,
                 }
             })?;
-        let spec = drivers::Spec {
+        let spec = firmware::Spec {
             id: miner.id.clone(),
             firmware: miner.firmware,
             api_addr: miner.api_addr(),
@@ -208,6 +208,6 @@ impl DriverFactory {
             min_w: miner.min_w,
             nominal_w: miner.nominal_w,
         };
-        Ok(drivers::build(spec, &self.opts, self.http.clone()))
+        Ok(firmware::build(spec, &self.opts, self.http.clone()))
     }
 }

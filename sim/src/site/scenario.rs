@@ -80,7 +80,7 @@
 //! until_s = 180
 //! ```
 
-use rackwarden_protocols::gpu::sim::LoadProfile;
+use crate::gpu::LoadProfile;
 use serde::Deserialize;
 
 /// One scripted change. (`flatten` rules out `deny_unknown_fields` here.)

@@ -28,13 +28,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::gpu::{rack_demand_fraction, LoadProfile, SimGpus, SimSpec};
+use crate::miner::{self as msim, MinerSim, SimMiner};
+use crate::modbus::{Fault as MbFault, Framing, SimWrite, Simulator};
 use rackwarden_config::profile::Role;
 use rackwarden_config::{GpuSource as GpuSourceKind, ModbusLink, NodeKind, RackKind, Site};
 use rackwarden_protocols::gpu::node::Token;
-use rackwarden_protocols::gpu::sim::{rack_demand_fraction, LoadProfile, SimGpus, SimSpec};
 use rackwarden_protocols::gpu::{GpuSource, GpuTarget};
-use rackwarden_protocols::miner::sim::{self as msim, MinerSim, SimMiner};
-use rackwarden_protocols::modbus::sim::{Fault as MbFault, Framing, SimWrite, Simulator};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -871,7 +871,7 @@ fn spawn_physics(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackwarden_protocols::gpu::sim::INFERENCE_DAY_TROUGH;
+    use crate::gpu::INFERENCE_DAY_TROUGH;
 
     fn example(name: &str) -> Arc<Site> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
-use super::decode::{self, DecodeError};
+use rackwarden_protocols::modbus::decode::{self, DecodeError};
 
 /// Simulator errors (setting values from outside).
 #[derive(Debug, thiserror::Error)]

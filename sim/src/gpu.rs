@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{
+use rackwarden_protocols::gpu::{
     check_target, AppliedCap, GpuError, GpuFuture, GpuNodeReading, GpuReading, GpuSource, GpuTarget,
 };
 
@@ -572,7 +572,7 @@ impl SimGpus {
                 st.caps_w[slot] = limit_w;
             }
             let enforced_w = st.caps_w[slot];
-            if !super::limit_matches(limit_w, enforced_w) {
+            if !rackwarden_protocols::gpu::limit_matches(limit_w, enforced_w) {
                 return Err(GpuError::LimitMismatch {
                     source_id: self.id.clone(),
                     gpu: i,

@@ -27,12 +27,22 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::telemetry::MinerMode;
-use super::wmcrypto::TokenKeys;
+use rackwarden_protocols::miner::telemetry::MinerMode;
 
 // The web APIs the independent clients (pyasic, asic-rs) read: web roots, stock Antminer's
 // CGI set, Vnish's info/status/settings, Braiins OS's GraphQL and REST API.
 mod web;
+
+// One module per firmware, each the twin of its driver in
+// `rackwarden_protocols::miner::firmware` (same name): the firmware's own cgminer-API
+// commands and web levers. What several firmwares share (the server loops, faults, the
+// bmminer `stats`/`version`, the status objects) stays here.
+mod antminer_stock;
+mod avalon;
+mod braiins;
+mod luxos;
+mod vnish;
+mod whatsminer;
 
 /// Why the simulator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +101,7 @@ impl SimMinerSpec {
         api_addr: SocketAddr,
         http_addr: Option<SocketAddr>,
     ) -> Self {
-        let login = super::secret::Login::factory_default(firmware);
+        let login = rackwarden_protocols::miner::secret::Login::factory_default(firmware);
         Self {
             id: id.into(),
             firmware,
@@ -625,7 +635,7 @@ fn answer(m: &SimMiner, req: &[u8]) -> Vec<u8> {
         serde_json::from_slice(&req[..req.iter().position(|&b| b == 0).unwrap_or(req.len())])
             .unwrap_or(Value::Null);
     let mut out = if fw == Firmware::Whatsminer {
-        whatsminer_answer(m, &v)
+        whatsminer::answer(m, &v)
     } else {
         let cmd = v.get("command").and_then(Value::as_str).unwrap_or("");
         let param = v.get("parameter").and_then(Value::as_str).unwrap_or("");
@@ -675,6 +685,29 @@ fn invalid(fw: Firmware) -> Vec<u8> {
     cg_obj(status("E", 14, "Invalid command", desc(fw)), None).into_bytes()
 }
 
+/// One request's reading of a miner, as every cgminer-API answer reports it (shared by
+/// the firmwares' modules).
+struct Cg<'a> {
+    m: &'a SimMiner,
+    fw: Firmware,
+    /// The `Description` of the firmware's status objects.
+    d: &'static str,
+    power: f64,
+    hr_ths: f64,
+    mode: MinerMode,
+    target: f64,
+    elapsed: u64,
+    profile: String,
+    ghs: f64,
+}
+
+impl Cg<'_> {
+    /// A success reply with `section`.
+    fn ok(&self, code: i64, msg: &str, section: Option<(&str, Value)>) -> Vec<u8> {
+        cg_obj(status("S", code, msg, self.d), section).into_bytes()
+    }
+}
+
 fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
     let fw = m.spec.firmware;
     let d = desc(fw);
@@ -691,9 +724,19 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
         )
     };
     let ghs = (hr_ths * 1000.0 * 100.0).round() / 100.0;
-    let ok = |code: i64, msg: &str, section: Option<(&str, Value)>| {
-        cg_obj(status("S", code, msg, d), section).into_bytes()
+    let c = Cg {
+        m,
+        fw,
+        d,
+        power,
+        hr_ths,
+        mode,
+        target,
+        elapsed,
+        profile,
+        ghs,
     };
+    let ok = |code: i64, msg: &str, section: Option<(&str, Value)>| c.ok(code, msg, section);
     match (fw, cmd) {
         (_, "summary") => {
             let s = match fw {
@@ -743,34 +786,6 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
             )
             .into_bytes()
         }
-        // LuxOS and stock bmminer as in the fixtures (luxos_version.json,
-        // antminer-s19pro-stock_version.json); Vnish's `Type` names it.
-        (Firmware::Luxos, "version") => ok(
-            22,
-            "LUXminer versions",
-            Some((
-                "VERSION",
-                json!([{"API": "3.7", "CompileTime": "Tue Apr  8 22:05:35 UTC 2025", "LUXminer": "2025.4.8.220305-57b389c7", "Miner": "2025.4.8.220305", "Type": sim_model(fw)}]),
-            )),
-        ),
-        // BOSminer's `version` names the software only; the model is in `devdetails`
-        // (where pyasic reads it, with a `Bitmain ` prefix).
-        (Firmware::Braiins, "version") => ok(
-            22,
-            "BOSminer versions",
-            Some((
-                "VERSION",
-                json!([{"API": "3.7", "BOSminer": "0.2.0-ea64aec8e"}]),
-            )),
-        ),
-        (Firmware::Braiins, "devdetails") => ok(
-            69,
-            "Device Details",
-            Some((
-                "DEVDETAILS",
-                json!([6, 7, 8].iter().enumerate().map(|(i, id)| json!({"DEVDETAILS": i, "Name": "Hashchain", "ID": id, "Driver": "bitmain", "Kernel": "", "Model": "Bitmain Antminer S19 Pro", "Chips": 114, "Frequency": 650.0, "Voltage": 13.4})).collect::<Vec<_>>()),
-            )),
-        ),
         (Firmware::AntminerStock | Firmware::Vnish, "version") => ok(
             22,
             "CGMiner versions",
@@ -779,365 +794,15 @@ fn command_answer(m: &SimMiner, cmd: &str, param: &str) -> Vec<u8> {
                 json!([{"API": "3.1", "BMMiner": "1.0.0", "CompileTime": "Tue Dec  6 16:12:30 CST 2022", "Miner": "49.0.1.3", "Type": sim_model(fw)}]),
             )),
         ),
-        (Firmware::Braiins, "tunerstatus") => ok(
-            203,
-            "Tuner Status",
-            Some((
-                "TUNERSTATUS",
-                json!([{
-                    "ApproximateMinerPowerConsumption": power.round(),
-                    "ApproximateChainPowerConsumption": (power * 0.95).round(),
-                    "PowerLimit": target.round(), "DynamicPowerScaling": "Disabled", "TunerChainStatus": []
-                }]),
-            )),
-        ),
-        (Firmware::Braiins, "temps") => ok(
-            201,
-            "3 Temp(s)",
-            Some((
-                "TEMPS",
-                json!([{"TEMP": 0, "ID": 6, "Board": 81.875, "Chip": 104.625}, {"TEMP": 1, "ID": 7, "Board": 85.875, "Chip": 108.9375}, {"TEMP": 2, "ID": 8, "Board": 84.4375, "Chip": 105.4375}]),
-            )),
-        ),
-        // BOSminer's `devs`: one entry per hashboard (ID 6..8 as `temps`), `MHS 5s` zero
-        // while paused (pyasic reads the mining state from it).
-        (Firmware::Braiins, "devs") => {
-            let per = hr_ths * 1.0e6 / 3.0;
-            let nominal = m.spec.nominal_w / m.spec.efficiency_j_th * 1.0e6 / 3.0;
-            let devs: Vec<Value> = [6, 7, 8]
-                .iter()
-                .enumerate()
-                .map(|(i, id)| json!({"ASC": i, "Name": "", "ID": id, "Enabled": "Y", "Status": "Alive", "Temperature": 0.0, "MHS av": per, "MHS 5s": per, "MHS 1m": per, "MHS 5m": per, "MHS 15m": per, "Nominal MHS": nominal, "Accepted": 1350, "Rejected": 3, "Hardware Errors": 0, "Device Elapsed": elapsed}))
-                .collect();
-            ok(9, "3 ASC(s)", Some(("DEVS", json!(devs))))
-        }
-        (Firmware::Braiins, "fans") => ok(
-            202,
-            "2 Fan(s)",
-            Some((
-                "FANS",
-                json!([{"FAN": 0, "ID": 0, "RPM": 5340, "Speed": 100}, {"FAN": 1, "ID": 1, "RPM": 4620, "Speed": 100}]),
-            )),
-        ),
-        (Firmware::Braiins, "pause") => {
-            m.control("pause", Some(MinerMode::Paused), None);
-            ok(204, "Pause", Some(("PAUSE", json!([true]))))
-        }
-        (Firmware::Braiins, "resume") => {
-            m.control("resume", Some(MinerMode::Mining), None);
-            ok(205, "Resume", Some(("RESUME", json!([true]))))
-        }
-        // LuxOS `fans` and `temps` (as LUXminer 2025.4.8 answers, asic-rs's luxminer test
-        // data), the same figures as `stats`.
-        (Firmware::Luxos, "fans") => {
-            let th = web::bm_thermals(mode);
-            let fans: Vec<Value> = th.fans.iter().enumerate().map(|(i, rpm)| json!({"FAN": format!("FAN{}", i + 1), "ID": i, "RPM": rpm, "Speed": 100})).collect();
-            ok(202, "4 Fan(s)", Some(("FANS", json!(fans))))
-        }
-        (Firmware::Luxos, "temps") => {
-            let th = web::bm_thermals(mode);
-            let temps: Vec<Value> = (0..3).map(|i| json!({"TEMP": i, "ID": i, "TopLeft": th.pcb[i], "BottomLeft": th.pcb[i], "TopRight": th.pcb[i] - 10, "BottomRight": th.pcb[i] - 10})).collect();
-            ok(201, "3 Temp(s)", Some(("TEMPS", json!(temps))))
-        }
-        (Firmware::Luxos, "power") => ok(
-            311,
-            "Power usage",
-            Some(("POWER", json!([{"PSU": false, "Watts": power.round()}]))),
-        ),
-        (Firmware::Luxos, "config") => ok(
-            33,
-            "LUXminer config",
-            Some((
-                "CONFIG",
-                json!([{
-                    "CurtailMode": if mode == MinerMode::Mining { "None" } else { "Sleep" },
-                    "Profile": profile, "Model": "Antminer S19k Pro", "OS": "LuxOS", "IsTuning": true,
-                    "MACAddr": m.mac_text(false), "NameplateTHS": 121.8
-                }]),
-            )),
-        ),
-        (Firmware::Luxos, "profiles") => {
-            let steps = 8;
-            let span = m.spec.nominal_w - m.spec.min_w;
-            let list: Vec<Value> = (0..=steps)
-                .map(|i| {
-                    let w = m.spec.min_w + span * f64::from(i) / f64::from(steps);
-                    json!({"Profile Name": profile_name(w), "Watts": w.round(), "Hashrate": ((w / m.spec.efficiency_j_th) * 10.0).round() / 10.0, "Step": i.to_string(), "IsDynamic": true})
-                })
-                .collect();
-            ok(323, "List profiles", Some(("PROFILES", json!(list))))
-        }
-        (Firmware::Luxos, "logon") => {
-            let mut st = m.st();
-            if st.session.is_some() {
-                drop(st);
-                cg_obj(status("E", 45, "Another session is active", d), None).into_bytes()
-            } else {
-                st.counter += 1;
-                let sid = format!("{:08x}", st.counter.wrapping_mul(2_654_435_761));
-                st.session = Some(sid.clone());
-                drop(st);
-                ok(
-                    317,
-                    "Logon successful",
-                    Some(("SESSION", json!([{"SessionID": sid}]))),
-                )
-            }
-        }
-        (Firmware::Luxos, "session") => {
-            let sid = m.st().session.clone().unwrap_or_default();
-            ok(
-                318,
-                "Session",
-                Some(("SESSION", json!([{"SessionID": sid}]))),
-            )
-        }
-        (Firmware::Luxos, "curtail" | "profileset") => {
-            let mut it = param.splitn(2, ',');
-            let (sid, arg) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-            if m.st().session.as_deref() != Some(sid) || sid.is_empty() {
-                return cg_obj(status("E", 43, "Invalid session id", d), None).into_bytes();
-            }
-            if cmd == "curtail" {
-                let (mode, action) = match arg {
-                    "sleep" => (MinerMode::Sleeping, "sleep mode"),
-                    "wakeup" => (MinerMode::Mining, "wake up"),
-                    _ => {
-                        return cg_obj(status("E", 336, "Invalid curtail mode", d), None)
-                            .into_bytes()
-                    }
-                };
-                m.control(&format!("curtail {arg}"), Some(mode), None);
-                ok(
-                    335,
-                    "Curtailment command sent",
-                    Some(("CURTAIL", json!([{"Action": action}]))),
-                )
-            } else {
-                let Some(w) = arg.strip_suffix('W').and_then(|w| w.parse::<f64>().ok()) else {
-                    return cg_obj(status("E", 325, "Invalid profile", d), None).into_bytes();
-                };
-                m.control(&format!("profileset {arg}"), None, Some(w));
-                ok(
-                    324,
-                    "Profile set",
-                    Some(("PROFILE", json!([{"Profile": arg}]))),
-                )
-            }
-        }
-        // cgminer's `stats` carries the same MM string on an Avalon (asic-rs reads it).
-        (Firmware::Avalon, "estats" | "stats") => {
-            let (soft, work) = if mode == MinerMode::Mining {
-                (0, "In Work")
-            } else {
-                (1, "In Idle")
-            };
-            // As the A1246 capture (asic-rs avalon_a_stats.json): power in PS[] (5th
-            // value), no WALLPOWER.
-            let mm = format!(
-                "Ver[1246-83-21082601_4ec6bb0_61407fa] Elapsed[{elapsed}] Temp[30] TMax[91] TAvg[78] Fan1[3000] Fan2[3010] FanR[60%] SoftOFF[{soft}] SYSTEMSTATU[Work: {work}, Hash Board: 3 ] GHSspd[{ghs:.2}] GHSmm[{:.2}] MTmax[91 90 89] MTavg[78 77 76] WORKMODE[1] PS[0 1209 2280 54 {:.0} 2280 1270]",
-                m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0,
-                power
-            );
-            ok(
-                70,
-                "CGMiner stats",
-                Some((
-                    "STATS",
-                    json!([{"STATS": 0, "ID": "AVA100", "Elapsed": elapsed, "Calls": 0, "Wait": 0.0, "Max": 0.0, "Min": 99_999_999.0, "MM Count": 1, "MM ID0": mm}]),
-                )),
-            )
-        }
-        // cgminer's `devs`: one ASC, rates in MH/s (pyasic and asic-rs read `MHS 1m`).
-        (Firmware::Avalon, "devs") => ok(
-            9,
-            "1 ASC(s)",
-            Some((
-                "DEVS",
-                json!([{"ASC": 0, "Name": "AVALON", "ID": 0, "Enabled": "Y", "Status": "Alive", "Temperature": 0.0, "MHS av": hr_ths * 1.0e6, "MHS 5s": hr_ths * 1.0e6, "MHS 1m": hr_ths * 1.0e6, "MHS 5m": hr_ths * 1.0e6, "MHS 15m": hr_ths * 1.0e6, "Accepted": 890, "Rejected": 2, "Hardware Errors": 0, "Device Elapsed": elapsed}]),
-            )),
-        ),
-        (Firmware::Avalon, "version") => ok(
-            22,
-            "CGMiner versions",
-            Some((
-                "VERSION",
-                json!([{"CGMiner": "4.11.1", "API": "3.7", "STM8": "20.08.01", "PROD": "AvalonMiner 1246", "MODEL": "1246", "HWTYPE": "MM3v2_X3", "SWTYPE": "MM314", "VERSION": "21082601_4ec6bb0_61407fa", "LOADER": "d0d779de.00", "DNA": "020100008c699117", "MAC": m.mac_text(false).replace(':', ""), "UPAPI": "2"}]),
-            )),
-        ),
-        (Firmware::Avalon, "ascset") => {
-            let verb = param.split(',').nth(1).unwrap_or("");
-            let mode = match verb {
-                "softoff" => MinerMode::Sleeping,
-                "softon" => MinerMode::Mining,
-                _ => {
-                    return cg_obj(
-                        status("I", 118, "ASC 0 set info: help|softon|softoff|workmode|", d),
-                        None,
-                    )
-                    .into_bytes()
-                }
-            };
-            m.control(&format!("ascset {verb}"), Some(mode), None);
-            cg_obj(
-                status(
-                    "I",
-                    118,
-                    &format!("ASC 0 set info: success {verb}:{}", now_epoch()),
-                    d,
-                ),
-                None,
-            )
-            .into_bytes()
-        }
-        _ => invalid(fw),
-    }
-}
-
-fn wm_flat(letter: &str, code: i64, msg: Value) -> Value {
-    json!({"STATUS": letter, "When": now_epoch(), "Code": code, "Msg": msg, "Description": ""})
-}
-
-fn whatsminer_answer(m: &SimMiner, v: &Value) -> Vec<u8> {
-    let cmd = v
-        .get("cmd")
-        .or_else(|| v.get("command"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if v.get("enc").is_some() {
-        return whatsminer_write(m, v).to_string().into_bytes();
-    }
-    // Joined reads (`summary+devs`, as pyasic sends them): cgminer's form, each reply
-    // under its command's name (btminer's trailing `,}` repaired inside).
-    if cmd.contains('+') {
-        let parts: Vec<String> = cmd
-            .split('+')
-            .map(|c| {
-                let one = whatsminer_answer(m, &json!({"cmd": c}));
-                let one = String::from_utf8_lossy(&one).replace(",}", "}");
-                format!("\"{c}\":[{one}]")
-            })
-            .collect();
-        return format!("{{{},\"id\":1}}", parts.join(",")).into_bytes();
-    }
-    let now = Instant::now();
-    let (power, hr, mode, target, elapsed) = {
-        let st = m.st();
-        (
-            st.ramp.at(now),
-            m.hashrate_ths(&st, now),
-            st.mode,
-            st.target_w,
-            now.saturating_duration_since(st.booted).as_secs() + 25_000,
-        )
-    };
-    let body = match cmd {
-        "summary" => {
-            let s = json!({
-                "Elapsed": elapsed, "MHS av": hr * 1.0e6, "MHS 5s": hr * 1.0e6, "MHS 1m": hr * 1.0e6,
-                "MHS 5m": hr * 1.0e6, "MHS 15m": hr * 1.0e6, "HS RT": hr * 1.0e6, "Power": power.round(),
-                "Factory GHS": (m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0).round(), "Chip Temp Min": 62.0,
-                "Power Limit": target.round(), "Chip Temp Max": 81.0, "Chip Temp Avg": 72.5,
-                "Fan Speed In": 5400, "Fan Speed Out": 5280, "Env Temp": 28.5, "Power Mode": "Normal",
-                "Uptime": elapsed, "MAC": m.mac_text(true)
-            });
-            // btminer v1/v2 sends a trailing comma before the closing brace.
-            let mut text = json!({"STATUS": status("S", 11, "Summary", "cgminer 4.9.2"), "SUMMARY": [s], "id": 1}).to_string();
-            if text.ends_with('}') {
-                text.pop();
-                text.push_str(",}");
-            }
-            return text.into_bytes();
-        }
-        // btminer's `devs` (code 9): one entry per hashboard, as whatsminer-apiv2_devs.json.
-        "devs" => {
-            let boards: Vec<Value> = (0..3)
-                .map(|i| json!({
-                    "ASC": i, "Name": "SM", "ID": i, "Slot": i, "Enabled": "Y", "Status": "Alive",
-                    "Temperature": 65.0, "Chip Frequency": 600, "Frequency": 600.0,
-                    "Fan Speed In": 5400, "Fan Speed Out": 5280, "MHS av": hr * 1.0e6 / 3.0,
-                    "Accepted": 1804, "Rejected": 0, "Device Elapsed": elapsed,
-                    "Factory GHS": (m.spec.nominal_w / m.spec.efficiency_j_th * 1000.0 / 3.0).round(),
-                    "Chip Temp Min": 62.0, "Chip Temp Max": 81.0, "Chip Temp Avg": 72.5,
-                    "Effective Chips": 135, "PCB SN": format!("BHM5CSD13028SIM{i:04}")
-                }))
-                .collect();
-            return json!({"STATUS": status("S", 9, "3 ASC(s)", "cgminer 4.9.2"), "DEVS": boards, "id": 1})
-                .to_string()
-                .into_bytes();
-        }
-        // cgminer's `devdetails` (code 69) with btminer's driver name and model code,
-        // the fields pyasic reads to name a Whatsminer (`DEVDETAILS[0].Model`).
-        "devdetails" => {
-            let boards: Vec<Value> = (0..3)
-                .map(|i| json!({"DEVDETAILS": i, "Name": "SM", "ID": i, "Driver": "bitmicro", "Kernel": "", "Model": "M30S+VE40"}))
-                .collect();
-            return json!({"STATUS": status("S", 69, "Device Details", "cgminer 4.9.2"), "DEVDETAILS": boards, "id": 1})
-                .to_string()
-                .into_bytes();
-        }
-        "status" => wm_flat(
-            "S",
-            131,
-            json!({"mineroff": if mode == MinerMode::Mining { "false" } else { "true" }, "power_limit_set": format!("{target:.0}"), "FirmwareVersion": "20240624.18.REL", "power_mode": "normal"}),
-        ),
-        "get_version" => wm_flat(
-            "S",
-            131,
-            json!({"api_ver": "2.0.5", "fw_ver": "20230803.11.REL", "platform": "H616"}),
-        ),
-        "get_token" => {
-            let mut st = m.st();
-            st.counter += 1;
-            let salt = format!("s{:07x}", st.counter.wrapping_mul(40_503) & 0x0fff_ffff);
-            let newsalt = format!("n{:07x}", st.counter.wrapping_mul(69_069) & 0x0fff_ffff);
-            let time = format!("{}", 1000 + st.counter);
-            st.wm_token = Some((salt.clone(), newsalt.clone(), time.clone()));
-            wm_flat(
-                "S",
-                134,
-                json!({"time": time, "salt": salt, "newsalt": newsalt}),
-            )
-        }
-        _ => wm_flat("E", 14, json!("invalid cmd")),
-    };
-    body.to_string().into_bytes()
-}
-
-fn whatsminer_write(m: &SimMiner, v: &Value) -> Value {
-    let Some((salt, newsalt, time)) = m.st().wm_token.clone() else {
-        return wm_flat("E", 135, json!("check token err"));
-    };
-    let Ok(keys) = TokenKeys::derive(&m.spec.password, &salt, &newsalt, &time) else {
-        return wm_flat("E", 135, json!("check token err"));
-    };
-    let data = v.get("data").and_then(Value::as_str).unwrap_or("");
-    let Ok(inner) = keys.open(data) else {
-        return wm_flat("E", 135, json!("check token err"));
-    };
-    if inner.get("token").and_then(Value::as_str) != Some(keys.sign.as_str()) {
-        return wm_flat("E", 136, json!("token has expired"));
-    }
-    let cmd = inner.get("cmd").and_then(Value::as_str).unwrap_or("");
-    let reply = match cmd {
-        "power_off" => {
-            m.control("power_off", Some(MinerMode::Sleeping), None);
-            wm_flat("S", 131, json!("API command OK"))
-        }
-        "power_on" => {
-            m.control("power_on", Some(MinerMode::Mining), None);
-            wm_flat("S", 131, json!("API command OK"))
-        }
-        "adjust_power_limit" => match inner.get("power_limit").and_then(super::reply::num) {
-            Some(w) => {
-                m.control(&format!("adjust_power_limit {w:.0}"), None, Some(w));
-                wm_flat("S", 131, json!("API command OK"))
-            }
-            None => wm_flat("E", 14, json!("invalid power_limit")),
+        // Each firmware's own commands, in its module (stock Antminer and Vnish answer
+        // the bmminer set above only; Whatsminer's btminer API is `whatsminer::answer`).
+        _ => match fw {
+            Firmware::Braiins => braiins::command(&c, cmd, param),
+            Firmware::Luxos => luxos::command(&c, cmd, param),
+            Firmware::Avalon => avalon::command(&c, cmd, param),
+            Firmware::Whatsminer | Firmware::Vnish | Firmware::AntminerStock => invalid(fw),
         },
-        _ => wm_flat("E", 14, json!("invalid cmd")),
-    };
-    json!({ "enc": keys.seal(reply.to_string().as_bytes()) })
+    }
 }
 
 // ------------------------------------------------------------------ HTTP server
@@ -1199,133 +864,23 @@ async fn http_answer(
 ) -> Response {
     let path = uri.path().to_owned();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let bad = |s: StatusCode| (s, "{}").into_response();
     if let Some(resp) = web::answer(m, &method, &path, &headers, &body).await {
         return resp;
     }
-    match (m.spec.firmware, method.as_str(), path.as_str()) {
-        (
-            Firmware::AntminerStock,
-            _,
-            "/cgi-bin/get_miner_conf.cgi" | "/cgi-bin/set_miner_conf.cgi",
-        ) => {
-            if !digest_ok(m, &headers, method.as_str()) {
-                let nonce = format!("{:016x}", now_epoch().wrapping_mul(0x9E37_79B9));
-                return (
-                    StatusCode::UNAUTHORIZED,
-                    [("www-authenticate", format!("Digest realm=\"antMiner Configuration\", nonce=\"{nonce}\", qop=\"auth\""))],
-                    "",
-                )
-                    .into_response();
-            }
-            if path.ends_with("get_miner_conf.cgi") {
-                // The stock firmware reads the mode back as `bitmain-work-mode` (a
-                // string) and takes it as `miner-mode` in set_miner_conf.cgi; pyasic reads
-                // the first, asic-rs writes both.
-                let mode = if m.mode() == MinerMode::Mining {
-                    "0"
-                } else {
-                    "1"
-                };
-                return axum::Json(json!({
-                    "pools": [{"url": "stratum+tcp://btc.example.pool:3333", "user": "sim.worker", "pass": "x"}],
-                    "api-listen": true, "api-network": true, "bitmain-fan-ctrl": false, "bitmain-fan-pwm": "100",
-                    "bitmain-work-mode": mode, "bitmain-freq-level": "100"
-                }))
-                .into_response();
-            }
-            let Some(mode) = body.get("miner-mode").and_then(super::reply::num) else {
-                return axum::Json(json!({"stats": "error", "code": "M001", "msg": "bad conf"}))
-                    .into_response();
-            };
-            // The stock CGI answers a mode change after it has applied it (~20 s).
-            m.pause(m.scaled(20.0)).await;
-            if mode >= 1.0 {
-                m.control("miner-mode 1", Some(MinerMode::Sleeping), None);
-            } else {
-                m.control("miner-mode 0", Some(MinerMode::Mining), None);
-            }
-            axum::Json(json!({"stats": "success", "code": "M000", "msg": "OK!"})).into_response()
-        }
-        (Firmware::Vnish, "GET", "/api/v1/summary") => {
-            axum::Json(web::vnish_summary(m)).into_response()
-        }
-        (Firmware::Vnish, "GET", "/api/v1/autotune/presets") => {
-            let steps = 6;
-            let span = m.spec.nominal_w - m.spec.min_w;
-            let list: Vec<Value> = (0..=steps)
-                .map(|i| {
-                    let w = (m.spec.min_w + span * f64::from(i) / f64::from(steps)).round();
-                    json!({"name": format!("{w:.0}"), "pretty": format!("{w:.0} watt ~ {:.0} TH", w / m.spec.efficiency_j_th), "status": "tuned", "modded_psu_required": false})
-                })
-                .collect();
-            axum::Json(json!(list)).into_response()
-        }
-        (Firmware::Vnish, "POST", "/api/v1/unlock") => {
-            if body.get("pw").and_then(Value::as_str) != Some(m.spec.password.as_str()) {
-                return bad(StatusCode::FORBIDDEN);
-            }
-            let mut st = m.st();
-            st.counter += 1;
-            let t = format!("tok{:x}", st.counter.wrapping_mul(2_654_435_761));
-            st.http_token = Some(t.clone());
-            axum::Json(json!({"token": t})).into_response()
-        }
-        (Firmware::Vnish, "POST", p) if p.starts_with("/api/v1/") => {
-            let auth = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let ok = m.st().http_token.as_deref().map(|t| format!("Bearer {t}"))
-                == Some(auth.to_owned());
-            if !ok {
-                return bad(StatusCode::UNAUTHORIZED);
-            }
-            match p {
-                "/api/v1/mining/pause" => m.control("pause", Some(MinerMode::Paused), None),
-                "/api/v1/mining/resume" => m.control("resume", Some(MinerMode::Mining), None),
-                // asic-rs's pause/resume and pyasic's stop_mining: the cgminer process
-                // stops and starts (the same power and `stopped` state as a pause here).
-                "/api/v1/mining/stop" => m.control("stop", Some(MinerMode::Sleeping), None),
-                "/api/v1/mining/start" => m.control("start", Some(MinerMode::Mining), None),
-                "/api/v1/settings" => {
-                    let Some(w) = body
-                        .pointer("/miner/overclock/preset")
-                        .and_then(super::reply::num)
-                    else {
-                        return bad(StatusCode::BAD_REQUEST);
-                    };
-                    m.control(&format!("preset {w:.0}"), None, Some(w));
-                }
-                _ => return bad(StatusCode::NOT_FOUND),
-            }
-            axum::Json(json!({})).into_response()
-        }
-        (Firmware::Braiins, "POST", "/api/v1/auth/login") => {
-            if body.get("password").and_then(Value::as_str) != Some(m.spec.password.as_str()) {
-                return bad(StatusCode::UNAUTHORIZED);
-            }
-            let mut st = m.st();
-            st.counter += 1;
-            let t = format!("bos{:x}", st.counter.wrapping_mul(2_654_435_761));
-            st.http_token = Some(t.clone());
-            axum::Json(json!({"token": t, "timeout_s": 3600})).into_response()
-        }
-        (Firmware::Braiins, "PUT", "/api/v1/performance/power-target") => {
-            let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-            if auth.is_none() || m.st().http_token.as_deref() != auth {
-                return bad(StatusCode::UNAUTHORIZED);
-            }
-            let Some(w) = body.get("watt").and_then(super::reply::num) else {
-                return bad(StatusCode::BAD_REQUEST);
-            };
-            m.control(&format!("power-target {w:.0}"), None, Some(w));
-            axum::Json(json!({"watt": w})).into_response()
-        }
-        // Not JSON: pyasic takes any JSON answer to its Marathon probe
-        // (`/kaonsu/v1/brief`) for a Marathon miner.
-        _ => (StatusCode::NOT_FOUND, "404 Not Found").into_response(),
+    // Each firmware's levers over HTTP, in its module.
+    match m.spec.firmware {
+        Firmware::AntminerStock => antminer_stock::http(m, &method, &path, &headers, &body).await,
+        Firmware::Vnish => vnish::http(m, &method, &path, &headers, &body).await,
+        Firmware::Braiins => braiins::http(m, &method, &path, &headers, &body).await,
+        Firmware::Luxos | Firmware::Whatsminer | Firmware::Avalon => not_found(),
     }
+}
+
+/// What a firmware's web server answers a path it does not serve.
+fn not_found() -> Response {
+    // Not JSON: pyasic takes any JSON answer to its Marathon probe
+    // (`/kaonsu/v1/brief`) for a Marathon miner.
+    (StatusCode::NOT_FOUND, "404 Not Found").into_response()
 }
 
 /// Check an `Authorization: Digest ...` header against the miner's password.

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rackwarden_protocols::gpu::sim::SimGpus;
+use crate::gpu::SimGpus;
+use crate::miner as msim;
+use crate::modbus::Fault as MbFault;
 use rackwarden_protocols::gpu::{AppliedCap, GpuFuture, GpuNodeReading, GpuSource, GpuTarget};
-use rackwarden_protocols::miner::sim as msim;
-use rackwarden_protocols::modbus::sim::Fault as MbFault;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -161,7 +161,7 @@ pub(super) fn apply(model: &Arc<std::sync::Mutex<Model>>, kind: &EventKind, spee
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rackwarden_protocols::gpu::sim::{LoadProfile, SimSpec};
+    use crate::gpu::{LoadProfile, SimSpec};
 
     #[tokio::test]
     async fn a_hung_gpu_host_answers_only_when_let_go() {
