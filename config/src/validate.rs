@@ -5,13 +5,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::model::{
     CoolingUnit, CoolingZone, GpuNode, MeterRef, Miner, ModbusDevice, ModbusLink, NodeIdx,
     NodeKind, Outlet, PowerNode, Site,
 };
-use crate::policy::Policy;
+use crate::policy::{AgentSettings, GpuReserve, Policy};
 use crate::profile::{self, Profile, Role};
 use crate::raw::{
     GpuSource, RackKind, RawConfig, RawMeterRef, RawMiner, RawRating, Redundancy, Transport,
@@ -398,59 +399,12 @@ fn unit_id(errs: &mut Errors, path: &str, t: Transport, v: Option<u32>) -> u8 {
 /// Validates a raw config. `base` is the directory relative paths resolve against.
 pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     let mut errs = Errors::default();
-    let mut ids = IdTable {
-        first: HashMap::new(),
-    };
     check_policy(&mut errs, &raw.policy);
-    if raw.agent.http_listen.parse::<SocketAddr>().is_err() {
-        errs.push(
-            "agent.http_listen",
-            format!(
-                "`{}` is not an ip:port socket address",
-                raw.agent.http_listen
-            ),
-        );
-    }
-
-    if raw.agent.journal_retention_days == 0 {
-        errs.push(
-            "agent.journal_retention_days",
-            "must be at least 1 (days of journal kept in the database)".to_owned(),
-        );
-    }
+    check_agent(&mut errs, &raw.agent);
 
     // Expand miner groups first so their ids join the table.
     let miners_raw = expand_groups(&mut errs, raw);
-
-    ids.add(&mut errs, &raw.site.id, "site.id".into());
-    for (i, f) in raw.feeds.iter().enumerate() {
-        ids.add(&mut errs, &f.id, format!("feeds[{i}].id"));
-    }
-    for (i, r) in raw.rows.iter().enumerate() {
-        ids.add(&mut errs, &r.id, format!("rows[{i}].id"));
-    }
-    for (i, r) in raw.racks.iter().enumerate() {
-        ids.add(&mut errs, &r.id, format!("racks[{i}].id"));
-    }
-    for (i, z) in raw.cooling_zones.iter().enumerate() {
-        ids.add(&mut errs, &z.id, format!("cooling_zones[{i}].id"));
-        for (j, u) in z.units.iter().enumerate() {
-            ids.add(
-                &mut errs,
-                &u.id,
-                format!("cooling_zones[{i}].units[{j}].id"),
-            );
-        }
-    }
-    for (i, d) in raw.modbus_devices.iter().enumerate() {
-        ids.add(&mut errs, &d.id, format!("modbus_devices[{i}].id"));
-    }
-    for (m, path) in &miners_raw {
-        ids.add(&mut errs, &m.id, format!("{path}.id"));
-    }
-    for (i, g) in raw.gpu_nodes.iter().enumerate() {
-        ids.add(&mut errs, &g.id, format!("gpu_nodes[{i}].id"));
-    }
+    register_ids(&mut errs, raw, &miners_raw);
 
     // Devices first: meters refer to them.
     let mut broken = HashSet::new();
@@ -460,426 +414,17 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
         .enumerate()
         .map(|(i, d)| (d.id.as_str(), i))
         .collect();
-
-    let derate = raw.site.derate.unwrap_or(1.0);
-    if !(derate > 0.0 && derate <= 1.0) {
-        errs.push("site.derate", format!("must be in (0, 1], got {derate}"));
-    }
-    let derate = if derate > 0.0 && derate <= 1.0 {
-        derate
-    } else {
-        1.0
+    let known = KnownDevices {
+        all: &devices,
+        idx: &device_idx,
+        broken: &broken,
     };
 
-    // Nodes: site, feeds, rows, racks in that order.
-    let mut nodes: Vec<PowerNode> = Vec::new();
-    let mut node_paths: Vec<String> = Vec::new();
-    let mut explicit_budget: Vec<bool> = Vec::new();
-    let meters_of = |errs: &mut Errors, path: &str, ms: &[RawMeterRef]| -> Vec<MeterRef> {
-        let mut out = Vec::new();
-        for (k, m) in ms.iter().enumerate() {
-            let mpath = format!("{path}.meters[{k}]");
-            let Some(&d) = device_idx.get(m.device.as_str()) else {
-                if broken.contains(&m.device) {
-                    continue;
-                }
-                errs.push(
-                    format!("{mpath}.device"),
-                    format!("unknown Modbus device `{}`", m.device),
-                );
-                continue;
-            };
-            if devices[d].profile.point(&m.point).is_none() {
-                errs.push(
-                    format!("{mpath}.point"),
-                    format!(
-                        "device `{}` (profile `{}`) has no point or role `{}`",
-                        m.device, devices[d].profile.name, m.point
-                    ),
-                );
-                continue;
-            }
-            out.push(MeterRef {
-                device: d,
-                point: m.point.clone(),
-            });
-        }
-        out
-    };
-
-    let site_rating = rating_kw(&mut errs, "site", &raw.site.rating(), false);
-    nodes.push(PowerNode {
-        id: raw.site.id.clone(),
-        kind: NodeKind::Site,
-        parents: vec![],
-        children: vec![],
-        rating_kw: site_rating.unwrap_or(0.0),
-        budget_kw: 0.0,
-        ceiling_kw: 0.0,
-        rated_100: raw.site.rated_100,
-        rated_max_kw: None,
-        reserve: raw.policy.gpu_reserve,
-        meters: meters_of(&mut errs, "site", &raw.site.meters),
-        pair: None,
-    });
-    node_paths.push("site".into());
-    explicit_budget.push(raw.site.budget_kw.is_some());
-
-    let ceiling_fraction = raw.policy.ceiling_fraction;
-    let default_reserve = raw.policy.gpu_reserve;
-    let mut push_node = |errs: &mut Errors,
-                         nodes: &mut Vec<PowerNode>,
-                         path: String,
-                         id: &str,
-                         kind: NodeKind,
-                         rating: &RawRating,
-                         budget: Option<f64>,
-                         rated_100: bool,
-                         rated_max_kw: Option<f64>,
-                         reserve: Option<crate::policy::GpuReserve>,
-                         meters: Vec<MeterRef>| {
-        let r = rating_kw(errs, &path, rating, true);
-        let mut b = None;
-        if let Some(bk) = budget {
-            if positive(errs, &format!("{path}.budget_kw"), bk) {
-                if let Some(r) = r {
-                    if bk > r {
-                        errs.push(
-                            format!("{path}.budget_kw"),
-                            format!("budget {bk} kW exceeds the node's own rating {r:.1} kW"),
-                        );
-                    }
-                }
-                b = Some(bk);
-            }
-        }
-        let rating = r.unwrap_or(0.0);
-        let budget_kw = b.unwrap_or(rating * if rated_100 { 1.0 } else { 0.8 } * derate);
-        nodes.push(PowerNode {
-            id: id.to_owned(),
-            kind,
-            parents: vec![],
-            children: vec![],
-            rating_kw: rating,
-            budget_kw,
-            ceiling_kw: ceiling_of(rating, budget_kw, ceiling_fraction * derate),
-            rated_100,
-            rated_max_kw,
-            reserve: reserve.unwrap_or(default_reserve),
-            meters,
-            pair: None,
-        });
-        node_paths.push(path);
-        explicit_budget.push(budget.is_some());
-    };
-
-    for (i, f) in raw.feeds.iter().enumerate() {
-        let path = format!("feeds[{i}]");
-        let meters = meters_of(&mut errs, &path, &f.meters);
-        push_node(
-            &mut errs,
-            &mut nodes,
-            path,
-            &f.id,
-            NodeKind::Feed,
-            &f.rating(),
-            f.budget_kw,
-            f.rated_100,
-            None,
-            None,
-            meters,
-        );
-    }
-    for (i, r) in raw.rows.iter().enumerate() {
-        let path = format!("rows[{i}]");
-        let meters = meters_of(&mut errs, &path, &r.meters);
-        push_node(
-            &mut errs,
-            &mut nodes,
-            path,
-            &r.id,
-            NodeKind::Row,
-            &r.rating(),
-            r.budget_kw,
-            r.rated_100,
-            None,
-            None,
-            meters,
-        );
-    }
-    for (i, r) in raw.racks.iter().enumerate() {
-        let path = format!("racks[{i}]");
-        let meters = meters_of(&mut errs, &path, &r.meters);
-        let rated_max = match (r.kind, r.rated_max_kw) {
-            (RackKind::Gpu | RackKind::Mixed, None) => {
-                errs.push(
-                    format!("{path}.rated_max_kw"),
-                    "GPU and mixed racks need rated_max_kw (reserved while NVML is absent)",
-                );
-                None
-            }
-            (_, Some(v)) => positive(&mut errs, &format!("{path}.rated_max_kw"), v).then_some(v),
-            (RackKind::Mining, None) => None,
-        };
-        if r.kind == RackKind::Mining && r.reserve.is_some() {
-            errs.push(
-                format!("{path}.reserve"),
-                "only GPU and mixed racks have a GPU reserve to set",
-            );
-        }
-        push_node(
-            &mut errs,
-            &mut nodes,
-            path,
-            &r.id,
-            NodeKind::Rack(r.kind),
-            &r.rating(),
-            r.budget_kw,
-            r.rated_100,
-            rated_max,
-            r.reserve,
-            meters,
-        );
-    }
-    let node_idx: HashMap<String, NodeIdx> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.clone(), i))
-        .collect();
-    let n_feeds = raw.feeds.len();
-    let feed_range = 1..1 + n_feeds;
-    let row_range = feed_range.end..feed_range.end + raw.rows.len();
-
-    // Feeds hang from the site; pairs.
-    for (i, f) in raw.feeds.iter().enumerate() {
-        let me = 1 + i;
-        nodes[me].parents = vec![0];
-        if f.parent.is_some() {
-            errs.push(
-                format!("feeds[{i}].parent"),
-                "feeds hang from the site; parent is for rows",
-            );
-        }
-        if let Some(p) = &f.pair {
-            match node_idx.get(p) {
-                Some(&j) if feed_range.contains(&j) && j != me => {
-                    if let Some(prev) = nodes[j].pair.filter(|&x| x != me) {
-                        errs.push(
-                            format!("feeds[{i}].pair"),
-                            format!("feed `{p}` is already paired with `{}`", nodes[prev].id),
-                        );
-                    } else {
-                        nodes[me].pair = Some(j);
-                        nodes[j].pair = Some(me);
-                    }
-                }
-                Some(_) => errs.push(
-                    format!("feeds[{i}].pair"),
-                    format!("`{p}` is not another feed"),
-                ),
-                None => errs.push(format!("feeds[{i}].pair"), format!("unknown feed `{p}`")),
-            }
-        }
-    }
-    // Rows hang from a feed or another row.
-    for (i, r) in raw.rows.iter().enumerate() {
-        let me = row_range.start + i;
-        if r.pair.is_some() {
-            errs.push(format!("rows[{i}].pair"), "only feeds form A/B pairs");
-        }
-        match &r.parent {
-            None => errs.push(
-                format!("rows[{i}].parent"),
-                "a row needs a parent feed or row",
-            ),
-            Some(p) => match node_idx.get(p) {
-                Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
-                    nodes[me].parents = vec![j];
-                }
-                Some(_) => errs.push(
-                    format!("rows[{i}].parent"),
-                    format!("`{p}` is not a feed or row"),
-                ),
-                None => errs.push(format!("rows[{i}].parent"), format!("unknown id `{p}`")),
-            },
-        }
-    }
-    // Cycles among rows: follow parents; a chain that never reaches a feed is a loop.
-    let mut in_cycle = vec![false; nodes.len()];
-    for i in 0..raw.rows.len() {
-        let start = row_range.start + i;
-        let mut seen = HashSet::new();
-        let mut cur = start;
-        while row_range.contains(&cur) {
-            if !seen.insert(cur) {
-                if cur == start {
-                    errs.push(
-                        format!("rows[{i}].parent"),
-                        format!("cycle in the power tree through `{}`", nodes[start].id),
-                    );
-                    in_cycle[start] = true;
-                }
-                break;
-            }
-            match nodes[cur].parents.first() {
-                Some(&p) => cur = p,
-                None => break,
-            }
-        }
-    }
-    for (i, r) in raw.racks.iter().enumerate() {
-        let me = row_range.end + i;
-        let path = format!("racks[{i}].parents");
-        if r.parents.is_empty() {
-            errs.push(
-                path.clone(),
-                "the rack is in no feed: parents names no row or feed",
-            );
-        }
-        if r.parents.len() > 2 {
-            errs.push(
-                path.clone(),
-                "a rack hangs from one row, or two on an A/B feed pair",
-            );
-        }
-        let mut ps = Vec::new();
-        for p in &r.parents {
-            match node_idx.get(p) {
-                Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
-                    if ps.contains(&j) {
-                        errs.push(path.clone(), format!("`{p}` listed twice"));
-                    } else {
-                        ps.push(j);
-                    }
-                }
-                Some(_) => errs.push(path.clone(), format!("`{p}` is not a feed or row")),
-                None => errs.push(path.clone(), format!("unknown id `{p}`")),
-            }
-        }
-        nodes[me].parents = ps;
-    }
-    let feed_of = |nodes: &Vec<PowerNode>, mut n: NodeIdx| -> Option<NodeIdx> {
-        for _ in 0..nodes.len() {
-            if feed_range.contains(&n) {
-                return Some(n);
-            }
-            n = *nodes[n].parents.first()?;
-        }
-        None
-    };
-    for (i, _) in raw.racks.iter().enumerate() {
-        let me = row_range.end + i;
-        if nodes[me].parents.len() == 2 {
-            let a = feed_of(&nodes, nodes[me].parents[0]);
-            let b = feed_of(&nodes, nodes[me].parents[1]);
-            if let (Some(a), Some(b)) = (a, b) {
-                if a == b || nodes[a].pair != Some(b) {
-                    errs.push(
-                        format!("racks[{i}].parents"),
-                        format!(
-                            "the rack hangs from two trees: feeds `{}` and `{}` are not an A/B pair",
-                            nodes[a].id, nodes[b].id
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    // Children lists.
-    for i in 1..nodes.len() {
-        if in_cycle[i] {
-            continue;
-        }
-        for p in nodes[i].parents.clone() {
-            nodes[p].children.push(i);
-        }
-    }
-    // A child's budget must fit its parent's rating.
-    for i in 1..nodes.len() {
-        for &p in &nodes[i].parents {
-            let (pb, cb) = (nodes[p].rating_kw, nodes[i].budget_kw);
-            if p != 0 && pb > 0.0 && cb > pb + 1e-9 {
-                let field = if explicit_budget[i] {
-                    "budget_kw"
-                } else {
-                    "rating_kw"
-                };
-                errs.push(
-                    format!("{}.{field}", node_paths[i]),
-                    format!(
-                        "budget {cb:.1} kW exceeds the rating {pb:.1} kW of parent `{}`",
-                        nodes[p].id
-                    ),
-                );
-            }
-        }
-    }
-    // The site: its rating, or the sum of its feeds with each A/B pair counted once.
-    if site_rating.is_none() {
-        let mut total = 0.0;
-        for f in feed_range.clone() {
-            match nodes[f].pair {
-                Some(o) if o < f => {}
-                Some(o) => total += nodes[f].rating_kw.min(nodes[o].rating_kw),
-                None => total += nodes[f].rating_kw,
-            }
-        }
-        nodes[0].rating_kw = total;
-    }
-    nodes[0].budget_kw = match raw.site.budget_kw {
-        Some(b) => {
-            if positive(&mut errs, "site.budget_kw", b) && site_rating.is_some_and(|r| b > r) {
-                errs.push("site.budget_kw", "budget exceeds the site's rating");
-            }
-            b
-        }
-        None if site_rating.is_some() => {
-            nodes[0].rating_kw * if raw.site.rated_100 { 1.0 } else { 0.8 } * derate
-        }
-        None => {
-            let mut total = 0.0;
-            for f in feed_range.clone() {
-                match nodes[f].pair {
-                    Some(o) if o < f => {}
-                    Some(o) => total += nodes[f].budget_kw.min(nodes[o].budget_kw),
-                    None => total += nodes[f].budget_kw,
-                }
-            }
-            total
-        }
-    };
-    nodes[0].ceiling_kw = if site_rating.is_some() {
-        ceiling_of(
-            nodes[0].rating_kw,
-            nodes[0].budget_kw,
-            ceiling_fraction * derate,
-        )
-    } else {
-        // The sum of its feeds' ceilings, each A/B pair counted once.
-        let mut total = 0.0;
-        for f in feed_range.clone() {
-            match nodes[f].pair {
-                Some(o) if o < f => {}
-                Some(o) => total += nodes[f].ceiling_kw.min(nodes[o].ceiling_kw),
-                None => total += nodes[f].ceiling_kw,
-            }
-        }
-        total.max(nodes[0].budget_kw)
-    };
-    if n_feeds == 0 {
-        errs.push("feeds", "the site needs at least one feed");
-    }
+    let derate = site_derate(&mut errs, raw);
+    let (nodes, node_idx) = build_power_tree(&mut errs, raw, &known, derate);
 
     let zones = build_zones(&mut errs, raw, &node_idx, &device_idx, &devices, &broken);
-    let mut miners = build_miners(
-        &mut errs,
-        &miners_raw,
-        &nodes,
-        &node_idx,
-        &devices,
-        &device_idx,
-        &broken,
-    );
+    let mut miners = build_miners(&mut errs, &miners_raw, &nodes, &node_idx, &known);
     resolve_password_files(&mut errs, &mut miners, base);
     let gpu_nodes = build_gpu_nodes(&mut errs, raw, &nodes, &node_idx, base);
 
@@ -918,6 +463,589 @@ pub fn validate(raw: &RawConfig, base: &Path) -> Result<Site, Vec<Issue>> {
     site.alerts = alerts;
     site.grid = grid;
     Ok(site)
+}
+
+/// `[agent]`: the HTTP listen address and the journal retention.
+fn check_agent(errs: &mut Errors, agent: &AgentSettings) {
+    if agent.http_listen.parse::<SocketAddr>().is_err() {
+        errs.push(
+            "agent.http_listen",
+            format!("`{}` is not an ip:port socket address", agent.http_listen),
+        );
+    }
+
+    if agent.journal_retention_days == 0 {
+        errs.push(
+            "agent.journal_retention_days",
+            "must be at least 1 (days of journal kept in the database)".to_owned(),
+        );
+    }
+}
+
+/// Registers every id (site, feeds, rows, racks, cooling zones and units, Modbus devices,
+/// miners, GPU nodes) in one table: ids are unique across the whole file.
+fn register_ids(errs: &mut Errors, raw: &RawConfig, miners_raw: &[(RawMiner, String)]) {
+    let mut ids = IdTable {
+        first: HashMap::new(),
+    };
+    ids.add(errs, &raw.site.id, "site.id".into());
+    for (i, f) in raw.feeds.iter().enumerate() {
+        ids.add(errs, &f.id, format!("feeds[{i}].id"));
+    }
+    for (i, r) in raw.rows.iter().enumerate() {
+        ids.add(errs, &r.id, format!("rows[{i}].id"));
+    }
+    for (i, r) in raw.racks.iter().enumerate() {
+        ids.add(errs, &r.id, format!("racks[{i}].id"));
+    }
+    for (i, z) in raw.cooling_zones.iter().enumerate() {
+        ids.add(errs, &z.id, format!("cooling_zones[{i}].id"));
+        for (j, u) in z.units.iter().enumerate() {
+            ids.add(errs, &u.id, format!("cooling_zones[{i}].units[{j}].id"));
+        }
+    }
+    for (i, d) in raw.modbus_devices.iter().enumerate() {
+        ids.add(errs, &d.id, format!("modbus_devices[{i}].id"));
+    }
+    for (m, path) in miners_raw {
+        ids.add(errs, &m.id, format!("{path}.id"));
+    }
+    for (i, g) in raw.gpu_nodes.iter().enumerate() {
+        ids.add(errs, &g.id, format!("gpu_nodes[{i}].id"));
+    }
+}
+
+/// `site.derate`: in (0, 1], 1.0 when absent or invalid (the error is recorded).
+fn site_derate(errs: &mut Errors, raw: &RawConfig) -> f64 {
+    let derate = raw.site.derate.unwrap_or(1.0);
+    if !(derate > 0.0 && derate <= 1.0) {
+        errs.push("site.derate", format!("must be in (0, 1], got {derate}"));
+    }
+    if derate > 0.0 && derate <= 1.0 {
+        derate
+    } else {
+        1.0
+    }
+}
+
+/// The Modbus devices built so far, by index and id, and the ids of those that failed
+/// to build (references to them are not reported again).
+struct KnownDevices<'a> {
+    all: &'a [ModbusDevice],
+    idx: &'a HashMap<&'a str, usize>,
+    broken: &'a HashSet<String>,
+}
+
+impl KnownDevices<'_> {
+    /// Resolves a node's `meters`: each names a known device and one of its points.
+    fn meter_refs(&self, errs: &mut Errors, path: &str, ms: &[RawMeterRef]) -> Vec<MeterRef> {
+        let mut out = Vec::new();
+        for (k, m) in ms.iter().enumerate() {
+            let mpath = format!("{path}.meters[{k}]");
+            let Some(&d) = self.idx.get(m.device.as_str()) else {
+                if self.broken.contains(&m.device) {
+                    continue;
+                }
+                errs.push(
+                    format!("{mpath}.device"),
+                    format!("unknown Modbus device `{}`", m.device),
+                );
+                continue;
+            };
+            if self.all[d].profile.point(&m.point).is_none() {
+                errs.push(
+                    format!("{mpath}.point"),
+                    format!(
+                        "device `{}` (profile `{}`) has no point or role `{}`",
+                        m.device, self.all[d].profile.name, m.point
+                    ),
+                );
+                continue;
+            }
+            out.push(MeterRef {
+                device: d,
+                point: m.point.clone(),
+            });
+        }
+        out
+    }
+}
+
+/// A feed, row or rack as written, before it becomes a [`PowerNode`].
+struct NodeSpec<'a> {
+    path: String,
+    id: &'a str,
+    kind: NodeKind,
+    rating: RawRating,
+    budget: Option<f64>,
+    rated_100: bool,
+    rated_max_kw: Option<f64>,
+    reserve: Option<GpuReserve>,
+    meters: Vec<MeterRef>,
+}
+
+/// The power-node tree under construction: site, feeds, rows, racks in that order.
+struct PowerTree {
+    nodes: Vec<PowerNode>,
+    /// Each node's field path (`racks[5]`).
+    node_paths: Vec<String>,
+    /// Whether each node's budget was written (`budget_kw`) rather than derived.
+    explicit_budget: Vec<bool>,
+    feed_range: Range<NodeIdx>,
+    row_range: Range<NodeIdx>,
+    derate: f64,
+}
+
+/// Builds the power-node tree (site, feeds, rows, racks) and checks it: parents, A/B
+/// pairs, cycles, budgets against ratings. Returns the nodes and their index by id.
+fn build_power_tree(
+    errs: &mut Errors,
+    raw: &RawConfig,
+    known: &KnownDevices,
+    derate: f64,
+) -> (Vec<PowerNode>, HashMap<String, NodeIdx>) {
+    let feed_range = 1..1 + raw.feeds.len();
+    let row_range = feed_range.end..feed_range.end + raw.rows.len();
+    let mut tree = PowerTree {
+        nodes: Vec::new(),
+        node_paths: Vec::new(),
+        explicit_budget: Vec::new(),
+        feed_range,
+        row_range,
+        derate,
+    };
+    let site_rating = tree.push_site(errs, raw, known);
+    tree.push_feeds_rows_racks(errs, raw, known);
+    let node_idx: HashMap<String, NodeIdx> = tree
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
+
+    tree.link_feeds(errs, raw, &node_idx);
+    tree.link_rows(errs, raw, &node_idx);
+    let in_cycle = tree.row_cycles(errs, raw);
+    tree.link_racks(errs, raw, &node_idx);
+    tree.check_rack_pairs(errs, raw);
+    tree.link_children(&in_cycle);
+    tree.check_budgets_fit_parents(errs);
+    tree.site_from_feeds(errs, raw, site_rating);
+    if raw.feeds.is_empty() {
+        errs.push("feeds", "the site needs at least one feed");
+    }
+    (tree.nodes, node_idx)
+}
+
+impl PowerTree {
+    /// Pushes the site node; returns its own rating (`None` when absent or invalid).
+    fn push_site(
+        &mut self,
+        errs: &mut Errors,
+        raw: &RawConfig,
+        known: &KnownDevices,
+    ) -> Option<f64> {
+        let site_rating = rating_kw(errs, "site", &raw.site.rating(), false);
+        self.nodes.push(PowerNode {
+            id: raw.site.id.clone(),
+            kind: NodeKind::Site,
+            parents: vec![],
+            children: vec![],
+            rating_kw: site_rating.unwrap_or(0.0),
+            budget_kw: 0.0,
+            ceiling_kw: 0.0,
+            rated_100: raw.site.rated_100,
+            rated_max_kw: None,
+            reserve: raw.policy.gpu_reserve,
+            meters: known.meter_refs(errs, "site", &raw.site.meters),
+            pair: None,
+        });
+        self.node_paths.push("site".into());
+        self.explicit_budget.push(raw.site.budget_kw.is_some());
+        site_rating
+    }
+
+    /// Pushes a feed, row or rack node: its rating, its budget (written, or derived from
+    /// the rating) and its ceiling.
+    fn push_node(&mut self, errs: &mut Errors, policy: &Policy, n: NodeSpec) {
+        let path = n.path;
+        let r = rating_kw(errs, &path, &n.rating, true);
+        let mut b = None;
+        if let Some(bk) = n.budget {
+            if positive(errs, &format!("{path}.budget_kw"), bk) {
+                if let Some(r) = r {
+                    if bk > r {
+                        errs.push(
+                            format!("{path}.budget_kw"),
+                            format!("budget {bk} kW exceeds the node's own rating {r:.1} kW"),
+                        );
+                    }
+                }
+                b = Some(bk);
+            }
+        }
+        let rating = r.unwrap_or(0.0);
+        let derate = self.derate;
+        let budget_kw = b.unwrap_or(rating * if n.rated_100 { 1.0 } else { 0.8 } * derate);
+        self.nodes.push(PowerNode {
+            id: n.id.to_owned(),
+            kind: n.kind,
+            parents: vec![],
+            children: vec![],
+            rating_kw: rating,
+            budget_kw,
+            ceiling_kw: ceiling_of(rating, budget_kw, policy.ceiling_fraction * derate),
+            rated_100: n.rated_100,
+            rated_max_kw: n.rated_max_kw,
+            reserve: n.reserve.unwrap_or(policy.gpu_reserve),
+            meters: n.meters,
+            pair: None,
+        });
+        self.node_paths.push(path);
+        self.explicit_budget.push(n.budget.is_some());
+    }
+
+    /// Pushes the feeds, rows and racks in that order, with each rack's own checks
+    /// (`rated_max_kw`, `reserve`).
+    fn push_feeds_rows_racks(&mut self, errs: &mut Errors, raw: &RawConfig, known: &KnownDevices) {
+        for (i, f) in raw.feeds.iter().enumerate() {
+            let path = format!("feeds[{i}]");
+            let meters = known.meter_refs(errs, &path, &f.meters);
+            let spec = NodeSpec {
+                path,
+                id: &f.id,
+                kind: NodeKind::Feed,
+                rating: f.rating(),
+                budget: f.budget_kw,
+                rated_100: f.rated_100,
+                rated_max_kw: None,
+                reserve: None,
+                meters,
+            };
+            self.push_node(errs, &raw.policy, spec);
+        }
+        for (i, r) in raw.rows.iter().enumerate() {
+            let path = format!("rows[{i}]");
+            let meters = known.meter_refs(errs, &path, &r.meters);
+            let spec = NodeSpec {
+                path,
+                id: &r.id,
+                kind: NodeKind::Row,
+                rating: r.rating(),
+                budget: r.budget_kw,
+                rated_100: r.rated_100,
+                rated_max_kw: None,
+                reserve: None,
+                meters,
+            };
+            self.push_node(errs, &raw.policy, spec);
+        }
+        for (i, r) in raw.racks.iter().enumerate() {
+            let path = format!("racks[{i}]");
+            let meters = known.meter_refs(errs, &path, &r.meters);
+            let rated_max = match (r.kind, r.rated_max_kw) {
+                (RackKind::Gpu | RackKind::Mixed, None) => {
+                    errs.push(
+                        format!("{path}.rated_max_kw"),
+                        "GPU and mixed racks need rated_max_kw (reserved while NVML is absent)",
+                    );
+                    None
+                }
+                (_, Some(v)) => positive(errs, &format!("{path}.rated_max_kw"), v).then_some(v),
+                (RackKind::Mining, None) => None,
+            };
+            if r.kind == RackKind::Mining && r.reserve.is_some() {
+                errs.push(
+                    format!("{path}.reserve"),
+                    "only GPU and mixed racks have a GPU reserve to set",
+                );
+            }
+            let spec = NodeSpec {
+                path,
+                id: &r.id,
+                kind: NodeKind::Rack(r.kind),
+                rating: r.rating(),
+                budget: r.budget_kw,
+                rated_100: r.rated_100,
+                rated_max_kw: rated_max,
+                reserve: r.reserve,
+                meters,
+            };
+            self.push_node(errs, &raw.policy, spec);
+        }
+    }
+
+    /// Feeds hang from the site; pairs.
+    fn link_feeds(
+        &mut self,
+        errs: &mut Errors,
+        raw: &RawConfig,
+        node_idx: &HashMap<String, NodeIdx>,
+    ) {
+        let nodes = &mut self.nodes;
+        for (i, f) in raw.feeds.iter().enumerate() {
+            let me = 1 + i;
+            nodes[me].parents = vec![0];
+            if f.parent.is_some() {
+                errs.push(
+                    format!("feeds[{i}].parent"),
+                    "feeds hang from the site; parent is for rows",
+                );
+            }
+            if let Some(p) = &f.pair {
+                match node_idx.get(p) {
+                    Some(&j) if self.feed_range.contains(&j) && j != me => {
+                        if let Some(prev) = nodes[j].pair.filter(|&x| x != me) {
+                            errs.push(
+                                format!("feeds[{i}].pair"),
+                                format!("feed `{p}` is already paired with `{}`", nodes[prev].id),
+                            );
+                        } else {
+                            nodes[me].pair = Some(j);
+                            nodes[j].pair = Some(me);
+                        }
+                    }
+                    Some(_) => errs.push(
+                        format!("feeds[{i}].pair"),
+                        format!("`{p}` is not another feed"),
+                    ),
+                    None => errs.push(format!("feeds[{i}].pair"), format!("unknown feed `{p}`")),
+                }
+            }
+        }
+    }
+
+    /// Rows hang from a feed or another row.
+    fn link_rows(
+        &mut self,
+        errs: &mut Errors,
+        raw: &RawConfig,
+        node_idx: &HashMap<String, NodeIdx>,
+    ) {
+        let (feed_range, row_range) = (&self.feed_range, &self.row_range);
+        for (i, r) in raw.rows.iter().enumerate() {
+            let me = row_range.start + i;
+            if r.pair.is_some() {
+                errs.push(format!("rows[{i}].pair"), "only feeds form A/B pairs");
+            }
+            match &r.parent {
+                None => errs.push(
+                    format!("rows[{i}].parent"),
+                    "a row needs a parent feed or row",
+                ),
+                Some(p) => match node_idx.get(p) {
+                    Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
+                        self.nodes[me].parents = vec![j];
+                    }
+                    Some(_) => errs.push(
+                        format!("rows[{i}].parent"),
+                        format!("`{p}` is not a feed or row"),
+                    ),
+                    None => errs.push(format!("rows[{i}].parent"), format!("unknown id `{p}`")),
+                },
+            }
+        }
+    }
+
+    /// Cycles among rows: follow parents; a chain that never reaches a feed is a loop.
+    /// Returns, per node, whether it is a row on a cycle.
+    fn row_cycles(&self, errs: &mut Errors, raw: &RawConfig) -> Vec<bool> {
+        let (nodes, row_range) = (&self.nodes, &self.row_range);
+        let mut in_cycle = vec![false; nodes.len()];
+        for i in 0..raw.rows.len() {
+            let start = row_range.start + i;
+            let mut seen = HashSet::new();
+            let mut cur = start;
+            while row_range.contains(&cur) {
+                if !seen.insert(cur) {
+                    if cur == start {
+                        errs.push(
+                            format!("rows[{i}].parent"),
+                            format!("cycle in the power tree through `{}`", nodes[start].id),
+                        );
+                        in_cycle[start] = true;
+                    }
+                    break;
+                }
+                match nodes[cur].parents.first() {
+                    Some(&p) => cur = p,
+                    None => break,
+                }
+            }
+        }
+        in_cycle
+    }
+
+    /// Racks hang from one row or feed, or two on an A/B feed pair.
+    fn link_racks(
+        &mut self,
+        errs: &mut Errors,
+        raw: &RawConfig,
+        node_idx: &HashMap<String, NodeIdx>,
+    ) {
+        let (feed_range, row_range) = (&self.feed_range, &self.row_range);
+        for (i, r) in raw.racks.iter().enumerate() {
+            let me = row_range.end + i;
+            let path = format!("racks[{i}].parents");
+            if r.parents.is_empty() {
+                errs.push(
+                    path.clone(),
+                    "the rack is in no feed: parents names no row or feed",
+                );
+            }
+            if r.parents.len() > 2 {
+                errs.push(
+                    path.clone(),
+                    "a rack hangs from one row, or two on an A/B feed pair",
+                );
+            }
+            let mut ps = Vec::new();
+            for p in &r.parents {
+                match node_idx.get(p) {
+                    Some(&j) if feed_range.contains(&j) || row_range.contains(&j) => {
+                        if ps.contains(&j) {
+                            errs.push(path.clone(), format!("`{p}` listed twice"));
+                        } else {
+                            ps.push(j);
+                        }
+                    }
+                    Some(_) => errs.push(path.clone(), format!("`{p}` is not a feed or row")),
+                    None => errs.push(path.clone(), format!("unknown id `{p}`")),
+                }
+            }
+            self.nodes[me].parents = ps;
+        }
+    }
+
+    /// The feed a node hangs from, following first parents; `None` when the chain ends or
+    /// loops before reaching a feed.
+    fn feed_of(&self, mut n: NodeIdx) -> Option<NodeIdx> {
+        for _ in 0..self.nodes.len() {
+            if self.feed_range.contains(&n) {
+                return Some(n);
+            }
+            n = *self.nodes[n].parents.first()?;
+        }
+        None
+    }
+
+    /// A rack with two parents hangs from both feeds of one A/B pair.
+    fn check_rack_pairs(&self, errs: &mut Errors, raw: &RawConfig) {
+        let nodes = &self.nodes;
+        for (i, _) in raw.racks.iter().enumerate() {
+            let me = self.row_range.end + i;
+            if nodes[me].parents.len() == 2 {
+                let a = self.feed_of(nodes[me].parents[0]);
+                let b = self.feed_of(nodes[me].parents[1]);
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a == b || nodes[a].pair != Some(b) {
+                        errs.push(
+                            format!("racks[{i}].parents"),
+                            format!(
+                                "the rack hangs from two trees: feeds `{}` and `{}` are not an A/B pair",
+                                nodes[a].id, nodes[b].id
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Children lists.
+    fn link_children(&mut self, in_cycle: &[bool]) {
+        let nodes = &mut self.nodes;
+        for i in 1..nodes.len() {
+            if in_cycle[i] {
+                continue;
+            }
+            for p in nodes[i].parents.clone() {
+                nodes[p].children.push(i);
+            }
+        }
+    }
+
+    /// A child's budget must fit its parent's rating.
+    fn check_budgets_fit_parents(&self, errs: &mut Errors) {
+        let nodes = &self.nodes;
+        for i in 1..nodes.len() {
+            for &p in &nodes[i].parents {
+                let (pb, cb) = (nodes[p].rating_kw, nodes[i].budget_kw);
+                if p != 0 && pb > 0.0 && cb > pb + 1e-9 {
+                    let field = if self.explicit_budget[i] {
+                        "budget_kw"
+                    } else {
+                        "rating_kw"
+                    };
+                    errs.push(
+                        format!("{}.{field}", self.node_paths[i]),
+                        format!(
+                            "budget {cb:.1} kW exceeds the rating {pb:.1} kW of parent `{}`",
+                            nodes[p].id
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The site's rating, budget and ceiling: its own, or from its feeds.
+    fn site_from_feeds(&mut self, errs: &mut Errors, raw: &RawConfig, site_rating: Option<f64>) {
+        let (nodes, feed_range, derate) = (&mut self.nodes, &self.feed_range, self.derate);
+        let ceiling_fraction = raw.policy.ceiling_fraction;
+        // The site: its rating, or the sum of its feeds with each A/B pair counted once.
+        if site_rating.is_none() {
+            let mut total = 0.0;
+            for f in feed_range.clone() {
+                match nodes[f].pair {
+                    Some(o) if o < f => {}
+                    Some(o) => total += nodes[f].rating_kw.min(nodes[o].rating_kw),
+                    None => total += nodes[f].rating_kw,
+                }
+            }
+            nodes[0].rating_kw = total;
+        }
+        nodes[0].budget_kw = match raw.site.budget_kw {
+            Some(b) => {
+                if positive(errs, "site.budget_kw", b) && site_rating.is_some_and(|r| b > r) {
+                    errs.push("site.budget_kw", "budget exceeds the site's rating");
+                }
+                b
+            }
+            None if site_rating.is_some() => {
+                nodes[0].rating_kw * if raw.site.rated_100 { 1.0 } else { 0.8 } * derate
+            }
+            None => {
+                let mut total = 0.0;
+                for f in feed_range.clone() {
+                    match nodes[f].pair {
+                        Some(o) if o < f => {}
+                        Some(o) => total += nodes[f].budget_kw.min(nodes[o].budget_kw),
+                        None => total += nodes[f].budget_kw,
+                    }
+                }
+                total
+            }
+        };
+        nodes[0].ceiling_kw = if site_rating.is_some() {
+            ceiling_of(
+                nodes[0].rating_kw,
+                nodes[0].budget_kw,
+                ceiling_fraction * derate,
+            )
+        } else {
+            // The sum of its feeds' ceilings, each A/B pair counted once.
+            let mut total = 0.0;
+            for f in feed_range.clone() {
+                match nodes[f].pair {
+                    Some(o) if o < f => {}
+                    Some(o) => total += nodes[f].ceiling_kw.min(nodes[o].ceiling_kw),
+                    None => total += nodes[f].ceiling_kw,
+                }
+            }
+            total.max(nodes[0].budget_kw)
+        };
+    }
 }
 
 /// `[[tenants]]`: unique ids (not the site's own `mining` account), racks that exist and
@@ -1711,9 +1839,7 @@ fn build_miners(
     raw: &[(RawMiner, String)],
     nodes: &[PowerNode],
     node_idx: &HashMap<String, NodeIdx>,
-    devices: &[ModbusDevice],
-    device_idx: &HashMap<&str, usize>,
-    broken: &HashSet<String>,
+    known: &KnownDevices,
 ) -> Vec<Miner> {
     let mut out = Vec::with_capacity(raw.len());
     let mut outlets_used: HashMap<(usize, u32), String> = HashMap::new();
@@ -1729,142 +1855,17 @@ fn build_miners(
                 (String::new(), 4028)
             }
         };
-        let rack = match node_idx.get(&m.rack) {
-            Some(&n) => match nodes[n].rack_kind() {
-                Some(RackKind::Mining | RackKind::Mixed) => Some(n),
-                Some(RackKind::Gpu) => {
-                    local.push(
-                        format!("{path}.rack"),
-                        format!(
-                            "`{}` is a GPU rack; miners go in mining or mixed racks",
-                            m.rack
-                        ),
-                    );
-                    None
-                }
-                None => {
-                    local.push(
-                        format!("{path}.rack"),
-                        format!("`{}` is not a rack", m.rack),
-                    );
-                    None
-                }
-            },
-            None => {
-                local.push(format!("{path}.rack"), format!("unknown rack `{}`", m.rack));
-                None
-            }
-        };
-        positive(&mut local, &format!("{path}.nominal_w"), m.nominal_w);
-        if let Some(min) = m.min_w {
-            if !(min > 0.0 && min <= m.nominal_w) {
-                local.push(
-                    format!("{path}.min_w"),
-                    format!("min_w {min} must be in (0, nominal_w = {}]", m.nominal_w),
-                );
-            }
-        }
-        let idle = m.idle_w.unwrap_or(25.0);
-        if !(idle >= 0.0 && idle < m.nominal_w) {
-            local.push(
-                format!("{path}.idle_w"),
-                format!("idle_w {idle} must be in [0, nominal_w)"),
-            );
-        }
-        if let Some(e) = m.efficiency_j_th {
-            positive(&mut local, &format!("{path}.efficiency_j_th"), e);
-        }
-        if let Some(c) = &m.credentials {
-            match (&c.password_env, &c.password_file) {
-                (Some(_), Some(_)) => local.push(
-                    format!("{path}.credentials"),
-                    "give password_env or password_file, not both",
-                ),
-                (None, None) => local.push(
-                    format!("{path}.credentials"),
-                    "credentials need password_env or password_file (never inline)",
-                ),
-                _ => {}
-            }
-        }
+        let rack = miner_rack(&mut local, m, path, nodes, node_idx);
+        let idle = check_miner_power(&mut local, m, path);
+        check_miner_credentials(&mut local, m, path);
         let http_port = match m.http_port {
             Some(p) => port16(&mut local, &format!("{path}.http_port"), p),
             None => m.firmware.needs_http().then_some(80),
         };
-        let outlet = match &m.outlet {
-            None => None,
-            Some(o) => {
-                let opath = if grouped {
-                    format!("{path}.outlet_device")
-                } else {
-                    format!("{path}.outlet.device")
-                };
-                match device_idx.get(o.device.as_str()) {
-                    None => {
-                        if !broken.contains(&o.device) {
-                            local.push(opath, format!("unknown Modbus device `{}`", o.device));
-                        }
-                        None
-                    }
-                    Some(&d) => {
-                        let dev = &devices[d];
-                        let sw = dev.profile.role(Role::OutletSwitch);
-                        if !dev.control {
-                            local.push(
-                                opath.clone(),
-                                format!(
-                                    "outlet switching configured on device `{}` without control = true",
-                                    o.device
-                                ),
-                            );
-                        } else if !dev.may_write(Role::OutletSwitch.name())
-                            && !sw.is_some_and(|p| dev.may_write(&p.name))
-                        {
-                            local.push(
-                                opath.clone(),
-                                format!(
-                                    "device `{}` does not allow writes to outlet_switch: add it to write_points",
-                                    o.device
-                                ),
-                            );
-                        }
-                        match sw {
-                            Some(p) if o.outlet >= 1 && o.outlet <= p.count => {
-                                if let Some(other) =
-                                    outlets_used.insert((d, o.outlet), m.id.clone())
-                                {
-                                    local.push(
-                                        format!("{path}.outlet"),
-                                        format!(
-                                            "outlet {} of `{}` already feeds miner `{other}`",
-                                            o.outlet, o.device
-                                        ),
-                                    );
-                                }
-                            }
-                            Some(p) => local.push(
-                                format!("{path}.outlet"),
-                                format!(
-                                    "outlet {} out of range 1..={} for `{}`",
-                                    o.outlet, p.count, o.device
-                                ),
-                            ),
-                            None => local.push(
-                                opath,
-                                format!(
-                                    "device `{}` (profile `{}`) has no outlet_switch point",
-                                    o.device, dev.profile.name
-                                ),
-                            ),
-                        }
-                        Some(Outlet {
-                            device: d,
-                            outlet: o.outlet,
-                        })
-                    }
-                }
-            }
-        };
+        let outlet = m
+            .outlet
+            .as_ref()
+            .and_then(|o| miner_outlet(&mut local, known, &mut outlets_used, m, o, path, grouped));
         for issue in local.0 {
             let key = format!("{}: {}", issue.path, issue.message);
             if !grouped || reported.insert(key) {
@@ -1889,6 +1890,160 @@ fn build_miners(
         }
     }
     out
+}
+
+/// A miner's rack: one that exists and is a mining or mixed rack.
+fn miner_rack(
+    local: &mut Errors,
+    m: &RawMiner,
+    path: &str,
+    nodes: &[PowerNode],
+    node_idx: &HashMap<String, NodeIdx>,
+) -> Option<NodeIdx> {
+    match node_idx.get(&m.rack) {
+        Some(&n) => match nodes[n].rack_kind() {
+            Some(RackKind::Mining | RackKind::Mixed) => Some(n),
+            Some(RackKind::Gpu) => {
+                local.push(
+                    format!("{path}.rack"),
+                    format!(
+                        "`{}` is a GPU rack; miners go in mining or mixed racks",
+                        m.rack
+                    ),
+                );
+                None
+            }
+            None => {
+                local.push(
+                    format!("{path}.rack"),
+                    format!("`{}` is not a rack", m.rack),
+                );
+                None
+            }
+        },
+        None => {
+            local.push(format!("{path}.rack"), format!("unknown rack `{}`", m.rack));
+            None
+        }
+    }
+}
+
+/// A miner's `nominal_w`, `min_w`, `idle_w` and `efficiency_j_th`; returns its idle
+/// draw (25 W when not given).
+fn check_miner_power(local: &mut Errors, m: &RawMiner, path: &str) -> f64 {
+    positive(local, &format!("{path}.nominal_w"), m.nominal_w);
+    if let Some(min) = m.min_w {
+        if !(min > 0.0 && min <= m.nominal_w) {
+            local.push(
+                format!("{path}.min_w"),
+                format!("min_w {min} must be in (0, nominal_w = {}]", m.nominal_w),
+            );
+        }
+    }
+    let idle = m.idle_w.unwrap_or(25.0);
+    if !(idle >= 0.0 && idle < m.nominal_w) {
+        local.push(
+            format!("{path}.idle_w"),
+            format!("idle_w {idle} must be in [0, nominal_w)"),
+        );
+    }
+    if let Some(e) = m.efficiency_j_th {
+        positive(local, &format!("{path}.efficiency_j_th"), e);
+    }
+    idle
+}
+
+/// A miner's credentials name exactly one of `password_env` and `password_file`.
+fn check_miner_credentials(local: &mut Errors, m: &RawMiner, path: &str) {
+    if let Some(c) = &m.credentials {
+        match (&c.password_env, &c.password_file) {
+            (Some(_), Some(_)) => local.push(
+                format!("{path}.credentials"),
+                "give password_env or password_file, not both",
+            ),
+            (None, None) => local.push(
+                format!("{path}.credentials"),
+                "credentials need password_env or password_file (never inline)",
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A miner's outlet: a known device with control and a writable `outlet_switch`, an
+/// outlet in range that feeds no other miner. `None` when the device is unknown or broken.
+fn miner_outlet(
+    local: &mut Errors,
+    known: &KnownDevices,
+    outlets_used: &mut HashMap<(usize, u32), String>,
+    m: &RawMiner,
+    o: &crate::raw::OutletRef,
+    path: &str,
+    grouped: bool,
+) -> Option<Outlet> {
+    let opath = if grouped {
+        format!("{path}.outlet_device")
+    } else {
+        format!("{path}.outlet.device")
+    };
+    let Some(&d) = known.idx.get(o.device.as_str()) else {
+        if !known.broken.contains(&o.device) {
+            local.push(opath, format!("unknown Modbus device `{}`", o.device));
+        }
+        return None;
+    };
+    let dev = &known.all[d];
+    let sw = dev.profile.role(Role::OutletSwitch);
+    if !dev.control {
+        local.push(
+            opath.clone(),
+            format!(
+                "outlet switching configured on device `{}` without control = true",
+                o.device
+            ),
+        );
+    } else if !dev.may_write(Role::OutletSwitch.name())
+        && !sw.is_some_and(|p| dev.may_write(&p.name))
+    {
+        local.push(
+            opath.clone(),
+            format!(
+                "device `{}` does not allow writes to outlet_switch: add it to write_points",
+                o.device
+            ),
+        );
+    }
+    match sw {
+        Some(p) if o.outlet >= 1 && o.outlet <= p.count => {
+            if let Some(other) = outlets_used.insert((d, o.outlet), m.id.clone()) {
+                local.push(
+                    format!("{path}.outlet"),
+                    format!(
+                        "outlet {} of `{}` already feeds miner `{other}`",
+                        o.outlet, o.device
+                    ),
+                );
+            }
+        }
+        Some(p) => local.push(
+            format!("{path}.outlet"),
+            format!(
+                "outlet {} out of range 1..={} for `{}`",
+                o.outlet, p.count, o.device
+            ),
+        ),
+        None => local.push(
+            opath,
+            format!(
+                "device `{}` (profile `{}`) has no outlet_switch point",
+                o.device, dev.profile.name
+            ),
+        ),
+    }
+    Some(Outlet {
+        device: d,
+        outlet: o.outlet,
+    })
 }
 
 /// A relative `password_file` is relative to the site file (`base`), not to wherever the
