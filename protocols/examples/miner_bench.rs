@@ -123,6 +123,8 @@ async fn poll_all(drivers: &[Arc<dyn MinerDriver>], concurrency: usize) -> (usiz
     (ok, errs)
 }
 
+// Long on purpose: the benchmark's steps in the order its figures print.
+#[allow(clippy::too_many_lines)]
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |k: &str| {

@@ -459,6 +459,12 @@ pub struct SimGpus {
     state: Mutex<SimState>,
 }
 
+impl std::fmt::Debug for SimGpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimGpus").finish_non_exhaustive()
+    }
+}
+
 impl SimGpus {
     /// Simulated GPUs whose time is `tokio::time` since this call.
     pub fn new(id: impl Into<String>, profile: LoadProfile, spec: SimSpec) -> SimGpus {

@@ -293,6 +293,12 @@ pub struct Simulator {
     task: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").finish_non_exhaustive()
+    }
+}
+
 impl Simulator {
     /// Binds `addr` (use port 0 for a free port) and serves `units` (unit id, profile).
     /// All values start at 0.
@@ -332,7 +338,7 @@ impl Simulator {
             };
             let on_error = |e: io::Error| tracing::trace!(error = %e, "sim connection ended");
             let abort = async move {
-                let _ = stopped.await;
+                stopped.await.ok();
             };
             let r = match framing {
                 Framing::Tcp => {
@@ -544,10 +550,10 @@ impl Simulator {
     /// Stops the listener and every connection, and waits for them.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            s.send(()).ok();
         }
         if let Some(t) = self.task.take() {
-            let _ = t.await;
+            t.await.ok();
         }
     }
 }
@@ -555,7 +561,7 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+            s.send(()).ok();
         }
     }
 }
@@ -582,7 +588,7 @@ fn accept(
     if !admitted {
         if rebooting {
             // Nothing listens while a gateway reboots: reset, not a clean close.
-            let _ = stream.set_zero_linger();
+            stream.set_zero_linger().ok();
         }
         return None;
     }
@@ -590,7 +596,7 @@ fn accept(
         // Dropping the stream closes it: what a device with one connection slot does.
         return None;
     }
-    let _ = stream.set_nodelay(true);
+    stream.set_nodelay(true).ok();
     st.active.fetch_add(1, Ordering::SeqCst);
     st.connections_total.fetch_add(1, Ordering::SeqCst);
     let slot: WireSlot = Arc::new(Mutex::new(None));
@@ -631,7 +637,7 @@ impl FaultStream {
             self.epoch = now;
             return false;
         }
-        let _ = self.inner.set_zero_linger();
+        self.inner.set_zero_linger().ok();
         true
     }
 }
@@ -676,7 +682,7 @@ impl AsyncWrite for FaultStream {
         match fault {
             Some(WireFault::Reset) => {
                 // Zero linger turns the close into an RST.
-                let _ = self.inner.set_zero_linger();
+                self.inner.set_zero_linger().ok();
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "simulated connection reset",

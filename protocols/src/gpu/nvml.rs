@@ -76,6 +76,7 @@ pub trait NvmlBackend: Send + Sync + 'static {
 }
 
 /// NVML through `nvml-wrapper`.
+#[derive(Debug)]
 pub struct RealNvml {
     nvml: Nvml,
 }
@@ -335,6 +336,7 @@ impl NvmlBackend for FakeNvml {
 }
 
 /// GPUs on this host through NVML (or a fake backend).
+#[derive(Debug)]
 pub struct NvmlSource<B: NvmlBackend> {
     id: String,
     backend: Option<Arc<B>>,

@@ -254,6 +254,15 @@ pub struct ModbusPool {
     queues: Vec<mpsc::Sender<Job>>,
 }
 
+impl std::fmt::Debug for ModbusPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModbusPool")
+            .field("devices", &self.shared.devices.len())
+            .field("connections", &self.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ModbusPool {
     /// One actor per distinct connection of the site's devices. Must be called within a
     /// Tokio runtime; connections open on first use.

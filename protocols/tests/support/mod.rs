@@ -5,7 +5,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A peer that answers one request with 200 and a body of `[`: chunked without end, or
 /// declared (`content-length`) at 64 MiB, far over any cap. Writes until the client hangs
 /// up or 64 MiB went out; returns the bytes of body written.
-pub async fn flood(listener: tokio::net::TcpListener, declared: bool) -> usize {
+pub(crate) async fn flood(listener: tokio::net::TcpListener, declared: bool) -> usize {
     let Ok((mut s, _)) = listener.accept().await else {
         return 0;
     };

@@ -412,6 +412,7 @@ fn profile_name(w: f64) -> String {
 }
 
 /// The running simulator.
+#[derive(Debug)]
 pub struct MinerSim {
     miners: Vec<Arc<SimMiner>>,
     cancel: CancellationToken,
@@ -459,9 +460,10 @@ impl MinerSim {
                     .with_state(m.clone());
                 let c = cancel.clone();
                 tasks.spawn(async move {
-                    let _ = axum::serve(l, router)
+                    axum::serve(l, router)
                         .with_graceful_shutdown(async move { c.cancelled().await })
-                        .await;
+                        .await
+                        .ok();
                 });
             }
             miners.push(m);
@@ -587,9 +589,10 @@ async fn handle_conn(mut stream: TcpStream, m: &SimMiner) {
         }
         Fault::SlowAnswer(d) => m.pause(d).await,
         Fault::Garbage => {
-            let _ = stream
+            stream
                 .write_all(b"\x16\x03\x01garbage{{{:}\xff\xfe\0")
-                .await;
+                .await
+                .ok();
             return;
         }
         Fault::None | Fault::IgnoreCommands | Fault::CloseEarly | Fault::Flap(_) => {}
@@ -598,12 +601,12 @@ async fn handle_conn(mut stream: TcpStream, m: &SimMiner) {
     if fault == Fault::CloseEarly {
         // Half the reply, then the connection goes away (a crashing cgminer, a watchdog
         // restart): the client sees a truncated reply, never a whole one.
-        let _ = stream.write_all(&reply[..reply.len() / 2]).await;
-        let _ = stream.flush().await;
+        stream.write_all(&reply[..reply.len() / 2]).await.ok();
+        stream.flush().await.ok();
         return;
     }
-    let _ = stream.write_all(&reply).await;
-    let _ = stream.shutdown().await;
+    stream.write_all(&reply).await.ok();
+    stream.shutdown().await.ok();
 }
 
 fn status(letter: &str, code: i64, msg: &str, desc: &str) -> Value {

@@ -199,6 +199,12 @@ fn tcp_addr(link: &ModbusLink) -> Option<(String, Framing)> {
     }
 }
 
+impl std::fmt::Debug for SiteSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteSim").finish_non_exhaustive()
+    }
+}
+
 impl SiteSim {
     /// Starts serving `site` on loopback, playing `scenario` at `speed` times real time.
     pub async fn start(site: &Site, scenario: Scenario, speed: f64) -> Result<SiteSim, SimError> {
@@ -464,7 +470,9 @@ impl Model {
 
     fn set(&self, device: usize, point: &str, index: u32, value: f64) {
         if let Some(at) = self.dev_at[device] {
-            let _ = self.servers[at.server].set(at.unit, point, index, value);
+            self.servers[at.server]
+                .set(at.unit, point, index, value)
+                .ok();
         }
     }
 
@@ -766,7 +774,7 @@ async fn start_gpus(
         ));
         if let Some(l) = scenario.tenant_limit_w {
             let l = l.clamp(spec.min_limit_w, spec.max_limit_w);
-            let _ = gpus.set_power_limit(GpuTarget::All, l).await;
+            gpus.set_power_limit(GpuTarget::All, l).await.ok();
         }
         let token = Token::from_file(&g.id, tf).map_err(|e| SimError::Gpu {
             id: g.id.clone(),
@@ -789,13 +797,14 @@ async fn start_gpus(
         });
         let c = cancel.clone();
         tasks.spawn(async move {
-            let _ = rackwarden_protocols::gpu::node::serve_with_shutdown(
+            rackwarden_protocols::gpu::node::serve_with_shutdown(
                 listener,
                 source,
                 token,
                 async move { c.cancelled().await },
             )
-            .await;
+            .await
+            .ok();
         });
         match gpu_racks.iter_mut().find(|r| r.node == g.rack) {
             Some(r) => r.hosts.push(gpus),
