@@ -3,6 +3,7 @@
 //! next decisions can confirm it. In a dry run it logs what it would have done.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rackwarden_config::profile::Role;
 use rackwarden_config::Site;
@@ -116,7 +117,7 @@ pub(super) fn execute(
         return;
     }
     let sh = shared.clone();
-    tokio::spawn(async move {
+    shared.commands.spawn(async move {
         // The semaphore is never closed; a closed one would only lift the bound.
         let permit = sh.in_flight.acquire().await.ok();
         // Fencing: the last check before the wire. An action decided under a term
@@ -138,7 +139,11 @@ pub(super) fn execute(
             if let Some(d) = sh.io.miners[i].clone() {
                 let step = sh.site.policy.confirm_timeout_s * 1000 / 5;
                 for _ in 0..4 {
-                    tokio::time::sleep(sh.clock.real(step)).await;
+                    // A stop ends the read-backs: the next run reads the miner anyway.
+                    tokio::select! {
+                        () = sh.cancel.cancelled() => break,
+                        () = tokio::time::sleep(sh.clock.real(step)) => {}
+                    }
                     let _permit = sh.in_flight.acquire().await.ok();
                     if let Ok(t) = poll_bounded(d.as_ref(), sh.clock.real(step)).await {
                         sh.apply_miner(i, &t, sh.clock.now_ms());
@@ -156,6 +161,30 @@ pub(super) fn execute(
             })
             .ok();
     });
+}
+
+/// How long a stop waits for the commands on the wire (their read-backs end at once).
+const STOP_WAITS_FOR_COMMANDS: Duration = Duration::from_secs(5);
+
+/// At a stop: waits for the commands already handed to the actuator, at most
+/// [`STOP_WAITS_FOR_COMMANDS`] (a hung device cannot hold the stop); says how many were
+/// left when the bound ran out. Returns how many were still running then.
+pub(super) async fn wait_for_commands(sh: &Shared) -> usize {
+    sh.commands.close();
+    if tokio::time::timeout(STOP_WAITS_FOR_COMMANDS, sh.commands.wait())
+        .await
+        .is_err()
+    {
+        let left = sh.commands.len();
+        warn!(
+            event = "action.abandoned",
+            commands = left,
+            "stopping with {left} command(s) unanswered after {} s: they stay unconfirmed in the intent",
+            STOP_WAITS_FOR_COMMANDS.as_secs()
+        );
+        return left;
+    }
+    0
 }
 
 /// Says that `a`, decided in term `fence`, was refused: that term has ended.

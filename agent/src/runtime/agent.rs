@@ -85,6 +85,11 @@ pub(super) struct Shared {
     /// Bounds the commands and read-back polls in flight: a mass shed on a 30,000-miner
     /// site would otherwise open a connection per miner at once (descriptors, memory).
     pub(super) in_flight: tokio::sync::Semaphore,
+    /// The commands being carried out (and their read-backs): a stop waits for the
+    /// commands on the wire, bounded ([`super::actuate::wait_for_commands`]).
+    pub(super) commands: tokio_util::task::TaskTracker,
+    /// The agent's stop: read-backs end early on it (the commands themselves finish).
+    pub(super) cancel: CancellationToken,
     /// What the HTTP layer reads (status, readiness, metrics) and the overrides it sets.
     pub(super) hub: Arc<StatusHub>,
     /// With `[ha]`: the election; the actuator asks it before every write (fencing).
@@ -169,6 +174,8 @@ impl Shared {
             events: agent.wiring.events.clone(),
             site,
             in_flight: tokio::sync::Semaphore::new(COMMANDS_IN_FLIGHT),
+            commands: tokio_util::task::TaskTracker::new(),
+            cancel: agent.wiring.cancel.clone(),
             hub: agent.wiring.hub.clone(),
             ha: agent.wiring.ha.clone(),
             energy: Mutex::new(energy),

@@ -16,7 +16,7 @@ use rackwarden_config::Site;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::actuate::{execute, resend_after_restart};
+use super::actuate::{execute, resend_after_restart, wait_for_commands};
 use super::agent::{lock, Agent, AgentEvent, Shared};
 use super::clock::{Clock, Millis};
 use super::collect::{first_round_done, spawn_collectors};
@@ -506,6 +506,9 @@ impl Loop {
 
     /// The last commit, energy and etcd write; the collectors stopped.
     pub(super) async fn finish(mut self) -> ControlState {
+        // The commands already on their way are let through (bounded) before the last
+        // commit.
+        wait_for_commands(&self.shared).await;
         let now = self.shared.clock.now_ms();
         self.intents
             .commit(&self.state, &self.state, now, &mut self.journal, true);

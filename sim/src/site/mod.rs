@@ -293,6 +293,23 @@ impl SiteSim {
         out
     }
 
+    /// Sets `fault` on every simulated miner whose id starts with `prefix` (`""`: all);
+    /// returns how many (for tests that need a miner slower than any scenario makes it).
+    pub fn set_miner_fault(&self, prefix: &str, fault: crate::miner::Fault) -> usize {
+        let m = lock(&self.model);
+        let mut n = 0;
+        for mi in m
+            .miners
+            .iter()
+            .flatten()
+            .filter(|x| x.spec.id.starts_with(prefix))
+        {
+            mi.set_fault(fault);
+            n += 1;
+        }
+        n
+    }
+
     /// Commands each simulated miner received (firmware verbs), by miner id.
     pub fn miner_commands(&self) -> Vec<(String, Vec<String>)> {
         lock(&self.model)
