@@ -127,12 +127,6 @@ impl Serialize for AlertKind {
     }
 }
 
-impl PartialEq<&str> for AlertKind {
-    fn eq(&self, other: &&str) -> bool {
-        self.name() == *other
-    }
-}
-
 /// Which alert resolves which: `(fires, resolved_by)`, for the same node / zone /
 /// device. Where both are the same (`miner.slow`), the `info` event resolves the one of
 /// higher severity. Alerts not listed here as `fires` are one-shots.

@@ -163,19 +163,6 @@ impl Io {
         }
     }
 
-    /// Why GPU host `i` cannot be reached, when its client could not be built.
-    fn gpu_missing(&self, site: &Site, i: usize) -> Option<IoError> {
-        let device = site.gpu_nodes[i].id.clone();
-        match &self.gpus[i] {
-            GpuIo::Unconfigured => Some(IoError::GpuUnconfigured { device }),
-            GpuIo::Broken(cause) => Some(IoError::GpuSetup {
-                device,
-                cause: cause.clone(),
-            }),
-            GpuIo::Remote(_) | GpuIo::Local(_) => None,
-        }
-    }
-
     pub(super) async fn read_gpu(
         &self,
         site: &Site,
@@ -184,7 +171,8 @@ impl Io {
         match &self.gpus[i] {
             GpuIo::Remote(c) => Ok(c.read().await?),
             GpuIo::Local(s) => Ok(s.read().await?),
-            GpuIo::Unconfigured | GpuIo::Broken(_) => Err(self.missing(site, i)),
+            GpuIo::Unconfigured => Err(unreachable_gpu(site, i, None)),
+            GpuIo::Broken(c) => Err(unreachable_gpu(site, i, Some(c))),
         }
     }
 
@@ -192,16 +180,23 @@ impl Io {
         match &self.gpus[i] {
             GpuIo::Remote(c) => c.set_power_limit(GpuTarget::All, w).await?,
             GpuIo::Local(s) => s.set_power_limit(GpuTarget::All, w).await?,
-            GpuIo::Unconfigured | GpuIo::Broken(_) => return Err(self.missing(site, i)),
+            GpuIo::Unconfigured => return Err(unreachable_gpu(site, i, None)),
+            GpuIo::Broken(c) => return Err(unreachable_gpu(site, i, Some(c))),
         };
         Ok(())
     }
+}
 
-    fn missing(&self, site: &Site, i: usize) -> IoError {
-        self.gpu_missing(site, i)
-            .unwrap_or_else(|| IoError::GpuUnconfigured {
-                device: site.gpu_nodes[i].id.clone(),
-            })
+/// Why GPU host `i` cannot be reached: no address or token file, or (`broken`) its
+/// client could not be built.
+fn unreachable_gpu(site: &Site, i: usize, broken: Option<&Arc<GpuError>>) -> IoError {
+    let device = site.gpu_nodes[i].id.clone();
+    match broken {
+        Some(cause) => IoError::GpuSetup {
+            device,
+            cause: cause.clone(),
+        },
+        None => IoError::GpuUnconfigured { device },
     }
 }
 
