@@ -10,13 +10,13 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod colo_support;
+
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rackwarden::runtime::agent::{run, AgentEvent, RunOptions};
+use rackwarden::runtime::agent::{run, AgentEvent};
 use rackwarden_sim::miner::Fault;
-use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -27,51 +27,15 @@ const SURGE_S: f64 = 120.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_waits_for_the_commands_on_the_wire() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let text = std::fs::read_to_string(repo.join("examples/site-colo.toml")).unwrap();
-    // Loopback addresses of this test process (not the example's, nor the urgent-shed
-    // test's).
-    let k = 200 + std::process::id() % 50;
-    let text = text
-        .replace("\"127.0.0.1", &format!("\"127.{k}.0.1"))
-        .replace("\"127.2.", &format!("\"127.{k}."));
-    let dir = std::env::temp_dir().join(format!("rw-stop-waits-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    let site = rackwarden_config::load_str(&text, &dir.join("site.toml"), &dir).unwrap();
-    for m in &site.miners {
-        if let Some(var) = m.credentials.as_ref().and_then(|c| c.password_env.as_ref()) {
-            std::env::set_var(var, SIM_MINER_PASSWORD);
-        }
-    }
-    let scenario = dir.join("surge.toml");
-    std::fs::write(
-        &scenario,
-        format!(
-            "name = \"stop-surge\"\ngpu_profile = \"inference-day\"\nday_s = 1440\n\
-             [[events]]\nat_s = {SURGE_S}\nkind = \"rack_load\"\nprefix = \"gpu-a\"\nfraction = 1.0\n"
-        ),
-    )
-    .unwrap();
-    let sim = SiteSim::start(
-        &site,
-        Scenario::load(scenario.to_str().unwrap()).unwrap(),
-        SPEED,
-    )
-    .await
-    .unwrap();
+    // Loopback addresses of this test process (not the urgent-shed test's).
+    let (site, dir) = colo_support::colo_site("stop-waits", 200 + std::process::id() % 50, "");
+    let sim = colo_support::surge_sim(&site, &dir, SURGE_S, SPEED).await;
     // Every miner answers 250 ms late (real time; under the agent's poll bound at this
     // speed): a command is still on the wire when the stop comes.
     assert!(sim.set_miner_fault("", Fault::SlowAnswer(Duration::from_millis(250))) > 0);
     let (events, mut rx) = broadcast::channel(1 << 16);
     let cancel = CancellationToken::new();
-    let opts = RunOptions {
-        dry_run: false,
-        speed: SPEED,
-        state_file: dir.join("state.json"),
-        journal_file: dir.join("journal.jsonl"),
-        database_file: dir.join("rackwarden.db"),
-    };
+    let opts = colo_support::options(&dir, false, SPEED);
     let agent = tokio::spawn(run(site.clone(), opts, events, cancel.clone()));
 
     // The commands reported sent, and the results reported, by (device, lever).

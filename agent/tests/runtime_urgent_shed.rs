@@ -11,12 +11,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
+mod colo_support;
+
 use std::time::Duration;
 
 use rackwarden::control::{Reason, Tick};
-use rackwarden::runtime::agent::{run, AgentEvent, RunOptions};
-use rackwarden_sim::site::{Scenario, SiteSim, SIM_MINER_PASSWORD};
+use rackwarden::runtime::agent::{run, AgentEvent};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -29,54 +29,17 @@ const SURGE_S: f64 = 200.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meter_over_its_budget_is_shed_between_ticks() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let text = std::fs::read_to_string(repo.join("examples/site-colo.toml")).unwrap();
-    // Loopback addresses of this test process (the example's may be taken by another
-    // simulator on a shared machine), and the long tick.
-    let k = 100 + std::process::id() % 100;
-    let text = text
-        .replace("\"127.0.0.1", &format!("\"127.{k}.0.1"))
-        .replace("\"127.2.", &format!("\"127.{k}."))
-        .replace(
-            "[policy]\n",
-            &format!("[policy]\nfast_loop_ms = {TICK_MS}\nslow_loop_ms = {TICK_MS}\n"),
-        );
-    let dir = std::env::temp_dir().join(format!("rw-urgent-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    let site = rackwarden_config::load_str(&text, &dir.join("site.toml"), &dir).unwrap();
+    // Loopback addresses of this test process, and the long tick.
+    let (site, dir) = colo_support::colo_site(
+        "urgent",
+        100 + std::process::id() % 100,
+        &format!("fast_loop_ms = {TICK_MS}\nslow_loop_ms = {TICK_MS}\n"),
+    );
     assert_eq!(site.policy.fast_loop_ms, TICK_MS);
-    for m in &site.miners {
-        if let Some(var) = m.credentials.as_ref().and_then(|c| c.password_env.as_ref()) {
-            std::env::set_var(var, SIM_MINER_PASSWORD);
-        }
-    }
-
-    let scenario = dir.join("surge.toml");
-    std::fs::write(
-        &scenario,
-        format!(
-            "name = \"urgent-surge\"\ngpu_profile = \"inference-day\"\nday_s = 1440\n\
-             [[events]]\nat_s = {SURGE_S}\nkind = \"rack_load\"\nprefix = \"gpu-a\"\nfraction = 1.0\n"
-        ),
-    )
-    .unwrap();
-    let sim = SiteSim::start(
-        &site,
-        Scenario::load(scenario.to_str().unwrap()).unwrap(),
-        SPEED,
-    )
-    .await
-    .unwrap();
+    let sim = colo_support::surge_sim(&site, &dir, SURGE_S, SPEED).await;
     let (events, mut rx) = broadcast::channel(1 << 16);
     let cancel = CancellationToken::new();
-    let opts = RunOptions {
-        dry_run: true,
-        speed: SPEED,
-        state_file: dir.join("state.json"),
-        journal_file: dir.join("journal.jsonl"),
-        database_file: dir.join("rackwarden.db"),
-    };
+    let opts = colo_support::options(&dir, true, SPEED);
     let agent = tokio::spawn(run(site.clone(), opts, events, cancel.clone()));
 
     // Decisions (time, tick) and the first shed for an excursion on feed A.
